@@ -1,0 +1,149 @@
+//! The storage-backend conformance suite. Every backend's tests call [`run_all`] on a
+//! fresh, empty store; a backend is done when it passes unchanged. The suite only uses
+//! the public traits, so it states the contract the registry core relies on.
+
+use crate::{Entry, Key, Store, StoreError, UploadId};
+use bytes::Bytes;
+use futures::StreamExt;
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+async fn collect(s: crate::ByteStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut s = s;
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
+}
+
+fn chunks(parts: &[&'static [u8]]) -> crate::ByteStream {
+    futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>()).boxed()
+}
+
+/// Run every check against `store`, which must start empty. Panics on the first failure.
+pub async fn run_all(store: &dyn Store) {
+    objects(store).await;
+    ranges(store).await;
+    listing(store).await;
+    uploads(store).await;
+    failed_append_is_all_or_nothing(store).await;
+    large_object(store).await;
+}
+
+async fn objects(s: &dyn Store) {
+    let k = key("t/objects/a");
+    assert!(s.stat(&k).await.unwrap().is_none(), "absent object has no stat");
+    assert!(s.get(&k).await.unwrap().is_none());
+    assert!(matches!(s.read(&k, 0..0).await, Err(StoreError::NotFound)));
+    s.put(&k, Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(s.stat(&k).await.unwrap().unwrap().size, 5);
+    assert_eq!(s.get(&k).await.unwrap().unwrap(), Bytes::from_static(b"hello"));
+    s.put(&k, Bytes::from_static(b"replaced")).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap().unwrap(), Bytes::from_static(b"replaced"));
+    assert!(s.delete(&k).await.unwrap());
+    assert!(!s.delete(&k).await.unwrap(), "second delete reports nothing deleted");
+    assert!(s.get(&k).await.unwrap().is_none());
+    // an empty object is still an object
+    s.put(&k, Bytes::new()).await.unwrap();
+    assert_eq!(s.stat(&k).await.unwrap().unwrap().size, 0);
+    s.delete(&k).await.unwrap();
+}
+
+async fn ranges(s: &dyn Store) {
+    let k = key("t/ranges/r");
+    s.put(&k, Bytes::from_static(b"0123456789")).await.unwrap();
+    assert_eq!(collect(s.read(&k, 0..10).await.unwrap()).await.unwrap(), b"0123456789");
+    assert_eq!(collect(s.read(&k, 3..7).await.unwrap()).await.unwrap(), b"3456");
+    assert_eq!(collect(s.read(&k, 10..10).await.unwrap()).await.unwrap(), b"");
+    assert!(matches!(s.read(&k, 5..11).await, Err(StoreError::InvalidRange { size: 10, .. })));
+    assert!(matches!(s.read(&k, 11..12).await, Err(StoreError::InvalidRange { .. })));
+}
+
+async fn listing(s: &dyn Store) {
+    for k in ["t/list/b", "t/list/a", "t/list/d/x", "t/list/d/y/z", "t/listother"] {
+        s.put(&key(k), Bytes::from_static(b"x")).await.unwrap();
+    }
+    assert_eq!(
+        s.list(&key("t/list")).await.unwrap(),
+        vec![
+            Entry::Object("a".into()),
+            Entry::Object("b".into()),
+            Entry::Prefix("d".into())
+        ]
+    );
+    assert_eq!(
+        s.list(&key("t/list/d")).await.unwrap(),
+        vec![Entry::Object("x".into()), Entry::Prefix("y".into())]
+    );
+    assert!(s.list(&key("t/nothing")).await.unwrap().is_empty());
+}
+
+async fn uploads(s: &dyn Store) {
+    let id = UploadId::random();
+    assert!(s.upload_stat(&id).await.unwrap().is_none());
+    assert!(matches!(
+        s.upload_append(&id, 0, chunks(&[b"x"])).await,
+        Err(StoreError::NotFound)
+    ));
+    s.upload_create(&id).await.unwrap();
+    assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 0);
+    assert_eq!(s.upload_append(&id, 0, chunks(&[b"ab", b"cd"])).await.unwrap(), 4);
+    assert!(matches!(
+        s.upload_append(&id, 2, chunks(&[b"zz"])).await,
+        Err(StoreError::OffsetMismatch { current: 4 })
+    ));
+    assert_eq!(s.upload_append(&id, 4, chunks(&[b"ef"])).await.unwrap(), 6);
+    assert_eq!(collect(s.upload_read(&id).await.unwrap()).await.unwrap(), b"abcdef");
+    assert_eq!(s.upload_list().await.unwrap().iter().filter(|(u, _)| *u == id).count(), 1);
+    let dest = key("t/uploads/done");
+    assert!(s.stat(&dest).await.unwrap().is_none(), "nothing visible before commit");
+    s.upload_commit(&id, &dest).await.unwrap();
+    assert_eq!(s.get(&dest).await.unwrap().unwrap(), Bytes::from_static(b"abcdef"));
+    assert!(s.upload_stat(&id).await.unwrap().is_none(), "commit forgets the upload");
+    assert!(matches!(s.upload_commit(&id, &dest).await, Err(StoreError::NotFound)));
+
+    let id2 = UploadId::random();
+    s.upload_create(&id2).await.unwrap();
+    s.upload_append(&id2, 0, chunks(&[b"zz"])).await.unwrap();
+    assert!(s.upload_abort(&id2).await.unwrap());
+    assert!(!s.upload_abort(&id2).await.unwrap());
+    assert!(s.upload_list().await.unwrap().iter().all(|(u, _)| *u != id2));
+}
+
+async fn failed_append_is_all_or_nothing(s: &dyn Store) {
+    let id = UploadId::random();
+    s.upload_create(&id).await.unwrap();
+    s.upload_append(&id, 0, chunks(&[b"keep"])).await.unwrap();
+    let broken = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"lost")),
+        Err(std::io::Error::other("client went away")),
+    ])
+    .boxed();
+    assert!(s.upload_append(&id, 4, broken).await.is_err());
+    assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 4);
+    assert_eq!(collect(s.upload_read(&id).await.unwrap()).await.unwrap(), b"keep");
+    s.upload_abort(&id).await.unwrap();
+}
+
+async fn large_object(s: &dyn Store) {
+    // Several MiB in uneven chunks, read back whole and by range.
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let id = UploadId::random();
+    s.upload_create(&id).await.unwrap();
+    let parts: Vec<std::io::Result<Bytes>> = data.chunks(333_333).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let n = s
+        .upload_append(&id, 0, futures::stream::iter(parts).boxed())
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    let k = key("t/large/blob");
+    s.upload_commit(&id, &k).await.unwrap();
+    assert_eq!(collect(s.read(&k, 0..n).await.unwrap()).await.unwrap(), data);
+    assert_eq!(
+        collect(s.read(&k, 1_234_567..4_000_001).await.unwrap()).await.unwrap(),
+        &data[1_234_567..4_000_001]
+    );
+}

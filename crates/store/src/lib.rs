@@ -1,0 +1,131 @@
+//! Byte-level object storage for berth. It owns keys, bytes, atomic visibility and
+//! upload sessions; it never learns what a manifest, a tag or an HTTP request is.
+//!
+//! The traits are small and role-based (a caller that only stats takes an
+//! [`ObjectStatter`]); [`Store`] is the sum every backend implements. Backends:
+//! [`fs::FsStore`] (the default) and [`memory::MemoryStore`] (tests). Every backend runs
+//! the same [`conformance`] suite.
+
+pub mod conformance;
+pub mod fs;
+mod key;
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::ops::Range;
+use std::time::SystemTime;
+
+pub use key::{Key, KeyError, UploadId};
+
+/// A stream of bytes flowing into or out of a store.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("upload is at offset {current}, not at the requested offset")]
+    OffsetMismatch { current: u64 },
+    #[error("range {start}..{end} is outside an object of {size} bytes")]
+    InvalidRange { start: u64, end: u64, size: u64 },
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Size and modification time of a stored object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// One child of a listed prefix.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entry {
+    /// An object directly under the prefix.
+    Object(String),
+    /// A deeper prefix (a "directory").
+    Prefix(String),
+}
+
+impl Entry {
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Object(n) | Entry::Prefix(n) => n,
+        }
+    }
+}
+
+/// Answers "is it there, and how big is it".
+#[async_trait]
+pub trait ObjectStatter: Send + Sync {
+    /// Size and mtime of the object at `key`, or `None` when it does not exist.
+    async fn stat(&self, key: &Key) -> Result<Option<ObjectMeta>>;
+}
+
+/// Hands out object bytes.
+#[async_trait]
+pub trait ObjectReader: Send + Sync {
+    /// The whole object, for small objects such as links and manifests; `None` when absent.
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>>;
+    /// A stream of the bytes in `range` of the object; `NotFound` when absent,
+    /// `InvalidRange` when the range does not fit the object.
+    async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream>;
+}
+
+/// Creates and replaces whole objects atomically.
+#[async_trait]
+pub trait ObjectWriter: Send + Sync {
+    /// Store `bytes` at `key`: readers see the old object or the new one, never a part.
+    async fn put(&self, key: &Key, bytes: Bytes) -> Result<()>;
+}
+
+/// Removes objects.
+#[async_trait]
+pub trait ObjectDeleter: Send + Sync {
+    /// Delete the object at `key`; `false` when there was nothing to delete.
+    async fn delete(&self, key: &Key) -> Result<bool>;
+}
+
+/// Lists what lies directly below a prefix.
+#[async_trait]
+pub trait ObjectLister: Send + Sync {
+    /// Children of `prefix`, sorted by name; empty when the prefix does not exist.
+    async fn list(&self, prefix: &Key) -> Result<Vec<Entry>>;
+}
+
+/// Upload sessions: bytes appended over several requests, then committed to a key in
+/// one atomic step. Until the commit nothing of an upload is visible under any key.
+#[async_trait]
+pub trait UploadStore: Send + Sync {
+    /// Start an empty upload.
+    async fn upload_create(&self, id: &UploadId) -> Result<()>;
+    /// Bytes received so far and when the upload last changed; `None` when unknown.
+    async fn upload_stat(&self, id: &UploadId) -> Result<Option<ObjectMeta>>;
+    /// Append `data` at `offset`, which must equal the current size (else
+    /// `OffsetMismatch`). All or nothing: if the stream fails, the upload is left at its
+    /// previous size. Returns the new size.
+    async fn upload_append(&self, id: &UploadId, offset: u64, data: ByteStream) -> Result<u64>;
+    /// Everything appended so far, to re-hash an upload whose hash state was lost.
+    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream>;
+    /// Make the upload's bytes the object at `dest` atomically (and durably, where the
+    /// backend is configured so) and forget the upload.
+    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()>;
+    /// Forget an upload and its bytes; `false` when it was unknown.
+    async fn upload_abort(&self, id: &UploadId) -> Result<bool>;
+    /// Every upload in progress, for garbage collection of abandoned ones.
+    async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>>;
+}
+
+/// Everything a backend provides.
+pub trait Store:
+    ObjectStatter + ObjectReader + ObjectWriter + ObjectDeleter + ObjectLister + UploadStore
+{
+    /// A short name for logs ("fs", "memory").
+    fn kind(&self) -> &'static str;
+}
