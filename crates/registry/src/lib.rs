@@ -1,1 +1,106 @@
-//! placeholder
+//! The registry core: repositories, manifests, tags, blob links, uploads and referrers,
+//! kept in a [`store::Store`]. It enforces the OCI rules (digests verified before
+//! anything is visible, manifests checked against their references, names validated)
+//! and keeps small in-memory caches that are never the source of truth.
+//!
+//! It never sees HTTP: callers hand it validated names, byte streams and options, and
+//! map its [`RegistryError`] codes onto responses.
+
+mod blobs;
+mod error;
+pub mod layout;
+mod listing;
+mod manifests;
+
+pub use blobs::{BlobRead, UploadState};
+pub use error::{RegistryError, Result};
+pub use listing::Page;
+pub use manifests::{Manifest, PutManifest, PutOutcome, Stored};
+
+use bytes::Bytes;
+use oci::{Digest, Hasher, RepoName, Tag};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{Store, UploadId};
+
+/// The largest manifest accepted, in bytes. Manifests are held in memory whole; real
+/// ones are a few KiB, so 4 MiB (distribution's limit too) only stops abuse.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long a tag resolution or manifest lookup may be answered from memory. It bounds
+/// how long a change made by another process on the same store (`berth gc`, another
+/// replica) can go unseen; changes made through this process invalidate at once.
+pub const METADATA_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Entries kept in each metadata cache; a manifest entry holds its bytes, so this
+/// bounds the cache at a few hundred MiB only for pathological manifests.
+const METADATA_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// Options for [`Registry`].
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: u64,
+    /// How long metadata may be served from memory.
+    pub cache_ttl: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            max_manifest_bytes: MAX_MANIFEST_BYTES,
+            cache_ttl: METADATA_CACHE_TTL,
+        }
+    }
+}
+
+type Timed<T> = (T, Instant);
+
+/// A registry on top of a store. Cheap to clone; clones share caches.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    options: RegistryOptions,
+    tags: Arc<quick_cache::sync::Cache<(RepoName, Tag), Timed<Digest>>>,
+    manifests: Arc<quick_cache::sync::Cache<(RepoName, Digest), Timed<Arc<Stored>>>>,
+    /// Hash state of uploads in progress, by id: a cache, rebuilt from the bytes when lost.
+    hashers: Arc<Mutex<HashMap<UploadId, (u64, Hasher)>>>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, options: RegistryOptions) -> Registry {
+        Registry {
+            store,
+            options,
+            tags: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
+            manifests: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
+            hashers: Arc::default(),
+        }
+    }
+
+    /// The store underneath, for tools that walk it (gc, fsck).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
+    fn fresh<T: Clone>(&self, v: Option<Timed<T>>) -> Option<T> {
+        v.filter(|(_, at)| at.elapsed() < self.options.cache_ttl).map(|(v, _)| v)
+    }
+
+    async fn put_small(&self, key: &store::Key, bytes: impl Into<Bytes>) -> Result<()> {
+        Ok(self.store.put(key, bytes.into()).await?)
+    }
+
+    /// Does the repository exist (has any manifest, tag or blob)?
+    pub async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        let entries = self.store.list(&layout::repo(repo)?).await?;
+        Ok(entries
+            .iter()
+            .any(|e| matches!(e, store::Entry::Prefix(n) if layout::REPO_MARKERS.contains(&n.as_str()))))
+    }
+}

@@ -1,0 +1,113 @@
+//! Listings: tags of a repository, the catalog of repositories, and referrers of a subject.
+
+use crate::error::{RegistryError, Result};
+use crate::{Registry, layout};
+use oci::{Descriptor, Digest, RepoName, Tag};
+use store::{Entry, Key};
+
+/// Pagination of a listing: at most `n` entries after `last` (both optional).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub n: Option<usize>,
+    pub last: Option<String>,
+}
+
+impl Page {
+    /// Cut a sorted list to this page; the flag says whether more entries follow.
+    pub fn apply(&self, sorted: Vec<String>) -> (Vec<String>, bool) {
+        let mut items: Vec<String> = match &self.last {
+            Some(last) => sorted.into_iter().filter(|s| s.as_str() > last.as_str()).collect(),
+            None => sorted,
+        };
+        match self.n {
+            Some(n) if items.len() > n => {
+                items.truncate(n);
+                (items, true)
+            }
+            _ => (items, false),
+        }
+    }
+}
+
+impl Registry {
+    /// Every tag of a repository, sorted.
+    pub async fn all_tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        let entries = self.store.list(&layout::tags(repo)?).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Object(n) => n.parse().ok(),
+                Entry::Prefix(_) => None,
+            })
+            .collect())
+    }
+
+    /// A page of a repository's tags; `NameUnknown` if the repository does not exist.
+    pub async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<(Vec<String>, bool)> {
+        if !self.repo_exists(repo).await? {
+            return Err(RegistryError::NameUnknown);
+        }
+        let mut tags: Vec<String> = self.all_tags(repo).await?.into_iter().map(|t| t.to_string()).collect();
+        tags.sort();
+        Ok(page.apply(tags))
+    }
+
+    /// Every repository name, sorted.
+    pub async fn all_repositories(&self) -> Result<Vec<RepoName>> {
+        let mut out = Vec::new();
+        let mut stack: Vec<String> = Vec::new();
+        for e in self.store.list(&Key::new(layout::REPOS)?).await? {
+            if let Entry::Prefix(n) = e {
+                stack.push(n);
+            }
+        }
+        while let Some(name) = stack.pop() {
+            let children = self.store.list(&Key::new(format!("{}/{name}", layout::REPOS))?).await?;
+            let mut is_repo = false;
+            for c in children {
+                if let Entry::Prefix(c) = c {
+                    if layout::REPO_MARKERS.contains(&c.as_str()) {
+                        is_repo = true;
+                    } else if !c.starts_with('_') {
+                        stack.push(format!("{name}/{c}"));
+                    }
+                }
+            }
+            if is_repo && let Ok(r) = name.parse() {
+                out.push(r);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A page of the catalog.
+    pub async fn catalog(&self, page: &Page) -> Result<(Vec<String>, bool)> {
+        let names = self.all_repositories().await?.into_iter().map(|r| r.to_string()).collect();
+        Ok(page.apply(names))
+    }
+
+    /// Manifests in `repo` whose `subject` is `subject`, optionally only those of one
+    /// artifact type. Sorted by digest so listings are stable.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+        let dir = layout::referrers(repo, subject)?;
+        let mut out = Vec::new();
+        for e in self.store.list(&dir).await? {
+            let Entry::Object(name) = e else { continue };
+            let Some(bytes) = self.store.get(&dir.join(&name)?).await? else { continue };
+            let Ok(desc) = serde_json::from_slice::<Descriptor>(&bytes) else {
+                tracing::warn!(repo = %repo, entry = %name, "unreadable referrer link skipped");
+                continue;
+            };
+            // A referrer whose manifest was deleted is not listed.
+            if self.store.stat(&layout::manifest_link(repo, &desc.digest)?).await?.is_none() {
+                continue;
+            }
+            if artifact_type.is_none_or(|t| desc.artifact_type.as_deref() == Some(t)) {
+                out.push(desc);
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+}

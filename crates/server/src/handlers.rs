@@ -1,0 +1,390 @@
+//! Request handlers: one dispatch function that parses the route and calls the handler
+//! for the route and method. Handlers translate between HTTP (headers, bodies, status
+//! codes) and registry calls; they make no content decisions of their own.
+
+use crate::error::ApiError;
+use crate::range::{self, RangeRequest};
+use crate::route::{self, Route, RouteError};
+use crate::App;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use oci::{Digest, Reference, RepoName, media};
+use registry::{Page, PutManifest};
+use std::collections::HashMap;
+use std::time::Instant;
+use store::{ByteStream, UploadId};
+
+const API_VERSION: &str = "registry/2.0";
+const DIGEST_HEADER: &str = "docker-content-digest";
+const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The `Range` header value for an upload holding `size` bytes: `0-<last byte>`
+/// (`0-0` when empty, as distribution does).
+pub fn range_header(size: u64) -> HeaderValue {
+    hv(&format!("0-{}", size.saturating_sub(1)))
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn query(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok())
+}
+
+fn body_stream(body: Body) -> ByteStream {
+    body.into_data_stream()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()))
+        .boxed()
+}
+
+/// Is there a body to read? (A Content-Length above zero, or a chunked body.)
+fn has_body(headers: &HeaderMap) -> bool {
+    match content_length(headers) {
+        Some(n) => n > 0,
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse::<Digest>().map_err(|e| ApiError::from(registry::RegistryError::from(e)))
+}
+
+/// Fallback for paths outside `/v2`.
+pub async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint").into_response()
+}
+
+/// Entry point for every `/v2` request.
+pub async fn dispatch(State(app): State<App>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let route = route::parse(uri.path());
+    let class = route.as_ref().map(Route::class).unwrap_or("invalid");
+    let mut resp = match route {
+        Ok(route) => handle(&app, route, &method, &uri, &headers, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(RouteError::NotFound) => not_found().await,
+        Err(RouteError::BadUploadId) => {
+            ApiError::new(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").into_response()
+        }
+        Err(RouteError::Invalid(e)) => ApiError::from(registry::RegistryError::from(e)).into_response(),
+    };
+    resp.headers_mut()
+        .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    tracing::debug!(
+        method = %method,
+        path = uri.path(),
+        route = class,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn handle(app: &App, route: Route, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let m = method.clone();
+    match (route, m) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            if *method == Method::HEAD { "" } else { "{}" },
+        )
+            .into_response()),
+        (Route::Catalog, Method::GET) => catalog(app, uri).await,
+        (Route::Tags(repo), Method::GET) => tags(app, &repo, uri).await,
+        (Route::Manifest(repo, r), Method::GET) => get_manifest(app, &repo, &r, false).await,
+        (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, &repo, &r, true).await,
+        (Route::Manifest(repo, r), Method::PUT) => put_manifest(app, &repo, &r, headers, body).await,
+        (Route::Manifest(repo, r), Method::DELETE) => {
+            app.registry.delete_manifest(&repo, &r).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Route::Blob(repo, d), Method::GET) => get_blob(app, &repo, &d, headers, false).await,
+        (Route::Blob(repo, d), Method::HEAD) => get_blob(app, &repo, &d, headers, true).await,
+        (Route::Blob(repo, d), Method::DELETE) => {
+            app.registry.delete_blob(&repo, &d).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Route::UploadStart(repo), Method::POST) => start_upload(app, &repo, uri, headers, body).await,
+        (Route::Upload(repo, id), Method::GET) => {
+            let state = app.registry.upload_status(&repo, &id).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, &repo, &id, state.size))
+        }
+        (Route::Upload(repo, id), Method::PATCH) => patch_upload(app, &repo, &id, headers, body).await,
+        (Route::Upload(repo, id), Method::PUT) => finish_upload(app, &repo, &id, uri, headers, body).await,
+        (Route::Upload(repo, id), Method::DELETE) => {
+            app.registry.cancel_upload(&repo, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Route::Referrers(repo, d), Method::GET) => referrers(app, &repo, &d, uri).await,
+        (_, m) => Err(ApiError::unsupported(format!("method {m} is not supported on this endpoint"))),
+    }
+}
+
+fn page_of(uri: &Uri) -> Result<Page> {
+    let q = query(uri);
+    let n = match q.get("n") {
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer"))?,
+        ),
+        None => None,
+    };
+    Ok(Page {
+        n,
+        last: q.get("last").cloned(),
+    })
+}
+
+fn link_next(path: &str, n: Option<usize>, last: &str) -> HeaderValue {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    if let Some(n) = n {
+        ser.append_pair("n", &n.to_string());
+    }
+    ser.append_pair("last", last);
+    hv(&format!("<{path}?{}>; rel=\"next\"", ser.finish()))
+}
+
+fn json_response(value: &serde_json::Value, content_type: &'static str, link: Option<HeaderValue>) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let Some(l) = link {
+        resp.headers_mut().insert(header::LINK, l);
+    }
+    resp
+}
+
+async fn catalog(app: &App, uri: &Uri) -> Result<Response> {
+    let page = page_of(uri)?;
+    let (repos, more) = app.registry.catalog(&page).await?;
+    let link = more
+        .then(|| repos.last().map(|l| link_next("/v2/_catalog", page.n, l)))
+        .flatten();
+    Ok(json_response(&serde_json::json!({ "repositories": repos }), "application/json", link))
+}
+
+async fn tags(app: &App, repo: &RepoName, uri: &Uri) -> Result<Response> {
+    let page = page_of(uri)?;
+    let (tags, more) = app.registry.list_tags(repo, &page).await?;
+    let link = more
+        .then(|| tags.last().map(|l| link_next(&format!("/v2/{repo}/tags/list"), page.n, l)))
+        .flatten();
+    Ok(json_response(
+        &serde_json::json!({ "name": repo.as_str(), "tags": tags }),
+        "application/json",
+        link,
+    ))
+}
+
+async fn get_manifest(app: &App, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response> {
+    let m = app.registry.get_manifest(repo, reference).await?;
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(header::CONTENT_TYPE, hv(&m.stored.media_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(m.stored.bytes.len()));
+    let digest = hv(&m.digest.to_string());
+    headers.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    headers.insert(DIGEST_HEADER, digest);
+    let body = if head { Body::empty() } else { Body::from(m.stored.bytes.clone()) };
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+async fn put_manifest(app: &App, repo: &RepoName, reference: &Reference, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let limit = app.registry.options().max_manifest_bytes;
+    if let Some(len) = content_length(headers)
+        && len > limit
+    {
+        return Err(registry::RegistryError::ManifestTooLarge { size: len, limit }.into());
+    }
+    let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| {
+        ApiError::from(registry::RegistryError::ManifestTooLarge {
+            size: limit + 1,
+            limit,
+        })
+    })?;
+    let outcome = app
+        .registry
+        .put_manifest(PutManifest {
+            repo,
+            reference,
+            content_type: header_str(headers, header::CONTENT_TYPE),
+            bytes,
+        })
+        .await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", outcome.digest)));
+    h.insert(DIGEST_HEADER, hv(&outcome.digest.to_string()));
+    if let Some(subject) = outcome.subject {
+        h.insert("oci-subject", hv(&subject.to_string()));
+    }
+    Ok(resp)
+}
+
+async fn get_blob(app: &App, repo: &RepoName, digest: &Digest, headers: &HeaderMap, head: bool) -> Result<Response> {
+    let size = app.registry.stat_blob(repo, digest).await?;
+    let requested = range::resolve(header_str(headers, header::RANGE), size);
+    let (status, range) = match requested {
+        RangeRequest::Whole => (StatusCode::OK, 0..size),
+        RangeRequest::Part(r) => (StatusCode::PARTIAL_CONTENT, r),
+        RangeRequest::Unsatisfiable => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                format!("requested range is not satisfiable for a blob of {size} bytes"),
+            )
+            .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
+        }
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        let read = app.registry.read_blob(repo, digest, Some(range.clone())).await?;
+        Body::from_stream(read.body)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(DIGEST_HEADER, hv(&digest.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {}-{}/{size}", range.start, range.end - 1)),
+        );
+    }
+    Ok(resp)
+}
+
+fn upload_response(status: StatusCode, repo: &RepoName, id: &UploadId, size: u64) -> Response {
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/uploads/{id}")));
+    h.insert(header::RANGE, range_header(size));
+    h.insert(UPLOAD_UUID_HEADER, hv(id.as_str()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/{digest}")));
+    h.insert(DIGEST_HEADER, hv(&digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
+}
+
+async fn start_upload(app: &App, repo: &RepoName, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let q = query(uri);
+    if let Some(mount) = q.get("mount") {
+        let digest = parse_digest(mount)?;
+        let from = match q.get("from") {
+            Some(f) => Some(f.parse::<RepoName>().map_err(|e| ApiError::from(registry::RegistryError::from(e)))?),
+            None => None,
+        };
+        if app.registry.mount_blob(repo, &digest, from.as_ref()).await? {
+            return Ok(blob_created(repo, &digest));
+        }
+        // Not mountable: fall through to an ordinary upload session, as the spec says.
+    } else if let Some(d) = q.get("digest") {
+        // Monolithic upload: POST with the whole blob and its digest.
+        let digest = parse_digest(d)?;
+        app.registry
+            .put_blob(repo, &digest, content_length(headers), body_stream(body))
+            .await?;
+        return Ok(blob_created(repo, &digest));
+    }
+    let id = app.registry.start_upload(repo).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, repo, &id, 0))
+}
+
+/// (start, length) announced for a chunk: from Content-Range when present, else the
+/// length from Content-Length alone.
+fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>)> {
+    let len = content_length(headers);
+    match header_str(headers, header::CONTENT_RANGE) {
+        Some(cr) => {
+            let (start, range_len) = range::content_range(cr).ok_or_else(|| {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", format!("malformed Content-Range {cr:?}"))
+            })?;
+            if let Some(len) = len
+                && len != range_len
+            {
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("Content-Range covers {range_len} bytes but Content-Length is {len}"),
+                ));
+            }
+            Ok((Some(start), Some(range_len)))
+        }
+        None => Ok((None, len)),
+    }
+}
+
+async fn patch_upload(app: &App, repo: &RepoName, id: &UploadId, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let (start, len) = match chunk_bounds(headers) {
+        Ok(b) => b,
+        Err(e) => {
+            // Tell the client where the upload stands so it can resume.
+            let state = app.registry.upload_status(repo, id).await?;
+            return Err(e.with_header(header::RANGE, range_header(state.size)));
+        }
+    };
+    let state = app.registry.append_upload(repo, id, start, len, body_stream(body)).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, repo, id, state.size))
+}
+
+async fn finish_upload(app: &App, repo: &RepoName, id: &UploadId, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let q = query(uri);
+    let digest = q
+        .get("digest")
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "the digest query parameter is required"))?;
+    let digest = parse_digest(digest)?;
+    let last_chunk = if has_body(headers) {
+        let (start, len) = chunk_bounds(headers)?;
+        Some((start, len, body_stream(body)))
+    } else {
+        None
+    };
+    app.registry.finish_upload(repo, id, &digest, last_chunk).await?;
+    Ok(blob_created(repo, &digest))
+}
+
+async fn referrers(app: &App, repo: &RepoName, subject: &Digest, uri: &Uri) -> Result<Response> {
+    let q = query(uri);
+    let filter = q.get("artifactType").filter(|t| !t.is_empty());
+    let list = app.registry.referrers(repo, subject, filter.map(String::as_str)).await?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": list,
+    });
+    let mut resp = json_response(&index, media::OCI_INDEX, None);
+    if filter.is_some() {
+        resp.headers_mut()
+            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    Ok(resp)
+}
