@@ -1,0 +1,154 @@
+//! Shared helpers: an in-process berth on port 0 over a temporary filesystem store, and
+//! small builders for blobs and manifests.
+
+#![allow(dead_code)] // reason: each test module uses a different subset
+
+use berth::config::Config;
+use oci::Digest;
+use serde_json::json;
+use std::net::SocketAddr;
+
+/// A berth server running in this process on a free port, with its own data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Start a server with the default configuration on a fresh temporary store.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        TestServer::start_in(dir).await
+    }
+
+    /// Start a server on an existing data directory.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        let mut config = Config::load(None).unwrap();
+        config.storage.path = dir.path().join("data");
+        config.storage.fsync = false; // tests do not need power-loss durability
+        let app = berth::build_app(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stop the server, keeping its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn digest_of(bytes: &[u8]) -> Digest {
+    Digest::sha256_of(bytes)
+}
+
+/// Upload a blob monolithically (POST with digest) and return its digest.
+pub async fn push_blob(s: &TestServer, repo: &str, bytes: &[u8]) -> Digest {
+    let d = digest_of(bytes);
+    let r = client()
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "push blob: {}", r.text().await.unwrap());
+    d
+}
+
+/// An OCI image manifest for a config and layers already pushed.
+pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": oci::media::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
+        "layers": layers.iter().map(|(d, n)| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// Push a manifest under `reference` and return the response.
+pub async fn put_manifest(s: &TestServer, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+    client()
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Push a small random image (config + one layer) tagged `tag`; returns the manifest digest.
+pub async fn push_image(s: &TestServer, repo: &str, tag: &str, seed: &str) -> Digest {
+    let config = format!("{{\"seed\":\"{seed}\"}}");
+    let layer = format!("layer of {seed}").repeat(100);
+    let c = push_blob(s, repo, config.as_bytes()).await;
+    let l = push_blob(s, repo, layer.as_bytes()).await;
+    let m = image_manifest((&c, config.len()), &[(&l, layer.len())]);
+    let r = put_manifest(s, repo, tag, oci::media::OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    digest_of(&m)
+}
+
+/// The error code of a spec error body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Is a Debian tool on PATH? Tests that need one fail with a clear message if not,
+/// because `.ci/run` installs them: a missing tool is a broken setup, not a skip.
+pub fn require_tool(name: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed: run .ci/run (it installs the Debian packages the tests need)");
+}

@@ -1,0 +1,1 @@
+//! Crash-safety tests (written next).

@@ -1,0 +1,9 @@
+//! berth's integration tests: one test binary, one module per area. Servers run
+//! in-process on port 0 (see `common`), except where a test needs a real process to
+//! kill or a real client (skopeo) to talk to.
+
+mod api;
+mod cli;
+mod common;
+mod crash;
+mod skopeo;

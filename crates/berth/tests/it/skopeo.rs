@@ -1,0 +1,1 @@
+//! Real-client tests with skopeo and umoci (written next).
