@@ -32,7 +32,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen() }
+        ServerConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -112,8 +114,9 @@ impl Config {
         match path {
             None => Config::parse(DEFAULT_TOML, "the embedded default configuration"),
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("cannot read configuration file {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("cannot read configuration file {}: {e}", p.display())
+                })?;
                 Config::parse(&text, &p.display().to_string())
             }
         }
@@ -130,16 +133,26 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.storage.path, PathBuf::from("./berth-data"));
         assert!(c.storage.fsync);
-        Config::parse(include_str!("../../../config/berth.example.toml"), "example").unwrap();
+        Config::parse(
+            include_str!("../../../config/berth.example.toml"),
+            "example",
+        )
+        .unwrap();
     }
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let e = Config::parse("[server]\nlisen = \"127.0.0.1:1\"\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[server]\nlisen = \"127.0.0.1:1\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
-        let e = Config::parse("[server]\nlisten = \"nowhere\"\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[server]\nlisten = \"nowhere\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = Config::parse("[storage]\nkind = \"tape\"\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[storage]\nkind = \"tape\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kind") && e.contains("tape"), "{e}");
         let e = Config::parse("[nope]\n", "t").unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");

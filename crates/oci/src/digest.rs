@@ -80,9 +80,11 @@ impl FromStr for Digest {
             .ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
         // Grammar from the image spec: algorithm-component ([+._-] algorithm-component)*
         let algo_ok = !algo.is_empty()
-            && algo
-                .split(['+', '.', '_', '-'])
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && algo.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         let hex_ok = !hex.is_empty()
             && hex
                 .bytes()
@@ -96,7 +98,9 @@ impl FromStr for Digest {
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_owned())),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::Malformed(s.to_owned()));
         }

@@ -15,7 +15,10 @@ pub mod media {
 
     /// Is this a manifest type (as opposed to a blob type)?
     pub fn is_manifest(media_type: &str) -> bool {
-        matches!(media_type, OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST)
+        matches!(
+            media_type,
+            OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST
+        )
     }
 }
 
@@ -99,7 +102,10 @@ pub struct ParsedManifest {
 impl ParsedManifest {
     /// Parse manifest bytes. `content_type` is the Content-Type the client sent, if any;
     /// when the body names a mediaType the two must agree.
-    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
+    pub fn parse(
+        bytes: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<ParsedManifest, ManifestError> {
         let raw: Raw = serde_json::from_slice(bytes)?;
         if let Some(v) = raw.schema_version
             && v != 2
@@ -199,8 +205,11 @@ mod tests {
         assert!(ParsedManifest::parse(b"{not json", None).is_err());
         assert!(ParsedManifest::parse(br#"{"schemaVersion":1}"#, None).is_err());
         assert!(
-            ParsedManifest::parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#, None)
-                .is_err()
+            ParsedManifest::parse(
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
+                None
+            )
+            .is_err()
         );
         // a digest with a path trick inside a descriptor is a JSON error, not a path
         assert!(

@@ -14,7 +14,9 @@ pub const MAX_TAG_LEN: usize = 128;
 /// Why a name, tag or reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("invalid repository name {0:?}: components must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*, separated by '/', at most 255 bytes")]
+    #[error(
+        "invalid repository name {0:?}: components must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*, separated by '/', at most 255 bytes"
+    )]
     Name(String),
     #[error("invalid tag {0:?}: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     Tag(String),
@@ -222,7 +224,8 @@ mod tests {
         assert!("a".repeat(129).parse::<Tag>().is_err());
         assert!(matches!("v1".parse::<Reference>(), Ok(Reference::Tag(_))));
         assert!(matches!(
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse::<Reference>(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                .parse::<Reference>(),
             Ok(Reference::Digest(_))
         ));
         assert!("sha256:nothex".parse::<Reference>().is_err());

@@ -31,7 +31,12 @@ pub struct UploadState {
 impl Registry {
     /// Size of blob `digest` if the repository links it.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        if self.store.stat(&layout::blob_link(repo, digest)?).await?.is_none() {
+        if self
+            .store
+            .stat(&layout::blob_link(repo, digest)?)
+            .await?
+            .is_none()
+        {
             return Err(RegistryError::BlobUnknown);
         }
         match self.store.stat(&layout::blob(digest)?).await? {
@@ -42,7 +47,12 @@ impl Registry {
 
     /// Bytes `range` of a blob the repository links (the caller has checked the range
     /// against [`Registry::stat_blob`]).
-    pub async fn read_blob(&self, repo: &RepoName, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobRead> {
         let size = self.stat_blob(repo, digest).await?;
         let range = range.unwrap_or(0..size);
         match self.store.read(&layout::blob(digest)?, range).await {
@@ -64,9 +74,18 @@ impl Registry {
     /// Link an existing blob into `repo`. With `from`, only if that repository links it;
     /// without, if the registry holds the blob at all. `false` when it could not be
     /// mounted (the caller then starts an ordinary upload).
-    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool> {
         if let Some(from) = from
-            && self.store.stat(&layout::blob_link(from, digest)?).await?.is_none()
+            && self
+                .store
+                .stat(&layout::blob_link(from, digest)?)
+                .await?
+                .is_none()
         {
             return Ok(false);
         }
@@ -78,14 +97,16 @@ impl Registry {
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        self.put_small(&layout::blob_link(repo, digest)?, digest.to_string()).await
+        self.put_small(&layout::blob_link(repo, digest)?, digest.to_string())
+            .await
     }
 
     /// Start an upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadId> {
         let id = UploadId::random();
         self.store.upload_create(&id).await?;
-        self.put_small(&layout::upload(repo, &id)?, repo.to_string()).await?;
+        self.put_small(&layout::upload(repo, &id)?, repo.to_string())
+            .await?;
         Ok(id)
     }
 
@@ -111,7 +132,11 @@ impl Registry {
     /// current, else by re-reading what was stored (after a restart, or on a replica that
     /// did not see the earlier chunks).
     async fn hasher_at(&self, id: &UploadId, size: u64, algorithm: Algorithm) -> Result<Hasher> {
-        let cached = self.hashers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let cached = self
+            .hashers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         if let Some((at, h)) = cached
             && at == size
             && h.algorithm() == algorithm
@@ -141,10 +166,14 @@ impl Registry {
         if let Some(start) = start
             && start != state.size
         {
-            return Err(RegistryError::RangeInvalid { current: state.size });
+            return Err(RegistryError::RangeInvalid {
+                current: state.size,
+            });
         }
         let hasher = self.hasher_at(id, state.size, Algorithm::Sha256).await?;
-        let (size, hasher) = self.append_hashed(id, state.size, hasher, len, body).await?;
+        let (size, hasher) = self
+            .append_hashed(id, state.size, hasher, len, body)
+            .await?;
         self.hashers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -177,7 +206,8 @@ impl Registry {
             let counter = counter.clone();
             async move {
                 let chunk = chunk?;
-                let total = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                let total =
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
                 if len.is_some_and(|len| total > len) {
                     return Err(short_or_long("body longer than announced"));
                 }
@@ -190,7 +220,9 @@ impl Registry {
         // A body shorter than announced fails at its end, so the store rolls it back.
         let end_check = futures::stream::once(async move {
             match len {
-                Some(len) if seen.load(Ordering::Relaxed) != len => Some(Err(short_or_long("body shorter than announced"))),
+                Some(len) if seen.load(Ordering::Relaxed) != len => {
+                    Some(Err(short_or_long("body shorter than announced")))
+                }
                 _ => None,
             }
         })
@@ -205,7 +237,9 @@ impl Registry {
             Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(RegistryError::SizeInvalid);
             }
-            Err(StoreError::OffsetMismatch { current }) => return Err(RegistryError::RangeInvalid { current }),
+            Err(StoreError::OffsetMismatch { current }) => {
+                return Err(RegistryError::RangeInvalid { current });
+            }
             Err(e) => return Err(e.into()),
         };
         Ok((size, hasher))
@@ -227,7 +261,9 @@ impl Registry {
             if let Some(start) = start
                 && start != state.size
             {
-                return Err(RegistryError::RangeInvalid { current: state.size });
+                return Err(RegistryError::RangeInvalid {
+                    current: state.size,
+                });
             }
             let h = self.hasher_at(id, state.size, digest.algorithm()).await?;
             let (size, h) = self.append_hashed(id, state.size, h, len, body).await?;
@@ -238,7 +274,10 @@ impl Registry {
             Some(h) => h,
             None => self.hasher_at(id, state.size, digest.algorithm()).await?,
         };
-        self.hashers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.hashers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         if hasher.finish() != *digest {
             self.discard_upload(repo, id).await?;
             return Err(RegistryError::DigestInvalid);
@@ -250,7 +289,10 @@ impl Registry {
     }
 
     async fn discard_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        self.hashers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.hashers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.store.upload_abort(id).await?;
         self.store.delete(&layout::upload(repo, id)?).await?;
         Ok(())
@@ -263,9 +305,17 @@ impl Registry {
     }
 
     /// A whole blob in one request (POST with `digest`, or a test helper).
-    pub async fn put_blob(&self, repo: &RepoName, digest: &Digest, len: Option<u64>, body: ByteStream) -> Result<()> {
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<()> {
         let id = self.start_upload(repo).await?;
-        let r = self.finish_upload(repo, &id, digest, Some((None, len, body))).await;
+        let r = self
+            .finish_upload(repo, &id, digest, Some((None, len, body)))
+            .await;
         if r.is_err() {
             let _ = self.discard_upload(repo, &id).await;
         }

@@ -19,7 +19,12 @@ use store::{Key, UploadId};
 pub const REPOS: &str = "repos";
 
 pub fn blob(d: &Digest) -> Result<Key> {
-    Ok(Key::new(format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex()))?)
+    Ok(Key::new(format!(
+        "blobs/{}/{}/{}",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    ))?)
 }
 
 pub fn repo(r: &RepoName) -> Result<Key> {
@@ -27,11 +32,19 @@ pub fn repo(r: &RepoName) -> Result<Key> {
 }
 
 pub fn blob_link(r: &RepoName, d: &Digest) -> Result<Key> {
-    Ok(Key::new(format!("{REPOS}/{r}/_blobs/{}/{}", d.algorithm().as_str(), d.hex()))?)
+    Ok(Key::new(format!(
+        "{REPOS}/{r}/_blobs/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    ))?)
 }
 
 pub fn manifest_link(r: &RepoName, d: &Digest) -> Result<Key> {
-    Ok(Key::new(format!("{REPOS}/{r}/_manifests/{}/{}", d.algorithm().as_str(), d.hex()))?)
+    Ok(Key::new(format!(
+        "{REPOS}/{r}/_manifests/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    ))?)
 }
 
 pub fn tags(r: &RepoName) -> Result<Key> {

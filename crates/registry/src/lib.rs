@@ -56,14 +56,15 @@ impl Default for RegistryOptions {
 }
 
 type Timed<T> = (T, Instant);
+type TimedCache<K, V> = Arc<quick_cache::sync::Cache<K, Timed<V>>>;
 
 /// A registry on top of a store. Cheap to clone; clones share caches.
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
     options: RegistryOptions,
-    tags: Arc<quick_cache::sync::Cache<(RepoName, Tag), Timed<Digest>>>,
-    manifests: Arc<quick_cache::sync::Cache<(RepoName, Digest), Timed<Arc<Stored>>>>,
+    tags: TimedCache<(RepoName, Tag), Digest>,
+    manifests: TimedCache<(RepoName, Digest), Arc<Stored>>,
     /// Hash state of uploads in progress, by id: a cache, rebuilt from the bytes when lost.
     hashers: Arc<Mutex<HashMap<UploadId, (u64, Hasher)>>>,
 }
@@ -89,7 +90,8 @@ impl Registry {
     }
 
     fn fresh<T: Clone>(&self, v: Option<Timed<T>>) -> Option<T> {
-        v.filter(|(_, at)| at.elapsed() < self.options.cache_ttl).map(|(v, _)| v)
+        v.filter(|(_, at)| at.elapsed() < self.options.cache_ttl)
+            .map(|(v, _)| v)
     }
 
     async fn put_small(&self, key: &store::Key, bytes: impl Into<Bytes>) -> Result<()> {
@@ -99,8 +101,8 @@ impl Registry {
     /// Does the repository exist (has any manifest, tag or blob)?
     pub async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
         let entries = self.store.list(&layout::repo(repo)?).await?;
-        Ok(entries
-            .iter()
-            .any(|e| matches!(e, store::Entry::Prefix(n) if layout::REPO_MARKERS.contains(&n.as_str()))))
+        Ok(entries.iter().any(
+            |e| matches!(e, store::Entry::Prefix(n) if layout::REPO_MARKERS.contains(&n.as_str())),
+        ))
     }
 }

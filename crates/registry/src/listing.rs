@@ -16,7 +16,10 @@ impl Page {
     /// Cut a sorted list to this page; the flag says whether more entries follow.
     pub fn apply(&self, sorted: Vec<String>) -> (Vec<String>, bool) {
         let mut items: Vec<String> = match &self.last {
-            Some(last) => sorted.into_iter().filter(|s| s.as_str() > last.as_str()).collect(),
+            Some(last) => sorted
+                .into_iter()
+                .filter(|s| s.as_str() > last.as_str())
+                .collect(),
             None => sorted,
         };
         match self.n {
@@ -47,7 +50,12 @@ impl Registry {
         if !self.repo_exists(repo).await? {
             return Err(RegistryError::NameUnknown);
         }
-        let mut tags: Vec<String> = self.all_tags(repo).await?.into_iter().map(|t| t.to_string()).collect();
+        let mut tags: Vec<String> = self
+            .all_tags(repo)
+            .await?
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect();
         tags.sort();
         Ok(page.apply(tags))
     }
@@ -62,7 +70,10 @@ impl Registry {
             }
         }
         while let Some(name) = stack.pop() {
-            let children = self.store.list(&Key::new(format!("{}/{name}", layout::REPOS))?).await?;
+            let children = self
+                .store
+                .list(&Key::new(format!("{}/{name}", layout::REPOS))?)
+                .await?;
             let mut is_repo = false;
             for c in children {
                 if let Entry::Prefix(c) = c {
@@ -83,24 +94,41 @@ impl Registry {
 
     /// A page of the catalog.
     pub async fn catalog(&self, page: &Page) -> Result<(Vec<String>, bool)> {
-        let names = self.all_repositories().await?.into_iter().map(|r| r.to_string()).collect();
+        let names = self
+            .all_repositories()
+            .await?
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect();
         Ok(page.apply(names))
     }
 
     /// Manifests in `repo` whose `subject` is `subject`, optionally only those of one
     /// artifact type. Sorted by digest so listings are stable.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
         let dir = layout::referrers(repo, subject)?;
         let mut out = Vec::new();
         for e in self.store.list(&dir).await? {
             let Entry::Object(name) = e else { continue };
-            let Some(bytes) = self.store.get(&dir.join(&name)?).await? else { continue };
+            let Some(bytes) = self.store.get(&dir.join(&name)?).await? else {
+                continue;
+            };
             let Ok(desc) = serde_json::from_slice::<Descriptor>(&bytes) else {
                 tracing::warn!(repo = %repo, entry = %name, "unreadable referrer link skipped");
                 continue;
             };
             // A referrer whose manifest was deleted is not listed.
-            if self.store.stat(&layout::manifest_link(repo, &desc.digest)?).await?.is_none() {
+            if self
+                .store
+                .stat(&layout::manifest_link(repo, &desc.digest)?)
+                .await?
+                .is_none()
+            {
                 continue;
             }
             if artifact_type.is_none_or(|t| desc.artifact_type.as_deref() == Some(t)) {

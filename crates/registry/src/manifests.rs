@@ -60,7 +60,11 @@ impl Registry {
     }
 
     /// The manifest `digest` if the repository holds it.
-    pub async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Arc<Stored>> {
+    pub async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<Stored>> {
         let ck = (repo.clone(), digest.clone());
         if let Some(m) = self.fresh(self.manifests.get(&ck)) {
             return Ok(m);
@@ -136,12 +140,16 @@ impl Registry {
                 platform: None,
                 urls: Vec::new(),
             };
-            let json = serde_json::to_vec(&desc).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+            let json = serde_json::to_vec(&desc)
+                .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
             self.put_small(&layout::referrer(repo, &subject.digest, &digest)?, json)
                 .await?;
         }
-        self.put_small(&layout::manifest_link(repo, &digest)?, parsed.media_type.clone())
-            .await?;
+        self.put_small(
+            &layout::manifest_link(repo, &digest)?,
+            parsed.media_type.clone(),
+        )
+        .await?;
         self.manifests.insert(
             (repo.clone(), digest.clone()),
             (
@@ -153,8 +161,10 @@ impl Registry {
             ),
         );
         if let Reference::Tag(t) = reference {
-            self.put_small(&layout::tag(repo, t)?, digest.to_string()).await?;
-            self.tags.insert((repo.clone(), t.clone()), (digest.clone(), Instant::now()));
+            self.put_small(&layout::tag(repo, t)?, digest.to_string())
+                .await?;
+            self.tags
+                .insert((repo.clone(), t.clone()), (digest.clone(), Instant::now()));
         }
         Ok(PutOutcome {
             digest,
@@ -164,7 +174,11 @@ impl Registry {
 
     async fn check_references(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
         for d in parsed.required_blobs() {
-            if self.store.stat(&layout::blob_link(repo, &d.digest)?).await?.is_none()
+            if self
+                .store
+                .stat(&layout::blob_link(repo, &d.digest)?)
+                .await?
+                .is_none()
                 || self.store.stat(&layout::blob(&d.digest)?).await?.is_none()
             {
                 return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
@@ -172,7 +186,12 @@ impl Registry {
         }
         if parsed.kind == ManifestKind::Index {
             for child in &parsed.manifests {
-                if self.store.stat(&layout::manifest_link(repo, &child.digest)?).await?.is_none() {
+                if self
+                    .store
+                    .stat(&layout::manifest_link(repo, &child.digest)?)
+                    .await?
+                    .is_none()
+                {
                     return Err(RegistryError::ManifestChildUnknown(child.digest.clone()));
                 }
             }
@@ -197,7 +216,9 @@ impl Registry {
                 if let Ok(parsed) = ParsedManifest::parse(&stored.bytes, Some(&stored.media_type))
                     && let Some(subject) = parsed.subject
                 {
-                    self.store.delete(&layout::referrer(repo, &subject.digest, d)?).await?;
+                    self.store
+                        .delete(&layout::referrer(repo, &subject.digest, d)?)
+                        .await?;
                 }
                 for tag in self.all_tags(repo).await? {
                     if self.resolve_tag(repo, &tag).await.ok().as_ref() == Some(d) {

@@ -39,7 +39,9 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         use RegistryError::*;
         let status = match &e {
-            BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => StatusCode::NOT_FOUND,
+            BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => {
+                StatusCode::NOT_FOUND
+            }
             RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,10 +2,10 @@
 //! for the route and method. Handlers translate between HTTP (headers, bodies, status
 //! codes) and registry calls; they make no content decisions of their own.
 
+use crate::App;
 use crate::error::ApiError;
 use crate::range::{self, RangeRequest};
 use crate::route::{self, Route, RouteError};
-use crate::App;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -39,7 +39,7 @@ fn query(uri: &Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -62,7 +62,8 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
-    s.parse::<Digest>().map_err(|e| ApiError::from(registry::RegistryError::from(e)))
+    s.parse::<Digest>()
+        .map_err(|e| ApiError::from(registry::RegistryError::from(e)))
 }
 
 /// Fallback for paths outside `/v2`.
@@ -71,7 +72,13 @@ pub async fn not_found() -> Response {
 }
 
 /// Entry point for every `/v2` request.
-pub async fn dispatch(State(app): State<App>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub async fn dispatch(
+    State(app): State<App>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let route = route::parse(uri.path());
     let class = route.as_ref().map(Route::class).unwrap_or("invalid");
@@ -80,13 +87,20 @@ pub async fn dispatch(State(app): State<App>, method: Method, uri: Uri, headers:
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Err(RouteError::NotFound) => not_found().await,
-        Err(RouteError::BadUploadId) => {
-            ApiError::new(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").into_response()
+        Err(RouteError::BadUploadId) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        )
+        .into_response(),
+        Err(RouteError::Invalid(e)) => {
+            ApiError::from(registry::RegistryError::from(e)).into_response()
         }
-        Err(RouteError::Invalid(e)) => ApiError::from(registry::RegistryError::from(e)).into_response(),
     };
-    resp.headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
     tracing::debug!(
         method = %method,
         path = uri.path(),
@@ -98,7 +112,14 @@ pub async fn dispatch(State(app): State<App>, method: Method, uri: Uri, headers:
     resp
 }
 
-async fn handle(app: &App, route: Route, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn handle(
+    app: &App,
+    route: Route,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let m = method.clone();
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok((
@@ -110,7 +131,9 @@ async fn handle(app: &App, route: Route, method: &Method, uri: &Uri, headers: &H
         (Route::Tags(repo), Method::GET) => tags(app, &repo, uri).await,
         (Route::Manifest(repo, r), Method::GET) => get_manifest(app, &repo, &r, false).await,
         (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, &repo, &r, true).await,
-        (Route::Manifest(repo, r), Method::PUT) => put_manifest(app, &repo, &r, headers, body).await,
+        (Route::Manifest(repo, r), Method::PUT) => {
+            put_manifest(app, &repo, &r, headers, body).await
+        }
         (Route::Manifest(repo, r), Method::DELETE) => {
             app.registry.delete_manifest(&repo, &r).await?;
             Ok(StatusCode::ACCEPTED.into_response())
@@ -121,29 +144,45 @@ async fn handle(app: &App, route: Route, method: &Method, uri: &Uri, headers: &H
             app.registry.delete_blob(&repo, &d).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        (Route::UploadStart(repo), Method::POST) => start_upload(app, &repo, uri, headers, body).await,
+        (Route::UploadStart(repo), Method::POST) => {
+            start_upload(app, &repo, uri, headers, body).await
+        }
         (Route::Upload(repo, id), Method::GET) => {
             let state = app.registry.upload_status(&repo, &id).await?;
-            Ok(upload_response(StatusCode::NO_CONTENT, &repo, &id, state.size))
+            Ok(upload_response(
+                StatusCode::NO_CONTENT,
+                &repo,
+                &id,
+                state.size,
+            ))
         }
-        (Route::Upload(repo, id), Method::PATCH) => patch_upload(app, &repo, &id, headers, body).await,
-        (Route::Upload(repo, id), Method::PUT) => finish_upload(app, &repo, &id, uri, headers, body).await,
+        (Route::Upload(repo, id), Method::PATCH) => {
+            patch_upload(app, &repo, &id, headers, body).await
+        }
+        (Route::Upload(repo, id), Method::PUT) => {
+            finish_upload(app, &repo, &id, uri, headers, body).await
+        }
         (Route::Upload(repo, id), Method::DELETE) => {
             app.registry.cancel_upload(&repo, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Route::Referrers(repo, d), Method::GET) => referrers(app, &repo, &d, uri).await,
-        (_, m) => Err(ApiError::unsupported(format!("method {m} is not supported on this endpoint"))),
+        (_, m) => Err(ApiError::unsupported(format!(
+            "method {m} is not supported on this endpoint"
+        ))),
     }
 }
 
 fn page_of(uri: &Uri) -> Result<Page> {
     let q = query(uri);
     let n = match q.get("n") {
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer"))?,
-        ),
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                "n must be a non-negative integer",
+            )
+        })?),
         None => None,
     };
     Ok(Page {
@@ -161,7 +200,11 @@ fn link_next(path: &str, n: Option<usize>, last: &str) -> HeaderValue {
     hv(&format!("<{path}?{}>; rel=\"next\"", ser.finish()))
 }
 
-fn json_response(value: &serde_json::Value, content_type: &'static str, link: Option<HeaderValue>) -> Response {
+fn json_response(
+    value: &serde_json::Value,
+    content_type: &'static str,
+    link: Option<HeaderValue>,
+) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     if let Some(l) = link {
@@ -176,14 +219,21 @@ async fn catalog(app: &App, uri: &Uri) -> Result<Response> {
     let link = more
         .then(|| repos.last().map(|l| link_next("/v2/_catalog", page.n, l)))
         .flatten();
-    Ok(json_response(&serde_json::json!({ "repositories": repos }), "application/json", link))
+    Ok(json_response(
+        &serde_json::json!({ "repositories": repos }),
+        "application/json",
+        link,
+    ))
 }
 
 async fn tags(app: &App, repo: &RepoName, uri: &Uri) -> Result<Response> {
     let page = page_of(uri)?;
     let (tags, more) = app.registry.list_tags(repo, &page).await?;
     let link = more
-        .then(|| tags.last().map(|l| link_next(&format!("/v2/{repo}/tags/list"), page.n, l)))
+        .then(|| {
+            tags.last()
+                .map(|l| link_next(&format!("/v2/{repo}/tags/list"), page.n, l))
+        })
         .flatten();
     Ok(json_response(
         &serde_json::json!({ "name": repo.as_str(), "tags": tags }),
@@ -192,33 +242,53 @@ async fn tags(app: &App, repo: &RepoName, uri: &Uri) -> Result<Response> {
     ))
 }
 
-async fn get_manifest(app: &App, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response> {
+async fn get_manifest(
+    app: &App,
+    repo: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response> {
     let m = app.registry.get_manifest(repo, reference).await?;
     let mut headers = HeaderMap::with_capacity(5);
     headers.insert(header::CONTENT_TYPE, hv(&m.stored.media_type));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(m.stored.bytes.len()));
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(m.stored.bytes.len()),
+    );
     let digest = hv(&m.digest.to_string());
     headers.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
     headers.insert(DIGEST_HEADER, digest);
-    let body = if head { Body::empty() } else { Body::from(m.stored.bytes.clone()) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.stored.bytes.clone())
+    };
     let mut resp = Response::new(body);
     *resp.headers_mut() = headers;
     Ok(resp)
 }
 
-async fn put_manifest(app: &App, repo: &RepoName, reference: &Reference, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn put_manifest(
+    app: &App,
+    repo: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let limit = app.registry.options().max_manifest_bytes;
     if let Some(len) = content_length(headers)
         && len > limit
     {
         return Err(registry::RegistryError::ManifestTooLarge { size: len, limit }.into());
     }
-    let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| {
-        ApiError::from(registry::RegistryError::ManifestTooLarge {
-            size: limit + 1,
-            limit,
-        })
-    })?;
+    let bytes = axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|_| {
+            ApiError::from(registry::RegistryError::ManifestTooLarge {
+                size: limit + 1,
+                limit,
+            })
+        })?;
     let outcome = app
         .registry
         .put_manifest(PutManifest {
@@ -230,7 +300,10 @@ async fn put_manifest(app: &App, repo: &RepoName, reference: &Reference, headers
         .await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
-    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", outcome.digest)));
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{repo}/manifests/{}", outcome.digest)),
+    );
     h.insert(DIGEST_HEADER, hv(&outcome.digest.to_string()));
     if let Some(subject) = outcome.subject {
         h.insert("oci-subject", hv(&subject.to_string()));
@@ -238,7 +311,13 @@ async fn put_manifest(app: &App, repo: &RepoName, reference: &Reference, headers
     Ok(resp)
 }
 
-async fn get_blob(app: &App, repo: &RepoName, digest: &Digest, headers: &HeaderMap, head: bool) -> Result<Response> {
+async fn get_blob(
+    app: &App,
+    repo: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
     let size = app.registry.stat_blob(repo, digest).await?;
     let requested = range::resolve(header_str(headers, header::RANGE), size);
     let (status, range) = match requested {
@@ -256,14 +335,23 @@ async fn get_blob(app: &App, repo: &RepoName, digest: &Digest, headers: &HeaderM
     let body = if head {
         Body::empty()
     } else {
-        let read = app.registry.read_blob(repo, digest, Some(range.clone())).await?;
+        let read = app
+            .registry
+            .read_blob(repo, digest, Some(range.clone()))
+            .await?;
         Body::from_stream(read.body)
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(DIGEST_HEADER, hv(&digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
@@ -279,7 +367,10 @@ async fn get_blob(app: &App, repo: &RepoName, digest: &Digest, headers: &HeaderM
 fn upload_response(status: StatusCode, repo: &RepoName, id: &UploadId, size: u64) -> Response {
     let mut resp = status.into_response();
     let h = resp.headers_mut();
-    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/uploads/{id}")));
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{repo}/blobs/uploads/{id}")),
+    );
     h.insert(header::RANGE, range_header(size));
     h.insert(UPLOAD_UUID_HEADER, hv(id.as_str()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
@@ -295,15 +386,28 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
     resp
 }
 
-async fn start_upload(app: &App, repo: &RepoName, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn start_upload(
+    app: &App,
+    repo: &RepoName,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let q = query(uri);
     if let Some(mount) = q.get("mount") {
         let digest = parse_digest(mount)?;
         let from = match q.get("from") {
-            Some(f) => Some(f.parse::<RepoName>().map_err(|e| ApiError::from(registry::RegistryError::from(e)))?),
+            Some(f) => Some(
+                f.parse::<RepoName>()
+                    .map_err(|e| ApiError::from(registry::RegistryError::from(e)))?,
+            ),
             None => None,
         };
-        if app.registry.mount_blob(repo, &digest, from.as_ref()).await? {
+        if app
+            .registry
+            .mount_blob(repo, &digest, from.as_ref())
+            .await?
+        {
             return Ok(blob_created(repo, &digest));
         }
         // Not mountable: fall through to an ordinary upload session, as the spec says.
@@ -326,7 +430,11 @@ fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>)> {
     match header_str(headers, header::CONTENT_RANGE) {
         Some(cr) => {
             let (start, range_len) = range::content_range(cr).ok_or_else(|| {
-                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", format!("malformed Content-Range {cr:?}"))
+                ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("malformed Content-Range {cr:?}"),
+                )
             })?;
             if let Some(len) = len
                 && len != range_len
@@ -343,7 +451,13 @@ fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>)> {
     }
 }
 
-async fn patch_upload(app: &App, repo: &RepoName, id: &UploadId, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn patch_upload(
+    app: &App,
+    repo: &RepoName,
+    id: &UploadId,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let (start, len) = match chunk_bounds(headers) {
         Ok(b) => b,
         Err(e) => {
@@ -352,15 +466,29 @@ async fn patch_upload(app: &App, repo: &RepoName, id: &UploadId, headers: &Heade
             return Err(e.with_header(header::RANGE, range_header(state.size)));
         }
     };
-    let state = app.registry.append_upload(repo, id, start, len, body_stream(body)).await?;
+    let state = app
+        .registry
+        .append_upload(repo, id, start, len, body_stream(body))
+        .await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, id, state.size))
 }
 
-async fn finish_upload(app: &App, repo: &RepoName, id: &UploadId, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn finish_upload(
+    app: &App,
+    repo: &RepoName,
+    id: &UploadId,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let q = query(uri);
-    let digest = q
-        .get("digest")
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "the digest query parameter is required"))?;
+    let digest = q.get("digest").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "the digest query parameter is required",
+        )
+    })?;
     let digest = parse_digest(digest)?;
     let last_chunk = if has_body(headers) {
         let (start, len) = chunk_bounds(headers)?;
@@ -368,14 +496,19 @@ async fn finish_upload(app: &App, repo: &RepoName, id: &UploadId, uri: &Uri, hea
     } else {
         None
     };
-    app.registry.finish_upload(repo, id, &digest, last_chunk).await?;
+    app.registry
+        .finish_upload(repo, id, &digest, last_chunk)
+        .await?;
     Ok(blob_created(repo, &digest))
 }
 
 async fn referrers(app: &App, repo: &RepoName, subject: &Digest, uri: &Uri) -> Result<Response> {
     let q = query(uri);
     let filter = q.get("artifactType").filter(|t| !t.is_empty());
-    let list = app.registry.referrers(repo, subject, filter.map(String::as_str)).await?;
+    let list = app
+        .registry
+        .referrers(repo, subject, filter.map(String::as_str))
+        .await?;
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_INDEX,
@@ -383,8 +516,10 @@ async fn referrers(app: &App, repo: &RepoName, subject: &Digest, uri: &Uri) -> R
     });
     let mut resp = json_response(&index, media::OCI_INDEX, None);
     if filter.is_some() {
-        resp.headers_mut()
-            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(resp)
 }

@@ -16,7 +16,9 @@ pub enum RangeRequest {
 
 /// Resolve a `Range` header value against a blob of `size` bytes.
 pub fn resolve(header: Option<&str>, size: u64) -> RangeRequest {
-    let Some(h) = header else { return RangeRequest::Whole };
+    let Some(h) = header else {
+        return RangeRequest::Whole;
+    };
     let Some(spec) = h.trim().strip_prefix("bytes=") else {
         return RangeRequest::Unsatisfiable;
     };
@@ -80,7 +82,16 @@ mod tests {
         assert_eq!(resolve(Some("bytes=-3"), 10), RangeRequest::Part(7..10));
         assert_eq!(resolve(Some("bytes=8-100"), 10), RangeRequest::Part(8..10));
         assert_eq!(resolve(Some("bytes=-100"), 10), RangeRequest::Part(0..10));
-        for bad in ["bytes=10-", "bytes=5-4", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=-0", "bytes=-", "bytes=+1-2"] {
+        for bad in [
+            "bytes=10-",
+            "bytes=5-4",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-0",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
             assert_eq!(resolve(Some(bad), 10), RangeRequest::Unsatisfiable, "{bad}");
         }
         assert_eq!(resolve(Some("bytes=0-0"), 0), RangeRequest::Unsatisfiable);

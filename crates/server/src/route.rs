@@ -70,7 +70,10 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Route::Tags(name.parse()?));
     }
-    if let Some(name) = rest.strip_suffix("/blobs/uploads/").or_else(|| rest.strip_suffix("/blobs/uploads")) {
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
         return Ok(Route::UploadStart(name.parse()?));
     }
     let parts: Vec<&str> = rest.rsplitn(4, '/').collect();
@@ -87,13 +90,15 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
             "blobs" => {
                 return Ok(Route::Blob(
                     name.parse()?,
-                    last.parse().map_err(|e| RouteError::Invalid(NameError::Digest(e)))?,
+                    last.parse()
+                        .map_err(|e| RouteError::Invalid(NameError::Digest(e)))?,
                 ));
             }
             "referrers" => {
                 return Ok(Route::Referrers(
                     name.parse()?,
-                    last.parse().map_err(|e| RouteError::Invalid(NameError::Digest(e)))?,
+                    last.parse()
+                        .map_err(|e| RouteError::Invalid(NameError::Digest(e)))?,
                 ));
             }
             _ => {}
@@ -113,26 +118,64 @@ mod tests {
         assert_eq!(parse("/v2/"), Ok(Route::Base));
         assert_eq!(parse("/v2/_catalog"), Ok(Route::Catalog));
         assert!(matches!(parse("/v2/a/b/tags/list"), Ok(Route::Tags(n)) if n.as_str() == "a/b"));
-        assert!(matches!(parse("/v2/a/b/manifests/latest"), Ok(Route::Manifest(n, Reference::Tag(_))) if n.as_str() == "a/b"));
-        assert!(matches!(parse(&format!("/v2/a/manifests/{D}")), Ok(Route::Manifest(_, Reference::Digest(_)))));
-        assert!(matches!(parse(&format!("/v2/a/blobs/{D}")), Ok(Route::Blob(..))));
-        assert!(matches!(parse("/v2/a/blobs/uploads/"), Ok(Route::UploadStart(_))));
-        assert!(matches!(parse("/v2/a/b/blobs/uploads/abc-123"), Ok(Route::Upload(n, _)) if n.as_str() == "a/b"));
-        assert!(matches!(parse(&format!("/v2/x/blobs/uploads/blobs/{D}")), Ok(Route::Blob(n, _)) if n.as_str() == "x/blobs/uploads"));
-        assert!(matches!(parse(&format!("/v2/a/referrers/{D}")), Ok(Route::Referrers(..))));
+        assert!(
+            matches!(parse("/v2/a/b/manifests/latest"), Ok(Route::Manifest(n, Reference::Tag(_))) if n.as_str() == "a/b")
+        );
+        assert!(matches!(
+            parse(&format!("/v2/a/manifests/{D}")),
+            Ok(Route::Manifest(_, Reference::Digest(_)))
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/a/blobs/{D}")),
+            Ok(Route::Blob(..))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/uploads/"),
+            Ok(Route::UploadStart(_))
+        ));
+        assert!(
+            matches!(parse("/v2/a/b/blobs/uploads/abc-123"), Ok(Route::Upload(n, _)) if n.as_str() == "a/b")
+        );
+        assert!(
+            matches!(parse(&format!("/v2/x/blobs/uploads/blobs/{D}")), Ok(Route::Blob(n, _)) if n.as_str() == "x/blobs/uploads")
+        );
+        assert!(matches!(
+            parse(&format!("/v2/a/referrers/{D}")),
+            Ok(Route::Referrers(..))
+        ));
         // repositories may be named like endpoints
-        assert!(matches!(parse("/v2/manifests/manifests/x"), Ok(Route::Manifest(n, _)) if n.as_str() == "manifests"));
+        assert!(
+            matches!(parse("/v2/manifests/manifests/x"), Ok(Route::Manifest(n, _)) if n.as_str() == "manifests")
+        );
     }
 
     #[test]
     fn refusals() {
         assert_eq!(parse("/v1/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a/unknown/x"), Err(RouteError::NotFound));
-        assert!(matches!(parse("/v2/../x/manifests/latest"), Err(RouteError::Invalid(_))));
-        assert!(matches!(parse("/v2/A/manifests/latest"), Err(RouteError::Invalid(_))));
-        assert!(matches!(parse("/v2/a/manifests/.."), Err(RouteError::Invalid(_))));
-        assert!(matches!(parse("/v2/a/blobs/sha256:zz"), Err(RouteError::Invalid(_))));
-        assert_eq!(parse("/v2/a/blobs/uploads/../../x"), Err(RouteError::NotFound));
-        assert_eq!(parse("/v2/a/blobs/uploads/a.b"), Err(RouteError::BadUploadId));
+        assert!(matches!(
+            parse("/v2/../x/manifests/latest"),
+            Err(RouteError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/A/manifests/latest"),
+            Err(RouteError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/.."),
+            Err(RouteError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/sha256:zz"),
+            Err(RouteError::Invalid(_))
+        ));
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/../../x"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/a.b"),
+            Err(RouteError::BadUploadId)
+        );
     }
 }

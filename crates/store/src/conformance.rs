@@ -20,7 +20,13 @@ async fn collect(s: crate::ByteStream) -> std::io::Result<Vec<u8>> {
 }
 
 fn chunks(parts: &[&'static [u8]]) -> crate::ByteStream {
-    futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>()).boxed()
+    futures::stream::iter(
+        parts
+            .iter()
+            .map(|p| Ok(Bytes::from_static(p)))
+            .collect::<Vec<_>>(),
+    )
+    .boxed()
 }
 
 /// Run every check against `store`, which must start empty. Panics on the first failure.
@@ -35,16 +41,28 @@ pub async fn run_all(store: &dyn Store) {
 
 async fn objects(s: &dyn Store) {
     let k = key("t/objects/a");
-    assert!(s.stat(&k).await.unwrap().is_none(), "absent object has no stat");
+    assert!(
+        s.stat(&k).await.unwrap().is_none(),
+        "absent object has no stat"
+    );
     assert!(s.get(&k).await.unwrap().is_none());
     assert!(matches!(s.read(&k, 0..0).await, Err(StoreError::NotFound)));
     s.put(&k, Bytes::from_static(b"hello")).await.unwrap();
     assert_eq!(s.stat(&k).await.unwrap().unwrap().size, 5);
-    assert_eq!(s.get(&k).await.unwrap().unwrap(), Bytes::from_static(b"hello"));
+    assert_eq!(
+        s.get(&k).await.unwrap().unwrap(),
+        Bytes::from_static(b"hello")
+    );
     s.put(&k, Bytes::from_static(b"replaced")).await.unwrap();
-    assert_eq!(s.get(&k).await.unwrap().unwrap(), Bytes::from_static(b"replaced"));
+    assert_eq!(
+        s.get(&k).await.unwrap().unwrap(),
+        Bytes::from_static(b"replaced")
+    );
     assert!(s.delete(&k).await.unwrap());
-    assert!(!s.delete(&k).await.unwrap(), "second delete reports nothing deleted");
+    assert!(
+        !s.delete(&k).await.unwrap(),
+        "second delete reports nothing deleted"
+    );
     assert!(s.get(&k).await.unwrap().is_none());
     // an empty object is still an object
     s.put(&k, Bytes::new()).await.unwrap();
@@ -55,15 +73,36 @@ async fn objects(s: &dyn Store) {
 async fn ranges(s: &dyn Store) {
     let k = key("t/ranges/r");
     s.put(&k, Bytes::from_static(b"0123456789")).await.unwrap();
-    assert_eq!(collect(s.read(&k, 0..10).await.unwrap()).await.unwrap(), b"0123456789");
-    assert_eq!(collect(s.read(&k, 3..7).await.unwrap()).await.unwrap(), b"3456");
-    assert_eq!(collect(s.read(&k, 10..10).await.unwrap()).await.unwrap(), b"");
-    assert!(matches!(s.read(&k, 5..11).await, Err(StoreError::InvalidRange { size: 10, .. })));
-    assert!(matches!(s.read(&k, 11..12).await, Err(StoreError::InvalidRange { .. })));
+    assert_eq!(
+        collect(s.read(&k, 0..10).await.unwrap()).await.unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(
+        collect(s.read(&k, 3..7).await.unwrap()).await.unwrap(),
+        b"3456"
+    );
+    assert_eq!(
+        collect(s.read(&k, 10..10).await.unwrap()).await.unwrap(),
+        b""
+    );
+    assert!(matches!(
+        s.read(&k, 5..11).await,
+        Err(StoreError::InvalidRange { size: 10, .. })
+    ));
+    assert!(matches!(
+        s.read(&k, 11..12).await,
+        Err(StoreError::InvalidRange { .. })
+    ));
 }
 
 async fn listing(s: &dyn Store) {
-    for k in ["t/list/b", "t/list/a", "t/list/d/x", "t/list/d/y/z", "t/listother"] {
+    for k in [
+        "t/list/b",
+        "t/list/a",
+        "t/list/d/x",
+        "t/list/d/y/z",
+        "t/listother",
+    ] {
         s.put(&key(k), Bytes::from_static(b"x")).await.unwrap();
     }
     assert_eq!(
@@ -90,27 +129,61 @@ async fn uploads(s: &dyn Store) {
     ));
     s.upload_create(&id).await.unwrap();
     assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 0);
-    assert_eq!(s.upload_append(&id, 0, chunks(&[b"ab", b"cd"])).await.unwrap(), 4);
+    assert_eq!(
+        s.upload_append(&id, 0, chunks(&[b"ab", b"cd"]))
+            .await
+            .unwrap(),
+        4
+    );
     assert!(matches!(
         s.upload_append(&id, 2, chunks(&[b"zz"])).await,
         Err(StoreError::OffsetMismatch { current: 4 })
     ));
     assert_eq!(s.upload_append(&id, 4, chunks(&[b"ef"])).await.unwrap(), 6);
-    assert_eq!(collect(s.upload_read(&id).await.unwrap()).await.unwrap(), b"abcdef");
-    assert_eq!(s.upload_list().await.unwrap().iter().filter(|(u, _)| *u == id).count(), 1);
+    assert_eq!(
+        collect(s.upload_read(&id).await.unwrap()).await.unwrap(),
+        b"abcdef"
+    );
+    assert_eq!(
+        s.upload_list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| *u == id)
+            .count(),
+        1
+    );
     let dest = key("t/uploads/done");
-    assert!(s.stat(&dest).await.unwrap().is_none(), "nothing visible before commit");
+    assert!(
+        s.stat(&dest).await.unwrap().is_none(),
+        "nothing visible before commit"
+    );
     s.upload_commit(&id, &dest).await.unwrap();
-    assert_eq!(s.get(&dest).await.unwrap().unwrap(), Bytes::from_static(b"abcdef"));
-    assert!(s.upload_stat(&id).await.unwrap().is_none(), "commit forgets the upload");
-    assert!(matches!(s.upload_commit(&id, &dest).await, Err(StoreError::NotFound)));
+    assert_eq!(
+        s.get(&dest).await.unwrap().unwrap(),
+        Bytes::from_static(b"abcdef")
+    );
+    assert!(
+        s.upload_stat(&id).await.unwrap().is_none(),
+        "commit forgets the upload"
+    );
+    assert!(matches!(
+        s.upload_commit(&id, &dest).await,
+        Err(StoreError::NotFound)
+    ));
 
     let id2 = UploadId::random();
     s.upload_create(&id2).await.unwrap();
     s.upload_append(&id2, 0, chunks(&[b"zz"])).await.unwrap();
     assert!(s.upload_abort(&id2).await.unwrap());
     assert!(!s.upload_abort(&id2).await.unwrap());
-    assert!(s.upload_list().await.unwrap().iter().all(|(u, _)| *u != id2));
+    assert!(
+        s.upload_list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(u, _)| *u != id2)
+    );
 }
 
 async fn failed_append_is_all_or_nothing(s: &dyn Store) {
@@ -124,7 +197,10 @@ async fn failed_append_is_all_or_nothing(s: &dyn Store) {
     .boxed();
     assert!(s.upload_append(&id, 4, broken).await.is_err());
     assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 4);
-    assert_eq!(collect(s.upload_read(&id).await.unwrap()).await.unwrap(), b"keep");
+    assert_eq!(
+        collect(s.upload_read(&id).await.unwrap()).await.unwrap(),
+        b"keep"
+    );
     s.upload_abort(&id).await.unwrap();
 }
 
@@ -133,7 +209,10 @@ async fn large_object(s: &dyn Store) {
     let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let id = UploadId::random();
     s.upload_create(&id).await.unwrap();
-    let parts: Vec<std::io::Result<Bytes>> = data.chunks(333_333).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let parts: Vec<std::io::Result<Bytes>> = data
+        .chunks(333_333)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     let n = s
         .upload_append(&id, 0, futures::stream::iter(parts).boxed())
         .await
@@ -141,9 +220,14 @@ async fn large_object(s: &dyn Store) {
     assert_eq!(n, data.len() as u64);
     let k = key("t/large/blob");
     s.upload_commit(&id, &k).await.unwrap();
-    assert_eq!(collect(s.read(&k, 0..n).await.unwrap()).await.unwrap(), data);
     assert_eq!(
-        collect(s.read(&k, 1_234_567..4_000_001).await.unwrap()).await.unwrap(),
+        collect(s.read(&k, 0..n).await.unwrap()).await.unwrap(),
+        data
+    );
+    assert_eq!(
+        collect(s.read(&k, 1_234_567..4_000_001).await.unwrap())
+            .await
+            .unwrap(),
         &data[1_234_567..4_000_001]
     );
 }

@@ -49,12 +49,12 @@ struct Inner {
     fsync: bool,
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> impl Future<Output = io::Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(format!("storage task failed: {e}"))))
-    }
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(format!("storage task failed: {e}"))))
 }
 
 fn meta_of(m: &fs::Metadata) -> ObjectMeta {
@@ -82,7 +82,9 @@ impl Inner {
 
     /// Rename `from` to `to`, creating `to`'s parents, and make the rename durable.
     fn publish(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let parent = to.parent().ok_or_else(|| io::Error::other("key without parent"))?;
+        let parent = to
+            .parent()
+            .ok_or_else(|| io::Error::other("key without parent"))?;
         match fs::rename(from, to) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
@@ -130,7 +132,12 @@ impl ObjectStatter for FsStore {
         blocking(move || match fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(Some(meta_of(&m))),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         })
         .await
@@ -139,7 +146,10 @@ impl ObjectStatter for FsStore {
 }
 
 fn not_found(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// Stream `range` of an open file from a dedicated blocking task, `READ_AHEAD` chunks ahead.
@@ -232,7 +242,10 @@ impl ObjectWriter for FsStore {
         let inner = self.inner.clone();
         let to = inner.path(key);
         blocking(move || {
-            let tmp = inner.root.join(".tmp").join(uuid::Uuid::new_v4().to_string());
+            let tmp = inner
+                .root
+                .join(".tmp")
+                .join(uuid::Uuid::new_v4().to_string());
             let result = (|| {
                 let mut f = File::create(&tmp)?;
                 f.write_all(&bytes)?;
@@ -279,7 +292,9 @@ impl ObjectLister for FsStore {
             let mut out = Vec::new();
             for entry in rd {
                 let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else { continue };
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
                 if name.starts_with('.') {
                     continue;
                 }
@@ -317,7 +332,10 @@ impl UploadStore for FsStore {
     async fn upload_create(&self, id: &UploadId) -> Result<()> {
         let path = self.inner.upload_path(id);
         blocking(move || {
-            OpenOptions::new().write(true).create_new(true).open(&path)?;
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
             Ok(())
         })
         .await
@@ -392,9 +410,15 @@ impl UploadStore for FsStore {
             (None, Ok((_, pos))) => Ok(pos),
             (failure, written) => {
                 // All or nothing: cut the upload back to where this append started.
-                let err = failure.unwrap_or_else(|| written.err().unwrap_or_else(|| io::Error::other("append failed")));
+                let err = failure.unwrap_or_else(|| {
+                    written
+                        .err()
+                        .unwrap_or_else(|| io::Error::other("append failed"))
+                });
                 let path = self.inner.upload_path(id);
-                let _ = blocking(move || OpenOptions::new().write(true).open(&path)?.set_len(offset)).await;
+                let _ =
+                    blocking(move || OpenOptions::new().write(true).open(&path)?.set_len(offset))
+                        .await;
                 Err(err.into())
             }
         }
@@ -449,7 +473,11 @@ impl UploadStore for FsStore {
             let mut out = Vec::new();
             for entry in fs::read_dir(&dir)? {
                 let entry = entry?;
-                let Some(id) = entry.file_name().to_str().and_then(|n| UploadId::parse(n).ok()) else {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| UploadId::parse(n).ok())
+                else {
                     continue;
                 };
                 out.push((id, meta_of(&entry.metadata()?)));
@@ -496,11 +524,11 @@ mod tests {
         .await
         .unwrap();
         assert!(!dir.path().join(".tmp/partial").exists());
-        store.put(&Key::new("a").unwrap(), Bytes::from_static(b"x")).await.unwrap();
-        let names: Vec<_> = store
-            .list(&Key::new("a").unwrap())
+        store
+            .put(&Key::new("a").unwrap(), Bytes::from_static(b"x"))
             .await
             .unwrap();
+        let names: Vec<_> = store.list(&Key::new("a").unwrap()).await.unwrap();
         assert!(names.is_empty());
     }
 }

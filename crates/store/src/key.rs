@@ -20,7 +20,8 @@ pub struct Key(String);
 fn valid_component(c: &str) -> bool {
     !c.is_empty()
         && !c.starts_with('.')
-        && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Key {
@@ -66,7 +67,10 @@ impl UploadId {
     }
 
     pub fn parse(s: &str) -> Result<UploadId, KeyError> {
-        if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if s.is_empty()
+            || s.len() > 64
+            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(KeyError::UploadId(s.to_owned()));
         }
         Ok(UploadId(s.to_owned()))
@@ -97,7 +101,9 @@ mod tests {
     fn keys() {
         assert!(Key::new("blobs/sha256/ab/abcd").is_ok());
         assert!(Key::new("repos/a/_tags/v1.0").is_ok());
-        for bad in ["", "/a", "a/", "a//b", "..", "a/../b", "a/.tmp", "a b", "a\\b", "a:b"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "..", "a/../b", "a/.tmp", "a b", "a\\b", "a:b",
+        ] {
             assert!(Key::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(UploadId::parse("../x").is_err());

@@ -45,14 +45,22 @@ fn meta(b: &Bytes, t: SystemTime) -> ObjectMeta {
 #[async_trait]
 impl ObjectStatter for MemoryStore {
     async fn stat(&self, key: &Key) -> Result<Option<ObjectMeta>> {
-        Ok(self.lock().objects.get(key.as_str()).map(|(b, t)| meta(b, *t)))
+        Ok(self
+            .lock()
+            .objects
+            .get(key.as_str())
+            .map(|(b, t)| meta(b, *t)))
     }
 }
 
 #[async_trait]
 impl ObjectReader for MemoryStore {
     async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
-        Ok(self.lock().objects.get(key.as_str()).map(|(b, _)| b.clone()))
+        Ok(self
+            .lock()
+            .objects
+            .get(key.as_str())
+            .map(|(b, _)| b.clone()))
     }
 
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {
@@ -93,7 +101,12 @@ impl ObjectLister for MemoryStore {
         let p = format!("{}/", prefix.as_str());
         let state = self.lock();
         let mut out: Vec<Entry> = Vec::new();
-        for k in state.objects.range(p.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&p)) {
+        for k in state
+            .objects
+            .range(p.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&p))
+        {
             let rest = &k[p.len()..];
             let entry = match rest.split_once('/') {
                 Some((dir, _)) => Entry::Prefix(dir.to_owned()),
@@ -126,7 +139,11 @@ impl UploadStore for MemoryStore {
     }
 
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
-        let current = self.upload_stat(id).await?.ok_or(StoreError::NotFound)?.size;
+        let current = self
+            .upload_stat(id)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .size;
         if current != offset {
             return Err(StoreError::OffsetMismatch { current });
         }

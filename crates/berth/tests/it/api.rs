@@ -17,7 +17,13 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 }
 
 async fn head_status(s: &TestServer, path: &str) -> u16 {
-    client().head(s.url(path)).send().await.unwrap().status().as_u16()
+    client()
+        .head(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
@@ -25,7 +31,10 @@ async fn base_endpoint_answers_with_api_version() {
     let s = TestServer::start().await;
     let r = client().get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "docker-distribution-api-version"), "registry/2.0");
+    assert_eq!(
+        header(&r, "docker-distribution-api-version"),
+        "registry/2.0"
+    );
     let r = client().get(s.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
@@ -35,7 +44,11 @@ async fn post_then_put_upload_and_pull_back() {
     let s = TestServer::start().await;
     let blob = b"a blob pushed in two requests".to_vec();
     let d = digest_of(&blob);
-    let r = client().post(s.url("/v2/a/b/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/a/b/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let loc = location(&r);
     assert!(loc.starts_with("/v2/a/b/blobs/uploads/"), "{loc}");
@@ -51,11 +64,19 @@ async fn post_then_put_upload_and_pull_back() {
     assert_eq!(location(&r), format!("/v2/a/b/blobs/{d}"));
     assert_eq!(header(&r, "docker-content-digest"), d.to_string());
 
-    let r = client().get(s.url(&format!("/v2/a/b/blobs/{d}"))).send().await.unwrap();
+    let r = client()
+        .get(s.url(&format!("/v2/a/b/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "docker-content-digest"), d.to_string());
     assert_eq!(r.bytes().await.unwrap(), blob);
-    let r = client().head(s.url(&format!("/v2/a/b/blobs/{d}"))).send().await.unwrap();
+    let r = client()
+        .head(s.url(&format!("/v2/a/b/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-length"), blob.len().to_string());
     // the blob belongs to a/b only
@@ -69,7 +90,11 @@ async fn single_post_monolithic_upload() {
     assert_eq!(head_status(&s, &format!("/v2/mono/blobs/{d}")).await, 200);
     // an empty blob is a blob too
     let e = push_blob(&s, "mono", b"").await;
-    let r = client().get(s.url(&format!("/v2/mono/blobs/{e}"))).send().await.unwrap();
+    let r = client()
+        .get(s.url(&format!("/v2/mono/blobs/{e}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap().is_empty());
 }
@@ -81,7 +106,11 @@ async fn chunked_upload_with_content_range_and_416_rules() {
     let d = digest_of(&blob);
     let (a, rest) = blob.split_at(100_000);
     let (b, c) = rest.split_at(100_000);
-    let r = client().post(s.url("/v2/chunky/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/chunky/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = location(&r);
 
     let patch = |loc: String, body: Vec<u8>, range: Option<String>| {
@@ -94,20 +123,28 @@ async fn chunked_upload_with_content_range_and_416_rules() {
         }
         req.send()
     };
-    let r = patch(loc.clone(), a.to_vec(), Some("0-99999".into())).await.unwrap();
+    let r = patch(loc.clone(), a.to_vec(), Some("0-99999".into()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(header(&r, "range"), "0-99999");
     let loc = location(&r);
 
     // out of order: a chunk that does not start where the upload stands
-    let r = patch(loc.clone(), c.to_vec(), Some("200000-299999".into())).await.unwrap();
+    let r = patch(loc.clone(), c.to_vec(), Some("200000-299999".into()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(header(&r, "range"), "0-99999");
     // a Content-Range whose length disagrees with the body length
-    let r = patch(loc.clone(), b.to_vec(), Some("100000-100009".into())).await.unwrap();
+    let r = patch(loc.clone(), b.to_vec(), Some("100000-100009".into()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
 
-    let r = patch(loc.clone(), b.to_vec(), Some("100000-199999".into())).await.unwrap();
+    let r = patch(loc.clone(), b.to_vec(), Some("100000-199999".into()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let r = client().get(s.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), 204);
@@ -123,10 +160,17 @@ async fn chunked_upload_with_content_range_and_416_rules() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let got = client().get(s.url(&format!("/v2/chunky/blobs/{d}"))).send().await.unwrap();
+    let got = client()
+        .get(s.url(&format!("/v2/chunky/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap(), blob);
     // the session is gone
-    assert_eq!(client().get(s.url(&loc)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client().get(s.url(&loc)).send().await.unwrap().status(),
+        404
+    );
 }
 
 #[tokio::test]
@@ -135,19 +179,36 @@ async fn streamed_patch_without_content_range() {
     let parts: [&[u8]; 2] = [b"streamed chunk one, ", b"streamed chunk two"];
     let whole = parts.concat();
     let d = digest_of(&whole);
-    let r = client().post(s.url("/v2/stream/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/stream/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let mut loc = location(&r);
     let mut sent = 0;
     for part in parts {
-        let r = client().patch(s.url(&loc)).body(part.to_vec()).send().await.unwrap();
+        let r = client()
+            .patch(s.url(&loc))
+            .body(part.to_vec())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
         sent += part.len();
         assert_eq!(header(&r, "range"), format!("0-{}", sent - 1));
         loc = location(&r);
     }
-    let r = client().put(s.url(&format!("{loc}?digest={d}"))).send().await.unwrap();
+    let r = client()
+        .put(s.url(&format!("{loc}?digest={d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let got = client().get(s.url(&format!("/v2/stream/blobs/{d}"))).send().await.unwrap();
+    let got = client()
+        .get(s.url(&format!("/v2/stream/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap(), whole);
 }
 
@@ -163,7 +224,10 @@ async fn wrong_digest_is_refused_and_leaves_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert_eq!(head_status(&s, &format!("/v2/w/blobs/{claimed}")).await, 404);
+    assert_eq!(
+        head_status(&s, &format!("/v2/w/blobs/{claimed}")).await,
+        404
+    );
     let actual = digest_of(b"something else");
     assert_eq!(head_status(&s, &format!("/v2/w/blobs/{actual}")).await, 404);
     // nothing under blobs/ at all
@@ -172,7 +236,11 @@ async fn wrong_digest_is_refused_and_leaves_nothing() {
     assert_eq!(count, 0, "a refused blob left files behind");
 
     // in a session: the session is dropped as well
-    let r = client().post(s.url("/v2/w/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/w/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = location(&r);
     let r = client()
         .put(s.url(&format!("{loc}?digest={claimed}")))
@@ -181,7 +249,10 @@ async fn wrong_digest_is_refused_and_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert_eq!(client().get(s.url(&loc)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client().get(s.url(&loc)).send().await.unwrap().status(),
+        404
+    );
 
     for bad in ["sha256:abc", "md5:0123", "sha256:../../../etc/passwd"] {
         let r = client()
@@ -197,7 +268,9 @@ async fn wrong_digest_is_refused_and_leaves_nothing() {
 
 pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -212,18 +285,35 @@ pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn cancel_upload() {
     let s = TestServer::start().await;
-    let r = client().post(s.url("/v2/c/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/c/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = location(&r);
-    client().patch(s.url(&loc)).body(b"partial".to_vec()).send().await.unwrap();
+    client()
+        .patch(s.url(&loc))
+        .body(b"partial".to_vec())
+        .send()
+        .await
+        .unwrap();
     let r = client().delete(s.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = client().get(s.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
     // an upload of one repository is unknown in another
-    let r = client().post(s.url("/v2/c/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/c/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let id = location(&r).rsplit('/').next().unwrap().to_owned();
-    let r = client().get(s.url(&format!("/v2/elsewhere/blobs/uploads/{id}"))).send().await.unwrap();
+    let r = client()
+        .get(s.url(&format!("/v2/elsewhere/blobs/uploads/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -232,13 +322,18 @@ async fn cross_repository_mount() {
     let s = TestServer::start().await;
     let d = push_blob(&s, "src/repo", b"shared layer").await;
     let r = client()
-        .post(s.url(&format!("/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo")))
+        .post(s.url(&format!(
+            "/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(location(&r), format!("/v2/dst/repo/blobs/{d}"));
-    assert_eq!(head_status(&s, &format!("/v2/dst/repo/blobs/{d}")).await, 200);
+    assert_eq!(
+        head_status(&s, &format!("/v2/dst/repo/blobs/{d}")).await,
+        200
+    );
 
     // automatic content discovery: no `from`
     let r = client()
@@ -251,14 +346,18 @@ async fn cross_repository_mount() {
     // from a repository that does not have it: an ordinary upload session instead
     let missing = digest_of(b"never pushed");
     let r = client()
-        .post(s.url(&format!("/v2/dst/repo/blobs/uploads/?mount={missing}&from=src/repo")))
+        .post(s.url(&format!(
+            "/v2/dst/repo/blobs/uploads/?mount={missing}&from=src/repo"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
     assert!(location(&r).contains("/blobs/uploads/"));
     let r = client()
-        .post(s.url(&format!("/v2/dst2/blobs/uploads/?mount={d}&from=nothing/here")))
+        .post(s.url(&format!(
+            "/v2/dst2/blobs/uploads/?mount={d}&from=nothing/here"
+        )))
         .send()
         .await
         .unwrap();
@@ -291,15 +390,33 @@ async fn manifests_are_stored_byte_for_byte() {
         assert_eq!(header(&r, "content-type"), oci::media::OCI_MANIFEST);
         assert_eq!(header(&r, "docker-content-digest"), d.to_string());
         assert_eq!(r.bytes().await.unwrap(), body.as_bytes());
-        let r = client().head(s.url(&format!("/v2/m/manifests/{reference}"))).send().await.unwrap();
+        let r = client()
+            .head(s.url(&format!("/v2/m/manifests/{reference}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "content-length"), body.len().to_string());
     }
     // by digest, the digest must match
-    let r = put_manifest(&s, "m", &digest_of(b"x").to_string(), oci::media::OCI_MANIFEST, body.as_bytes()).await;
+    let r = put_manifest(
+        &s,
+        "m",
+        &digest_of(b"x").to_string(),
+        oci::media::OCI_MANIFEST,
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = put_manifest(&s, "m", &d.to_string(), oci::media::OCI_MANIFEST, body.as_bytes()).await;
+    let r = put_manifest(
+        &s,
+        "m",
+        &d.to_string(),
+        oci::media::OCI_MANIFEST,
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     assert_eq!(head_status(&s, "/v2/m/manifests/nope").await, 404);
 }
@@ -317,7 +434,12 @@ async fn docker_schema2_and_manifest_list() {
     }))
     .unwrap();
     let md = digest_of(&m);
-    assert_eq!(put_manifest(&s, "d", "amd64", oci::media::DOCKER_MANIFEST, &m).await.status(), 201);
+    assert_eq!(
+        put_manifest(&s, "d", "amd64", oci::media::DOCKER_MANIFEST, &m)
+            .await
+            .status(),
+        201
+    );
     let list = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": oci::media::DOCKER_LIST,
@@ -327,7 +449,11 @@ async fn docker_schema2_and_manifest_list() {
     .unwrap();
     let r = put_manifest(&s, "d", "latest", oci::media::DOCKER_LIST, &list).await;
     assert_eq!(r.status(), 201);
-    let r = client().get(s.url("/v2/d/manifests/latest")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/d/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&r, "content-type"), oci::media::DOCKER_LIST);
     assert_eq!(r.bytes().await.unwrap(), list);
 }
@@ -403,32 +529,64 @@ async fn tags_list_paginates_with_link_header() {
         .await
         .unwrap();
     for t in ["d", "b", "c", "e"] {
-        assert_eq!(put_manifest(&s, "p", t, oci::media::OCI_MANIFEST, &body).await.status(), 201);
+        assert_eq!(
+            put_manifest(&s, "p", t, oci::media::OCI_MANIFEST, &body)
+                .await
+                .status(),
+            201
+        );
     }
     let r = client().get(s.url("/v2/p/tags/list")).send().await.unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"name": "p", "tags": ["a", "b", "c", "d", "e"]}));
 
-    let r = client().get(s.url("/v2/p/tags/list?n=2")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/p/tags/list?n=2"))
+        .send()
+        .await
+        .unwrap();
     let link = header(&r, "link");
     assert_eq!(link, "</v2/p/tags/list?n=2&last=b>; rel=\"next\"");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["a", "b"]));
-    let r = client().get(s.url("/v2/p/tags/list?n=2&last=b")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/p/tags/list?n=2&last=b"))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["c", "d"]));
-    let r = client().get(s.url("/v2/p/tags/list?n=2&last=d")).send().await.unwrap();
-    assert!(r.headers().get("link").is_none(), "no next page after the last one");
+    let r = client()
+        .get(s.url("/v2/p/tags/list?n=2&last=d"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers().get("link").is_none(),
+        "no next page after the last one"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["e"]));
-    let r = client().get(s.url("/v2/p/tags/list?n=0")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/p/tags/list?n=0"))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!([]));
 
-    let r = client().get(s.url("/v2/unknown/tags/list")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/unknown/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
-    let r = client().get(s.url("/v2/p/tags/list?n=x")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/p/tags/list?n=x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -438,10 +596,28 @@ async fn catalog_paginates() {
     for repo in ["c/one", "a", "b/nested/deep", "b"] {
         push_image(&s, repo, "v1", repo).await;
     }
-    let v: Value = client().get(s.url("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["repositories"], json!(["a", "b", "b/nested/deep", "c/one"]));
-    let r = client().get(s.url("/v2/_catalog?n=3")).send().await.unwrap();
-    assert!(header(&r, "link").contains("last=b%2Fnested%2Fdeep"), "{}", header(&r, "link"));
+    let v: Value = client()
+        .get(s.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["repositories"],
+        json!(["a", "b", "b/nested/deep", "c/one"])
+    );
+    let r = client()
+        .get(s.url("/v2/_catalog?n=3"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        header(&r, "link").contains("last=b%2Fnested%2Fdeep"),
+        "{}",
+        header(&r, "link")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["a", "b", "b/nested/deep"]));
     let v: Value = client()
@@ -469,7 +645,13 @@ async fn referrers_api_with_artifact_type_filter() {
         .unwrap();
     let empty = push_blob(&s, "ref", b"{}").await;
     let mut digests = Vec::new();
-    for (i, at) in ["application/vnd.example.sbom", "application/vnd.example.sig"].iter().enumerate() {
+    for (i, at) in [
+        "application/vnd.example.sbom",
+        "application/vnd.example.sig",
+    ]
+    .iter()
+    .enumerate()
+    {
         let m = serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": oci::media::OCI_MANIFEST, "artifactType": at,
             "config": {"mediaType": oci::media::OCI_EMPTY, "digest": empty, "size": 2},
@@ -478,29 +660,51 @@ async fn referrers_api_with_artifact_type_filter() {
             "annotations": {"n": i.to_string()}
         }))
         .unwrap();
-        let r = put_manifest(&s, "ref", &digest_of(&m).to_string(), oci::media::OCI_MANIFEST, &m).await;
+        let r = put_manifest(
+            &s,
+            "ref",
+            &digest_of(&m).to_string(),
+            oci::media::OCI_MANIFEST,
+            &m,
+        )
+        .await;
         assert_eq!(r.status(), 201);
         assert_eq!(header(&r, "oci-subject"), subject.to_string());
         digests.push(digest_of(&m));
     }
-    let r = client().get(s.url(&format!("/v2/ref/referrers/{subject}"))).send().await.unwrap();
+    let r = client()
+        .get(s.url(&format!("/v2/ref/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), oci::media::OCI_INDEX);
     assert!(r.headers().get("oci-filters-applied").is_none());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["mediaType"], oci::media::OCI_INDEX);
     assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
-    assert!(v["manifests"].as_array().unwrap().iter().any(|m| m["annotations"]["n"] == "1"));
+    assert!(
+        v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["annotations"]["n"] == "1")
+    );
 
     let r = client()
-        .get(s.url(&format!("/v2/ref/referrers/{subject}?artifactType=application/vnd.example.sig")))
+        .get(s.url(&format!(
+            "/v2/ref/referrers/{subject}?artifactType=application/vnd.example.sig"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(header(&r, "oci-filters-applied"), "artifactType");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
-    assert_eq!(v["manifests"][0]["artifactType"], "application/vnd.example.sig");
+    assert_eq!(
+        v["manifests"][0]["artifactType"],
+        "application/vnd.example.sig"
+    );
     assert_eq!(v["manifests"][0]["digest"], digests[1].to_string());
 
     // unknown subject: an empty index, not a 404
@@ -546,25 +750,63 @@ async fn deletes_of_tags_manifests_and_blobs() {
     put_manifest(&s, "del", "v2", oci::media::OCI_MANIFEST, &body).await;
 
     // delete a tag: the manifest stays
-    let r = client().delete(s.url("/v2/del/manifests/v2")).send().await.unwrap();
+    let r = client()
+        .delete(s.url("/v2/del/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(head_status(&s, "/v2/del/manifests/v2").await, 404);
-    assert_eq!(head_status(&s, &format!("/v2/del/manifests/{d}")).await, 200);
-    assert_eq!(client().delete(s.url("/v2/del/manifests/v2")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        head_status(&s, &format!("/v2/del/manifests/{d}")).await,
+        200
+    );
+    assert_eq!(
+        client()
+            .delete(s.url("/v2/del/manifests/v2"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // delete by digest: manifest and tags pointing at it go
-    let r = client().delete(s.url(&format!("/v2/del/manifests/{d}"))).send().await.unwrap();
+    let r = client()
+        .delete(s.url(&format!("/v2/del/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(head_status(&s, &format!("/v2/del/manifests/{d}")).await, 404);
+    assert_eq!(
+        head_status(&s, &format!("/v2/del/manifests/{d}")).await,
+        404
+    );
     assert_eq!(head_status(&s, "/v2/del/manifests/v1").await, 404);
-    let r = client().delete(s.url(&format!("/v2/del/manifests/{d}"))).send().await.unwrap();
+    let r = client()
+        .delete(s.url(&format!("/v2/del/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let b = push_blob(&s, "del", b"to delete").await;
-    let r = client().delete(s.url(&format!("/v2/del/blobs/{b}"))).send().await.unwrap();
+    let r = client()
+        .delete(s.url(&format!("/v2/del/blobs/{b}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(head_status(&s, &format!("/v2/del/blobs/{b}")).await, 404);
-    assert_eq!(client().delete(s.url(&format!("/v2/del/blobs/{b}"))).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client()
+            .delete(s.url(&format!("/v2/del/blobs/{b}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]
@@ -606,9 +848,17 @@ async fn invalid_names_and_path_tricks_are_refused() {
         "/v2/a/blobs/sha256:..%2F..%2Fetc".to_owned(),
     ] {
         let r = client().get(s.url(&path)).send().await.unwrap();
-        assert!(r.status() == 400 || r.status() == 404, "{path}: {}", r.status());
+        assert!(
+            r.status() == 400 || r.status() == 404,
+            "{path}: {}",
+            r.status()
+        );
     }
-    let r = client().get(s.url("/v2/UPPER/manifests/latest")).send().await.unwrap();
+    let r = client()
+        .get(s.url("/v2/UPPER/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await, "NAME_INVALID");
     // dot segments, encoded or not, never reach the store
     let r = client()
@@ -618,21 +868,36 @@ async fn invalid_names_and_path_tricks_are_refused() {
         .unwrap();
     assert!(r.status() == 400 || r.status() == 404, "{}", r.status());
     // clients normalise dot segments away, so send raw requests
-    for path in ["/v2/a/../../x/blobs/uploads/", "/v2/a/%2e%2e/x/blobs/uploads/", "/v2/../x/manifests/latest"] {
+    for path in [
+        "/v2/a/../../x/blobs/uploads/",
+        "/v2/a/%2e%2e/x/blobs/uploads/",
+        "/v2/../x/manifests/latest",
+    ] {
         let status = raw_request(&s, "POST", path).await;
-        assert!(status == 400 || status == 404 || status == 405, "{path}: {status}");
+        assert!(
+            status == 400 || status == 404 || status == 405,
+            "{path}: {status}"
+        );
     }
     assert!(!s.dir.path().join("x").exists());
     assert!(!s.dir.path().join("data/x").exists());
     assert!(!s.dir.path().join("x").exists());
-    let r = client().patch(s.url("/v2/a/blobs/uploads/..%2F..%2Fx")).send().await.unwrap();
+    let r = client()
+        .patch(s.url("/v2/a/blobs/uploads/..%2F..%2Fx"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]
 async fn unsupported_methods_get_spec_errors() {
     let s = TestServer::start().await;
-    let r = client().post(s.url("/v2/a/manifests/latest")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v2/a/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
 }
@@ -641,7 +906,9 @@ async fn unsupported_methods_get_spec_errors() {
 async fn raw_request(s: &TestServer, method: &str, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     c.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     c.read_to_end(&mut out).await.unwrap();

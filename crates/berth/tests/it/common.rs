@@ -114,7 +114,13 @@ pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> 
 }
 
 /// Push a manifest under `reference` and return the response.
-pub async fn put_manifest(s: &TestServer, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+pub async fn put_manifest(
+    s: &TestServer,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> reqwest::Response {
     client()
         .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
         .header("content-type", media_type)
@@ -139,7 +145,10 @@ pub async fn push_image(s: &TestServer, repo: &str, tag: &str, seed: &str) -> Di
 /// The error code of a spec error body.
 pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
-    v["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Is a Debian tool on PATH? Tests that need one fail with a clear message if not,
@@ -150,5 +159,8 @@ pub fn require_tool(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{name} is not installed: run .ci/run (it installs the Debian packages the tests need)");
+    assert!(
+        found,
+        "{name} is not installed: run .ci/run (it installs the Debian packages the tests need)"
+    );
 }

@@ -1,0 +1,174 @@
+//! The registry operations the benchmark times, over reqwest: monolithic and chunked blob
+//! pushes, whole-blob GETs and the small image push. Every answer is checked (status and
+//! length); a wrong one is an error naming the request, never a number.
+
+use crate::blob::{Blob, Image, OCI_MANIFEST};
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::{Client, Response, StatusCode, Url};
+
+const OCTET_STREAM: &str = "application/octet-stream";
+/// Characters of an unexpected answer's body quoted in the error.
+const BODY_QUOTE_CHARS: usize = 500;
+
+/// One server's API, as seen from one shared client.
+#[derive(Clone)]
+pub struct Api {
+    client: Client,
+    base: Url,
+}
+
+impl Api {
+    pub fn new(client: Client, base: Url) -> Api {
+        Api { client, base }
+    }
+
+    fn url(&self, path: &str) -> Result<Url> {
+        Ok(self.base.join(path)?)
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`; the upload's absolute URL.
+    async fn start_upload(&self, repo: &str) -> Result<Url> {
+        let resp = self
+            .client
+            .post(self.url(&format!("v2/{repo}/blobs/uploads/"))?)
+            .body(Bytes::new())
+            .send()
+            .await?;
+        let resp = expect(resp, StatusCode::ACCEPTED, "POST blobs/uploads/").await?;
+        self.location(&resp)
+    }
+
+    /// The response's Location resolved against the base URL (it may be relative).
+    fn location(&self, resp: &Response) -> Result<Url> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .context("upload answer has no Location header")?
+            .to_str()
+            .context("Location header is not text")?;
+        self.base.join(loc).with_context(|| format!("bad Location {loc:?}"))
+    }
+
+    /// POST, then one PUT `?digest=` with the whole blob.
+    pub async fn push_monolithic(&self, repo: &str, blob: &Blob) -> Result<()> {
+        let upload = self.start_upload(repo).await?;
+        let resp = self
+            .client
+            .put(with_digest(upload, &blob.digest))
+            .header(CONTENT_TYPE, OCTET_STREAM)
+            .header(CONTENT_LENGTH, blob.len())
+            .body(blob.bytes.clone())
+            .send()
+            .await?;
+        expect(resp, StatusCode::CREATED, "monolithic PUT ?digest=").await?;
+        Ok(())
+    }
+
+    /// POST, one PATCH per `chunk` bytes (following each Location), then PUT `?digest=`
+    /// with an empty body.
+    pub async fn push_chunked(&self, repo: &str, blob: &Blob, chunk: usize) -> Result<()> {
+        let mut upload = self.start_upload(repo).await?;
+        let len = blob.bytes.len();
+        for start in (0..len).step_by(chunk) {
+            let end = (start + chunk).min(len);
+            let resp = self
+                .client
+                .patch(upload)
+                .header(CONTENT_TYPE, OCTET_STREAM)
+                .header(CONTENT_RANGE, format!("{start}-{}", end - 1))
+                .header(CONTENT_LENGTH, end - start)
+                .body(blob.bytes.slice(start..end))
+                .send()
+                .await?;
+            let what = format!("PATCH bytes {start}-{}", end - 1);
+            let resp = expect(resp, StatusCode::ACCEPTED, &what).await?;
+            upload = self.location(&resp)?;
+        }
+        let resp = self
+            .client
+            .put(with_digest(upload, &blob.digest))
+            .body(Bytes::new())
+            .send()
+            .await?;
+        expect(resp, StatusCode::CREATED, "closing PUT ?digest=").await?;
+        Ok(())
+    }
+
+    /// GET the whole blob, counting (not keeping) its bytes; an error unless exactly
+    /// `blob.len()` arrive.
+    pub async fn get_blob(&self, repo: &str, blob: &Blob) -> Result<u64> {
+        let url = self.url(&format!("v2/{repo}/blobs/{}", blob.digest))?;
+        let resp = self.client.get(url).send().await?;
+        let mut resp = expect(resp, StatusCode::OK, "GET blob").await?;
+        let mut received = 0u64;
+        while let Some(chunk) = resp.chunk().await.context("blob body broke off")? {
+            received += chunk.len() as u64;
+        }
+        if received != blob.len() {
+            bail!("GET blob returned {received} bytes, expected {}", blob.len());
+        }
+        Ok(received)
+    }
+
+    /// Push `image`'s two blobs and its manifest as `repo:tag`.
+    pub async fn push_image(&self, repo: &str, tag: &str, image: &Image) -> Result<()> {
+        self.push_monolithic(repo, &image.config).await?;
+        self.push_monolithic(repo, &image.layer).await?;
+        let resp = self
+            .client
+            .put(self.url(&format!("v2/{repo}/manifests/{tag}"))?)
+            .header(CONTENT_TYPE, OCI_MANIFEST)
+            .body(image.manifest.clone())
+            .send()
+            .await?;
+        expect(resp, StatusCode::CREATED, "PUT manifest").await?;
+        Ok(())
+    }
+
+    /// The manifest URL the load hammers, after checking once that it serves `expected`.
+    pub async fn checked_manifest_url(&self, repo: &str, tag: &str, expected: &Bytes) -> Result<Url> {
+        let url = self.url(&format!("v2/{repo}/manifests/{tag}"))?;
+        let resp = self.client.get(url.clone()).header(ACCEPT, OCI_MANIFEST).send().await?;
+        let resp = expect(resp, StatusCode::OK, "GET manifest").await?;
+        let body = resp.bytes().await?;
+        if body != *expected {
+            bail!("GET manifest returned {} bytes that differ from the pushed manifest", body.len());
+        }
+        Ok(url)
+    }
+}
+
+/// `url` with `digest=<digest>` added to its query (keeping any `_state` parameter).
+fn with_digest(mut url: Url, digest: &str) -> Url {
+    url.query_pairs_mut().append_pair("digest", digest);
+    url
+}
+
+/// `resp` if its status is `want`, else an error quoting the status and body.
+async fn expect(resp: Response, want: StatusCode, what: &str) -> Result<Response> {
+    if resp.status() == want {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(BODY_QUOTE_CHARS).collect();
+    bail!("{what}: expected {want}, got {status}: {body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_added_beside_existing_query() {
+        let url = Url::parse("http://h/v2/r/blobs/uploads/u?_state=abc").unwrap();
+        assert_eq!(
+            with_digest(url, "sha256:00").as_str(),
+            "http://h/v2/r/blobs/uploads/u?_state=abc&digest=sha256%3A00"
+        );
+        let url = Url::parse("http://h/v2/r/blobs/uploads/u").unwrap();
+        assert_eq!(with_digest(url, "sha256:00").query(), Some("digest=sha256%3A00"));
+    }
+}

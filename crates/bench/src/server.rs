@@ -1,0 +1,209 @@
+//! The servers under test: writing each one's configuration, starting it on a free
+//! loopback port with its own temporary data directory, waiting until it answers, reading
+//! its CPU time and peak memory from /proc, and killing it when the guard is dropped.
+
+use anyhow::{Context, Result, bail};
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long a server may take from spawn to answering `GET /v2/` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between readiness probes.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Bytes of a server's log quoted in an error about it.
+const LOG_TAIL_BYTES: usize = 4000;
+
+/// One column of the table: which server, configured how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Distribution,
+    Berth { fsync: bool },
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Distribution => "distribution",
+            Kind::Berth { fsync: true } => "berth (fsync)",
+            Kind::Berth { fsync: false } => "berth (no fsync)",
+        }
+    }
+
+    /// The configuration file's name and text for a server on `addr` storing in `data`.
+    fn config(self, addr: SocketAddr, data: &Path) -> (&'static str, String) {
+        let data = data.display();
+        match self {
+            Kind::Distribution => (
+                "config.yml",
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {data}\n  \
+                     delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n\
+                     http:\n  addr: {addr}\n"
+                ),
+            ),
+            Kind::Berth { fsync } => (
+                "config.toml",
+                format!(
+                    "[server]\nlisten = \"{addr}\"\n\n\
+                     [storage]\nkind = \"fs\"\npath = \"{data}\"\nfsync = {fsync}\n"
+                ),
+            ),
+        }
+    }
+}
+
+/// A running server. Dropping it kills the process and removes its data directory.
+pub struct Server {
+    pub kind: Kind,
+    pub base: reqwest::Url,
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    // Dropped after `child` is killed (see `Drop`), so the server never sees it vanish.
+    dir: Option<TempDir>,
+}
+
+impl Server {
+    /// Start `binary` as a `kind` server and wait until `GET /v2/` answers 200.
+    pub async fn start(kind: Kind, binary: &Path, client: &reqwest::Client) -> Result<Server> {
+        if !binary.is_file() {
+            bail!("{} binary not found at {}", kind.label(), binary.display());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let addr = free_port()?;
+        let data = dir.path().join("data");
+        let (config_name, config_text) = kind.config(addr, &data);
+        let config = dir.path().join(config_name);
+        fs::write(&config, config_text)?;
+        let log = dir.path().join("server.log");
+        let log_file = File::create(&log)?;
+        let mut cmd = Command::new(binary);
+        match kind {
+            Kind::Distribution => cmd.arg("serve").arg(&config),
+            Kind::Berth { .. } => cmd.arg("serve").arg("--config").arg(&config),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut server = Server {
+            kind,
+            base: reqwest::Url::parse(&format!("http://{addr}/"))?,
+            addr,
+            child,
+            log,
+            dir: Some(dir),
+        };
+        server.wait_ready(client).await?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_ready(&mut self, client: &reqwest::Client) -> Result<()> {
+        let url = self.base.join("v2/")?;
+        let started = Instant::now();
+        loop {
+            self.ensure_running()?;
+            let probe = client.get(url.clone()).timeout(Duration::from_secs(2)).send().await;
+            match probe {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(r) if started.elapsed() > READY_TIMEOUT => {
+                    bail!("{}: GET /v2/ answered {}{}", self.kind.label(), r.status(), self.log_tail())
+                }
+                Err(e) if started.elapsed() > READY_TIMEOUT => {
+                    bail!("{}: not answering on {}: {e}{}", self.kind.label(), self.addr, self.log_tail())
+                }
+                _ => tokio::time::sleep(READY_POLL).await,
+            }
+        }
+    }
+
+    /// An error (with the server's log) if the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}){}", self.kind.label(), self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        format!("\n--- {} ---\n{}", self.log.display(), &text[start..])
+    }
+
+    /// User plus system CPU time the process has used so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14
+        // and 15 of the whole line, so 12th and 13th after the name.
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .with_context(|| format!("malformed /proc/{}/stat", self.pid()))
+        };
+        Ok(field(11)? + field(12)?)
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no VmHWM in /proc/{}/status", self.pid()))?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.dir.take());
+    }
+}
+
+/// A loopback address whose port was free a moment ago.
+fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat times (`getconf CLK_TCK`).
+pub fn clock_ticks_per_second() -> Result<u64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output().context("cannot run getconf")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK printed no number")
+}
+
+/// Flush dirty pages to disk (`sync`), so one measurement's writeback does not land in
+/// the next one's time.
+pub fn sync_disks() -> Result<()> {
+    let status = Command::new("sync").status().context("cannot run sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
