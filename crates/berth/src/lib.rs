@@ -32,7 +32,13 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     Ok(Arc::new(server::AppState { registry }))
 }
 
-/// Bind the configured listener and serve until `shutdown` completes.
+/// How long in-flight requests may run on after a shutdown signal. Long enough for a
+/// layer download in progress on a LAN to finish; short enough that a stuck client does
+/// not hold a restart hostage.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Bind the configured listener and serve until `shutdown` completes (then at most
+/// [`SHUTDOWN_GRACE`] longer for in-flight requests).
 pub async fn run_server(
     config: &Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -46,6 +52,19 @@ pub async fn run_server(
         storage = %config.storage.path.display(),
         "berth is serving"
     );
-    server::serve(listener, app, shutdown).await?;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let serving = server::serve(listener, app, signal);
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => r?,
+        () = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
     Ok(())
 }

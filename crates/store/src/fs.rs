@@ -85,6 +85,31 @@ impl Inner {
         Ok(())
     }
 
+    /// Create `dir` and its missing ancestors, making each new directory entry durable
+    /// (fsync of the parent it was created in).
+    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = dir;
+        while !cur.exists() && cur != self.root {
+            missing.push(cur.to_owned());
+            cur = match cur.parent() {
+                Some(p) => p,
+                None => break,
+            };
+        }
+        for d in missing.iter().rev() {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(p) = d.parent() {
+                self.sync_dir(p)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rename `from` to `to`, creating `to`'s parents, and make the rename durable.
     fn publish(&self, from: &Path, to: &Path) -> io::Result<()> {
         let parent = to
@@ -93,7 +118,7 @@ impl Inner {
         match fs::rename(from, to) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
-                fs::create_dir_all(parent)?;
+                self.create_dirs(parent)?;
                 fs::rename(from, to)?;
             }
             Err(e) => return Err(e),
