@@ -520,14 +520,7 @@ async fn index_with_children_present_is_accepted() {
 async fn tags_list_paginates_with_link_header() {
     let s = TestServer::start().await;
     let d = push_image(&s, "p", "a", "seed").await;
-    let body = client()
-        .get(s.url(&format!("/v2/p/manifests/{d}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&s.url(&format!("/v2/p/manifests/{d}"))).await;
     for t in ["d", "b", "c", "e"] {
         assert_eq!(
             put_manifest(&s, "p", t, oci::media::OCI_MANIFEST, &body)
@@ -596,14 +589,7 @@ async fn catalog_paginates() {
     for repo in ["c/one", "a", "b/nested/deep", "b"] {
         push_image(&s, repo, "v1", repo).await;
     }
-    let v: Value = client()
-        .get(s.url("/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s.url("/v2/_catalog")).await;
     assert_eq!(
         v["repositories"],
         json!(["a", "b", "b/nested/deep", "c/one"])
@@ -620,14 +606,7 @@ async fn catalog_paginates() {
     );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["a", "b", "b/nested/deep"]));
-    let v: Value = client()
-        .get(s.url("/v2/_catalog?n=3&last=b%2Fnested%2Fdeep"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s.url("/v2/_catalog?n=3&last=b%2Fnested%2Fdeep")).await;
     assert_eq!(v["repositories"], json!(["c/one"]));
 }
 
@@ -635,14 +614,7 @@ async fn catalog_paginates() {
 async fn referrers_api_with_artifact_type_filter() {
     let s = TestServer::start().await;
     let subject = push_image(&s, "ref", "v1", "subject").await;
-    let subject_body = client()
-        .get(s.url(&format!("/v2/ref/manifests/{subject}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let subject_body = get_bytes(&s.url(&format!("/v2/ref/manifests/{subject}"))).await;
     let empty = push_blob(&s, "ref", b"{}").await;
     let mut digests = Vec::new();
     for (i, at) in [
@@ -724,14 +696,7 @@ async fn referrers_api_with_artifact_type_filter() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let v: Value = client()
-        .get(s.url(&format!("/v2/ref/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s.url(&format!("/v2/ref/referrers/{subject}"))).await;
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 }
 
@@ -739,14 +704,7 @@ async fn referrers_api_with_artifact_type_filter() {
 async fn deletes_of_tags_manifests_and_blobs() {
     let s = TestServer::start().await;
     let d = push_image(&s, "del", "v1", "x").await;
-    let body = client()
-        .get(s.url("/v2/del/manifests/v1"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&s.url("/v2/del/manifests/v1")).await;
     put_manifest(&s, "del", "v2", oci::media::OCI_MANIFEST, &body).await;
 
     // delete a tag: the manifest stays

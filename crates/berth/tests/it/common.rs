@@ -164,3 +164,30 @@ pub fn require_tool(name: &str) {
         "{name} is not installed: run .ci/run (it installs the Debian packages the tests need)"
     );
 }
+
+/// `n` pseudo-random bytes (xorshift64): the same on every run, and incompressible, so a
+/// layer of it is really `n` bytes on the wire.
+pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// GET `url` and return the body bytes, asserting a 200.
+pub async fn get_bytes(url: &str) -> bytes::Bytes {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.bytes().await.unwrap()
+}
+
+/// GET `url` and parse the body as JSON, asserting a 200.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_slice(&get_bytes(url).await).unwrap()
+}

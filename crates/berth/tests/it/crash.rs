@@ -4,7 +4,7 @@
 //! partial blob, keep every file under `blobs/` true to its name, and leave a server that
 //! works and lets interrupted sessions resume (or forgets them cleanly).
 
-use crate::common::{client, digest_of, image_manifest};
+use crate::common::{client, digest_of, image_manifest, pseudo_random};
 use bytes::Bytes;
 use futures::StreamExt;
 use oci::Digest;
@@ -24,20 +24,6 @@ const PIECE: usize = 256 * 1024;
 const PIECE_PAUSE: Duration = Duration::from_millis(16);
 /// Chunk size of the upload that PATCHes in several requests.
 const PATCH_CHUNK: u64 = 8 * MIB as u64;
-
-/// `n` pseudo-random bytes (xorshift64): reproducible and incompressible.
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// A blob's content as consecutive parts (big blobs share one large first part) and its
 /// digest.

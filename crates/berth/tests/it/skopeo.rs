@@ -41,21 +41,6 @@ fn require_tools() {
     require_tool("umoci");
 }
 
-/// `n` pseudo-random bytes (xorshift64, so the content is the same on every run and does
-/// not compress: a layer of it is really `n` bytes on the wire).
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
