@@ -150,7 +150,8 @@ impl ParsedManifest {
         Ok(ParsedManifest {
             media_type,
             kind,
-            artifact_type: raw.artifact_type,
+            // An empty artifactType counts as absent (OCI 1.1).
+            artifact_type: raw.artifact_type.filter(|t| !t.is_empty()),
             config: raw.config,
             layers: raw.layers.unwrap_or_default(),
             manifests: raw.manifests.unwrap_or_default(),
@@ -162,9 +163,10 @@ impl ParsedManifest {
     /// The artifact type a referrers listing shows: the manifest's own `artifactType`,
     /// else its config's media type (OCI 1.1 rules).
     pub fn effective_artifact_type(&self) -> Option<String> {
-        self.artifact_type
-            .clone()
-            .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()))
+        self.artifact_type.clone().or_else(|| match self.kind {
+            ManifestKind::Image => self.config.as_ref().map(|c| c.media_type.clone()),
+            ManifestKind::Index => None,
+        })
     }
 
     /// Every blob this manifest requires to be present (config and distributable layers).

@@ -72,28 +72,51 @@ impl Registry {
     }
 
     /// Link an existing blob into `repo`. With `from`, only if that repository links it;
-    /// without, if the registry holds the blob at all. `false` when it could not be
-    /// mounted (the caller then starts an ordinary upload).
+    /// without (automatic content discovery), only if some repository accepted by
+    /// `may_read` links it — never bytes that no repository holds any more, which are
+    /// waiting for garbage collection. `false` when it could not be mounted (the caller
+    /// then starts an ordinary upload).
     pub async fn mount_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
+        may_read: &(dyn Fn(&RepoName) -> bool + Send + Sync),
     ) -> Result<bool> {
-        if let Some(from) = from
-            && self
-                .store
-                .stat(&layout::blob_link(from, digest)?)
-                .await?
-                .is_none()
-        {
+        if self.store.stat(&layout::blob(digest)?).await?.is_none() {
             return Ok(false);
         }
-        if self.store.stat(&layout::blob(digest)?).await?.is_none() {
+        let source = match from {
+            Some(from) => may_read(from) && self.links_blob(from, digest).await?,
+            None => self.find_linking_repo(digest, may_read).await?.is_some(),
+        };
+        if !source {
             return Ok(false);
         }
         self.link_blob(repo, digest).await?;
         Ok(true)
+    }
+
+    async fn links_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .store
+            .stat(&layout::blob_link(repo, digest)?)
+            .await?
+            .is_some())
+    }
+
+    /// A repository accepted by `may_read` that links `digest`, if any.
+    async fn find_linking_repo(
+        &self,
+        digest: &Digest,
+        may_read: &(dyn Fn(&RepoName) -> bool + Send + Sync),
+    ) -> Result<Option<RepoName>> {
+        for r in self.all_repositories().await? {
+            if may_read(&r) && self.links_blob(&r, digest).await? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

@@ -23,7 +23,7 @@ pub enum RegistryError {
     ManifestInvalid(String),
     #[error("manifest unknown to registry")]
     ManifestUnknown,
-    #[error("index references unknown manifest {0}")]
+    #[error("index references child manifest {0}, which is unknown to the repository")]
     ManifestChildUnknown(oci::Digest),
     #[error("manifest of {size} bytes exceeds the limit of {limit} bytes")]
     ManifestTooLarge { size: u64, limit: u64 },
@@ -54,7 +54,9 @@ impl RegistryError {
             DigestParse(_) => "DIGEST_INVALID",
             ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
             ManifestInvalid(_) | ManifestTooLarge { .. } => "MANIFEST_INVALID",
-            ManifestUnknown | ManifestChildUnknown(_) => "MANIFEST_UNKNOWN",
+            ManifestUnknown => "MANIFEST_UNKNOWN",
+            // The spec names one code for any missing reference of a pushed manifest.
+            ManifestChildUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
             NameInvalid(NameError::Digest(_)) => "DIGEST_INVALID",
             NameInvalid(NameError::Tag(_)) => "TAG_INVALID",
             NameInvalid(NameError::Name(_)) => "NAME_INVALID",
@@ -62,6 +64,18 @@ impl RegistryError {
             SizeInvalid => "SIZE_INVALID",
             Unsupported(_) => "UNSUPPORTED",
             Storage(_) => "INTERNAL_ERROR",
+        }
+    }
+}
+
+impl RegistryError {
+    /// The digest the error is about, for the `detail` of the error body.
+    pub fn digest(&self) -> Option<&oci::Digest> {
+        match self {
+            RegistryError::ManifestBlobUnknown(d) | RegistryError::ManifestChildUnknown(d) => {
+                Some(d)
+            }
+            _ => None,
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra headers (e.g. `Range` on a 416 for an upload).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The `detail` member of the error body.
+    pub detail: serde_json::Value,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            detail: serde_json::Value::Null,
         }
     }
 
@@ -51,6 +54,9 @@ impl From<RegistryError> for ApiError {
             tracing::error!(error = %e, "storage failure");
         }
         let mut err = ApiError::new(status, e.code(), e.to_string());
+        if let Some(d) = e.digest() {
+            err.detail = serde_json::json!({ "digest": d.to_string() });
+        }
         if let RangeInvalid { current } = e {
             err = err.with_header(header::RANGE, crate::handlers::range_header(current));
         }
@@ -61,7 +67,7 @@ impl From<RegistryError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
+            "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }]
         });
         let mut resp = (
             self.status,

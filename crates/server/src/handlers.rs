@@ -68,7 +68,7 @@ fn parse_digest(s: &str) -> Result<Digest> {
 
 /// Fallback for paths outside `/v2`.
 pub async fn not_found() -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint").into_response()
+    ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint").into_response()
 }
 
 /// Entry point for every `/v2` request.
@@ -93,10 +93,21 @@ pub async fn dispatch(
             "blob upload unknown to registry",
         )
         .into_response(),
+        // A reference that cannot be a tag names no manifest: reads and deletes of it
+        // are 404 like any other unknown manifest; a PUT of it is refused as invalid.
+        Err(RouteError::Invalid(oci::NameError::Tag(_))) if method != Method::PUT => {
+            ApiError::from(registry::RegistryError::ManifestUnknown).into_response()
+        }
         Err(RouteError::Invalid(e)) => {
             ApiError::from(registry::RegistryError::from(e)).into_response()
         }
     };
+    // An error answered before the request body was read leaves unread bytes on the
+    // connection; tell the client not to reuse it rather than dropping it silently.
+    if resp.status().as_u16() >= 400 && has_body(&headers) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
@@ -179,7 +190,7 @@ fn page_of(uri: &Uri) -> Result<Page> {
         Some(n) => Some(n.parse::<usize>().map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "PAGINATION_NUMBER_INVALID",
+                "UNSUPPORTED",
                 "n must be a non-negative integer",
             )
         })?),
@@ -326,7 +337,7 @@ async fn get_blob(
         RangeRequest::Unsatisfiable => {
             return Err(ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
+                "UNSUPPORTED",
                 format!("requested range is not satisfiable for a blob of {size} bytes"),
             )
             .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
@@ -364,13 +375,14 @@ async fn get_blob(
     Ok(resp)
 }
 
+fn upload_location(repo: &RepoName, id: &UploadId) -> HeaderValue {
+    hv(&format!("/v2/{repo}/blobs/uploads/{id}"))
+}
+
 fn upload_response(status: StatusCode, repo: &RepoName, id: &UploadId, size: u64) -> Response {
     let mut resp = status.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::LOCATION,
-        hv(&format!("/v2/{repo}/blobs/uploads/{id}")),
-    );
+    h.insert(header::LOCATION, upload_location(repo, id));
     h.insert(header::RANGE, range_header(size));
     h.insert(UPLOAD_UUID_HEADER, hv(id.as_str()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
@@ -403,9 +415,11 @@ async fn start_upload(
             ),
             None => None,
         };
+        // Access rules arrive with authentication; until then every repository is readable.
+        let may_read = |_: &RepoName| true;
         if app
             .registry
-            .mount_blob(repo, &digest, from.as_ref())
+            .mount_blob(repo, &digest, from.as_ref(), &may_read)
             .await?
         {
             return Ok(blob_created(repo, &digest));
@@ -463,13 +477,24 @@ async fn patch_upload(
         Err(e) => {
             // Tell the client where the upload stands so it can resume.
             let state = app.registry.upload_status(repo, id).await?;
-            return Err(e.with_header(header::RANGE, range_header(state.size)));
+            return Err(e
+                .with_header(header::RANGE, range_header(state.size))
+                .with_header(header::LOCATION, upload_location(repo, id)));
         }
     };
     let state = app
         .registry
         .append_upload(repo, id, start, len, body_stream(body))
-        .await?;
+        .await
+        .map_err(|e| {
+            let is_range = matches!(e, registry::RegistryError::RangeInvalid { .. });
+            let err = ApiError::from(e);
+            if is_range {
+                err.with_header(header::LOCATION, upload_location(repo, id))
+            } else {
+                err
+            }
+        })?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, id, state.size))
 }
 

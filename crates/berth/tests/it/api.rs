@@ -136,6 +136,7 @@ async fn chunked_upload_with_content_range_and_416_rules() {
         .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(header(&r, "range"), "0-99999");
+    assert_eq!(location(&r), loc);
     // a Content-Range whose length disagrees with the body length
     let r = patch(loc.clone(), b.to_vec(), Some("100000-100009".into()))
         .await
@@ -475,7 +476,9 @@ async fn manifest_refusals_change_nothing() {
     .unwrap();
     let r = put_manifest(&s, "r", "t", oci::media::OCI_INDEX, &index).await;
     assert_eq!(r.status(), 400);
-    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
+    assert_eq!(v["errors"][0]["detail"]["digest"], missing.to_string());
 
     let r = put_manifest(&s, "r", "t", oci::media::OCI_MANIFEST, b"{not json").await;
     assert_eq!(r.status(), 400);
@@ -872,4 +875,98 @@ async fn raw_request(s: &TestServer, method: &str, path: &str) -> u16 {
     c.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
     text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_reference_that_cannot_be_a_tag_is_an_unknown_manifest() {
+    let s = TestServer::start().await;
+    push_image(&s, "inv", "v1", "x").await;
+    assert_eq!(
+        head_status(&s, "/v2/inv/manifests/.INVALID_MANIFEST_NAME").await,
+        404
+    );
+    let r = client()
+        .get(s.url("/v2/inv/manifests/.INVALID_MANIFEST_NAME"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = put_manifest(
+        &s,
+        "inv",
+        ".INVALID_MANIFEST_NAME",
+        oci::media::OCI_MANIFEST,
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn discovery_mount_never_resurrects_unlinked_bytes() {
+    let s = TestServer::start().await;
+    let d = push_blob(&s, "once", b"hello world").await;
+    let r = client()
+        .delete(s.url(&format!("/v2/once/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // the bytes are still on disk (until GC), but no repository holds them
+    let r = client()
+        .post(s.url(&format!("/v2/thief/blobs/uploads/?mount={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(head_status(&s, &format!("/v2/thief/blobs/{d}")).await, 404);
+}
+
+#[tokio::test]
+async fn empty_artifact_type_falls_back_to_the_config_media_type() {
+    let s = TestServer::start().await;
+    let subject = push_image(&s, "eat", "v1", "s").await;
+    let cfg = push_blob(&s, "eat", b"{}").await;
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": oci::media::OCI_MANIFEST, "artifactType": "",
+        "config": {"mediaType": "application/vnd.example.config", "digest": cfg, "size": 2},
+        "layers": [],
+        "subject": {"mediaType": oci::media::OCI_MANIFEST, "digest": subject, "size": 1}
+    }))
+    .unwrap();
+    let r = put_manifest(
+        &s,
+        "eat",
+        &digest_of(&m).to_string(),
+        oci::media::OCI_MANIFEST,
+        &m,
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let v = get_json(&s.url(&format!("/v2/eat/referrers/{subject}"))).await;
+    assert_eq!(
+        v["manifests"][0]["artifactType"],
+        "application/vnd.example.config"
+    );
+}
+
+#[tokio::test]
+async fn an_early_error_on_a_request_with_a_body_closes_the_connection() {
+    let s = TestServer::start().await;
+    let r = client()
+        .post(s.url("/v2/cc/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = location(&r);
+    let r = client()
+        .patch(s.url(&loc))
+        .header("content-range", "10-19")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "connection"), "close");
 }
