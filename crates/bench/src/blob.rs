@@ -31,6 +31,26 @@ impl Blob {
     pub fn len(&self) -> u64 {
         self.bytes.len() as u64
     }
+
+    /// `count` blobs of `len` bytes with distinct content, all windows of one random
+    /// buffer (so they cost `len` bytes of memory, not `count * len`), hashed in parallel.
+    pub fn distinct(len: usize, count: usize, seed: u64) -> Vec<Blob> {
+        /// Offset between consecutive windows: any shift makes a different digest.
+        const WINDOW_STEP: usize = 4096;
+        let buffer = Bytes::from(random_bytes(len + count * WINDOW_STEP, seed));
+        std::thread::scope(|scope| {
+            let hashing: Vec<_> = (0..count)
+                .map(|i| {
+                    let window = buffer.slice(i * WINDOW_STEP..i * WINDOW_STEP + len);
+                    scope.spawn(move || Blob::new(window))
+                })
+                .collect();
+            hashing
+                .into_iter()
+                .map(|h| h.join().expect("hashing thread panicked"))
+                .collect()
+        })
+    }
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -103,6 +123,16 @@ mod tests {
         assert_eq!(a.len(), 1001);
         assert_ne!(a.digest, b.digest);
         assert_eq!(a.digest, Blob::random(1001, 1).digest);
+    }
+
+    #[test]
+    fn distinct_blobs_share_a_buffer_but_not_a_digest() {
+        let blobs = Blob::distinct(10_000, 3, 7);
+        assert_eq!(blobs.len(), 3);
+        assert!(blobs.iter().all(|b| b.len() == 10_000));
+        assert_ne!(blobs[0].digest, blobs[1].digest);
+        assert_ne!(blobs[1].digest, blobs[2].digest);
+        assert_eq!(blobs[2].digest, sha256_digest(&blobs[2].bytes));
     }
 
     #[test]

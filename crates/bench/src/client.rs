@@ -48,7 +48,9 @@ impl Api {
             .context("upload answer has no Location header")?
             .to_str()
             .context("Location header is not text")?;
-        self.base.join(loc).with_context(|| format!("bad Location {loc:?}"))
+        self.base
+            .join(loc)
+            .with_context(|| format!("bad Location {loc:?}"))
     }
 
     /// POST, then one PUT `?digest=` with the whole blob.
@@ -107,7 +109,10 @@ impl Api {
             received += chunk.len() as u64;
         }
         if received != blob.len() {
-            bail!("GET blob returned {received} bytes, expected {}", blob.len());
+            bail!(
+                "GET blob returned {received} bytes, expected {}",
+                blob.len()
+            );
         }
         Ok(received)
     }
@@ -128,13 +133,26 @@ impl Api {
     }
 
     /// The manifest URL the load hammers, after checking once that it serves `expected`.
-    pub async fn checked_manifest_url(&self, repo: &str, tag: &str, expected: &Bytes) -> Result<Url> {
+    pub async fn checked_manifest_url(
+        &self,
+        repo: &str,
+        tag: &str,
+        expected: &Bytes,
+    ) -> Result<Url> {
         let url = self.url(&format!("v2/{repo}/manifests/{tag}"))?;
-        let resp = self.client.get(url.clone()).header(ACCEPT, OCI_MANIFEST).send().await?;
+        let resp = self
+            .client
+            .get(url.clone())
+            .header(ACCEPT, OCI_MANIFEST)
+            .send()
+            .await?;
         let resp = expect(resp, StatusCode::OK, "GET manifest").await?;
         let body = resp.bytes().await?;
         if body != *expected {
-            bail!("GET manifest returned {} bytes that differ from the pushed manifest", body.len());
+            bail!(
+                "GET manifest returned {} bytes that differ from the pushed manifest",
+                body.len()
+            );
         }
         Ok(url)
     }
@@ -169,6 +187,9 @@ mod tests {
             "http://h/v2/r/blobs/uploads/u?_state=abc&digest=sha256%3A00"
         );
         let url = Url::parse("http://h/v2/r/blobs/uploads/u").unwrap();
-        assert_eq!(with_digest(url, "sha256:00").query(), Some("digest=sha256%3A00"));
+        assert_eq!(
+            with_digest(url, "sha256:00").query(),
+            Some("digest=sha256%3A00")
+        );
     }
 }

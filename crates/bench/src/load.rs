@@ -39,7 +39,9 @@ impl Generator {
         match (choice, find_on_path("wrk")) {
             (Choice::Builtin, _) | (Choice::Auto, None) => Ok(Generator::Builtin),
             (_, Some(wrk)) => Ok(Generator::Wrk(wrk)),
-            (Choice::Wrk, None) => bail!("--generator wrk: wrk is not on PATH (apt-get install wrk)"),
+            (Choice::Wrk, None) => {
+                bail!("--generator wrk: wrk is not on PATH (apt-get install wrk)")
+            }
         }
     }
 
@@ -59,7 +61,13 @@ impl Generator {
 
     /// Requests per second that `url` sustained, every answer a 200 of `expected_len`
     /// bytes (wrk checks the status only).
-    pub async fn run(&self, addr: SocketAddr, url: &Url, expected_len: usize, duration: Duration) -> Result<f64> {
+    pub async fn run(
+        &self,
+        addr: SocketAddr,
+        url: &Url,
+        expected_len: usize,
+        duration: Duration,
+    ) -> Result<f64> {
         match self {
             Generator::Wrk(path) => run_wrk(path, url, duration).await,
             Generator::Builtin => run_builtin(addr, url, expected_len, duration).await,
@@ -92,7 +100,11 @@ async fn run_wrk(wrk: &PathBuf, url: &Url, duration: Duration) -> Result<f64> {
         .context("cannot run wrk")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("wrk failed ({}): {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse_wrk(&stdout)
 }
@@ -112,7 +124,12 @@ fn parse_wrk(report: &str) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk's report:\n{report}"))
 }
 
-async fn run_builtin(addr: SocketAddr, url: &Url, expected_len: usize, duration: Duration) -> Result<f64> {
+async fn run_builtin(
+    addr: SocketAddr,
+    url: &Url,
+    expected_len: usize,
+    duration: Duration,
+) -> Result<f64> {
     let started = Instant::now();
     let deadline = started + duration;
     let workers: Vec<_> = (0..CONNECTIONS)
@@ -126,7 +143,12 @@ async fn run_builtin(addr: SocketAddr, url: &Url, expected_len: usize, duration:
 }
 
 /// One keep-alive connection sending GETs back to back until `deadline`; the count.
-async fn connection_loop(addr: SocketAddr, url: Url, expected_len: usize, deadline: Instant) -> Result<u64> {
+async fn connection_loop(
+    addr: SocketAddr,
+    url: Url,
+    expected_len: usize,
+    deadline: Instant,
+) -> Result<u64> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -141,11 +163,17 @@ async fn connection_loop(addr: SocketAddr, url: Url, expected_len: usize, deadli
             .body(Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         if resp.status() != hyper::StatusCode::OK {
-            bail!("GET manifest under load: expected 200, got {}", resp.status());
+            bail!(
+                "GET manifest under load: expected 200, got {}",
+                resp.status()
+            );
         }
         let body = resp.into_body().collect().await?.to_bytes();
         if body.len() != expected_len {
-            bail!("GET manifest under load: {} bytes, expected {expected_len}", body.len());
+            bail!(
+                "GET manifest under load: {} bytes, expected {expected_len}",
+                body.len()
+            );
         }
         done += 1;
     }
@@ -172,9 +200,15 @@ Transfer/sec:     10.00MB
 
     #[test]
     fn wrk_failures_are_errors() {
-        let report = WRK_OK.replace("Requests/sec", "  Non-2xx or 3xx responses: 7\nRequests/sec");
+        let report = WRK_OK.replace(
+            "Requests/sec",
+            "  Non-2xx or 3xx responses: 7\nRequests/sec",
+        );
         assert!(parse_wrk(&report).is_err());
-        let report = WRK_OK.replace("Requests/sec", "  Socket errors: connect 0, read 1, write 0, timeout 0\nRequests/sec");
+        let report = WRK_OK.replace(
+            "Requests/sec",
+            "  Socket errors: connect 0, read 1, write 0, timeout 0\nRequests/sec",
+        );
         assert!(parse_wrk(&report).is_err());
     }
 }

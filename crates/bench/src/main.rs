@@ -1,1 +1,382 @@
-fn main() {}
+//! berth's benchmark harness: it owns starting berth and CNCF distribution side by side on
+//! loopback, timing the same blob and manifest traffic against each, and printing one
+//! markdown table (see docs/bench.md). It builds nothing: it runs the binaries it is given.
+
+mod blob;
+mod client;
+mod load;
+mod report;
+mod server;
+
+use anyhow::{Context, Result};
+use blob::{Blob, Image};
+use clap::Parser;
+use client::Api;
+use load::Generator;
+use report::{GetRun, Results, Round};
+use server::{Kind, Server};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1024 * 1024;
+const GIB: f64 = (1024 * MIB) as f64;
+/// Size of each big test blob in a full run.
+const FULL_BLOB_BYTES: usize = 1024 * MIB;
+/// Size of each big test blob with --quick.
+const QUICK_BLOB_BYTES: usize = 256 * MIB;
+/// Length of the manifest load in a full run.
+const FULL_LOAD: Duration = Duration::from_secs(5);
+/// Length of the manifest load with --quick.
+const QUICK_LOAD: Duration = Duration::from_secs(2);
+/// Chunk size of the chunked push (one PATCH each), as docker and containerd send.
+const CHUNK_BYTES: usize = 8 * MIB;
+/// Rounds of every measurement per server in a full run; the table shows medians.
+const FULL_ROUNDS: usize = 3;
+/// Rounds with --quick.
+const QUICK_ROUNDS: usize = 1;
+/// Concurrent clients of the parallel blob GET.
+const MANY_CLIENTS: usize = 8;
+/// Where Debian's docker-registry package installs CNCF distribution.
+const DEFAULT_DISTRIBUTION: &str = "/usr/bin/docker-registry";
+
+/// Repository of the monolithic pushes; the blob GETs read the blob pushed there.
+const REPO_MONOLITHIC: &str = "bench/monolithic";
+const REPO_CHUNKED: &str = "bench/chunked";
+const REPO_MANIFEST: &str = "bench/manifest";
+const MANIFEST_TAG: &str = "latest";
+
+/// Benchmark berth against CNCF distribution and print one markdown table to stdout.
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    /// The berth binary [default: target/release/berth of this workspace].
+    #[arg(long, value_name = "PATH")]
+    berth: Option<PathBuf>,
+    /// The CNCF distribution binary (Debian package docker-registry).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_DISTRIBUTION)]
+    distribution: PathBuf,
+    /// Smoke run: 256 MiB blobs, a 2 s manifest load and one round, instead of 1 GiB,
+    /// 5 s and three rounds.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of every measurement per server (the table shows the median).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: Option<u16>,
+    /// Measure only one server (berth runs both with and without fsync).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Load generator for the manifest GETs.
+    #[arg(long, value_enum, default_value_t = load::Choice::Auto)]
+    generator: load::Choice,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Berth,
+    Distribution,
+}
+
+impl Cli {
+    fn columns(&self) -> Vec<(Kind, PathBuf)> {
+        let berth = self.berth.clone().unwrap_or_else(default_berth);
+        let mut out = Vec::new();
+        if self.only != Some(Only::Berth) {
+            out.push((Kind::Distribution, self.distribution.clone()));
+        }
+        if self.only != Some(Only::Distribution) {
+            out.push((Kind::Berth { fsync: true }, berth.clone()));
+            out.push((Kind::Berth { fsync: false }, berth));
+        }
+        out
+    }
+}
+
+fn default_berth() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/berth")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let columns = cli.columns();
+    for (kind, binary) in &columns {
+        anyhow::ensure!(
+            binary.is_file(),
+            "{} binary not found at {}",
+            kind.label(),
+            binary.display()
+        );
+    }
+    let bench = Bench::prepare(&cli).await?;
+    let mut results = Vec::new();
+    for (kind, binary) in &columns {
+        results.push((*kind, bench.measure(*kind, binary).await?));
+    }
+    print!("{}", bench.summary(&results));
+    Ok(())
+}
+
+/// What a run measures with: sizes, durations and the content, made once.
+struct Bench {
+    client: reqwest::Client,
+    blob_bytes: usize,
+    load_duration: Duration,
+    generator: Generator,
+    ticks_per_second: f64,
+    /// The big blobs of each round: every push sends content the server has not seen.
+    rounds: Vec<RoundBlobs>,
+    image: Image,
+}
+
+/// The two big blobs one round pushes.
+struct RoundBlobs {
+    /// Pushed monolithically, then read back by the GETs.
+    monolithic: Blob,
+    /// Pushed in chunks.
+    chunked: Blob,
+}
+
+impl Bench {
+    async fn prepare(cli: &Cli) -> Result<Bench> {
+        let (blob_bytes, load_duration, rounds) = if cli.quick {
+            (QUICK_BLOB_BYTES, QUICK_LOAD, QUICK_ROUNDS)
+        } else {
+            (FULL_BLOB_BYTES, FULL_LOAD, FULL_ROUNDS)
+        };
+        let rounds = cli.rounds.map_or(rounds, usize::from);
+        let generator = Generator::choose(cli.generator)?;
+        progress(
+            "bench",
+            format!(
+                "manifest load generator: {}",
+                generator.describe(load_duration)
+            ),
+        );
+        progress(
+            "bench",
+            format!(
+                "making {} distinct {} MiB random blobs",
+                2 * rounds,
+                blob_bytes / MIB
+            ),
+        );
+        let blobs =
+            tokio::task::spawn_blocking(move || Blob::distinct(blob_bytes, 2 * rounds, 1)).await?;
+        let rounds = blobs
+            .chunks_exact(2)
+            .map(|pair| RoundBlobs {
+                monolithic: pair[0].clone(),
+                chunked: pair[1].clone(),
+            })
+            .collect();
+        Ok(Bench {
+            client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+            blob_bytes,
+            load_duration,
+            generator,
+            ticks_per_second: server::clock_ticks_per_second()? as f64,
+            rounds,
+            image: Image::small(3),
+        })
+    }
+
+    /// Start one server, run every round against it, stop it.
+    async fn measure(&self, kind: Kind, binary: &Path) -> Result<Results> {
+        let label = kind.label();
+        server::sync_disks()?;
+        let mut server = Server::start(kind, binary, &self.client).await?;
+        progress(
+            label,
+            format!("listening on {} (pid {})", server.addr, server.pid()),
+        );
+        let api = Api::new(self.client.clone(), server.base.clone());
+        let anon = server.sample_anon_rss();
+        // The manifest load reads one image, pushed once.
+        api.push_image(REPO_MANIFEST, MANIFEST_TAG, &self.image)
+            .await
+            .with_context(|| format!("{label}: image push"))?;
+        let mut rounds = Vec::with_capacity(self.rounds.len());
+        for (i, blobs) in self.rounds.iter().enumerate() {
+            progress(label, format!("round {} of {}", i + 1, self.rounds.len()));
+            rounds.push(self.round(&server, &api, i, blobs).await?);
+            server.ensure_running()?;
+        }
+        let peak_rss_bytes = server.peak_rss_bytes()?;
+        let peak_anon_bytes = anon.peak_bytes();
+        progress(
+            label,
+            format!(
+                "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
+                peak_rss_bytes as f64 / MIB as f64,
+                peak_anon_bytes as f64 / MIB as f64
+            ),
+        );
+        Ok(Results {
+            rounds,
+            peak_rss_bytes,
+            peak_anon_bytes,
+        })
+    }
+
+    /// One round: (c) monolithic push, (a) GETs of that blob with 1 and 8 clients,
+    /// (d) chunked push, (b) manifest load. Repositories are unique per round.
+    async fn round(
+        &self,
+        server: &Server,
+        api: &Api,
+        i: usize,
+        blobs: &RoundBlobs,
+    ) -> Result<Round> {
+        let label = server.kind.label();
+        let monolithic_repo = format!("{REPO_MONOLITHIC}-{i}");
+        let push_monolithic = self
+            .push_monolithic(label, api, &monolithic_repo, &blobs.monolithic)
+            .await?;
+        let get_one = self
+            .get(server, api, &monolithic_repo, &blobs.monolithic, 1)
+            .await?;
+        let get_many = self
+            .get(
+                server,
+                api,
+                &monolithic_repo,
+                &blobs.monolithic,
+                MANY_CLIENTS,
+            )
+            .await?;
+        let chunked_repo = format!("{REPO_CHUNKED}-{i}");
+        let push_chunked = self
+            .push_chunked(label, api, &chunked_repo, &blobs.chunked)
+            .await?;
+        let manifest_per_second = self.manifest_load(server, api).await?;
+        Ok(Round {
+            get_one,
+            get_many,
+            manifest_per_second,
+            push_monolithic_bytes_per_second: push_monolithic,
+            push_chunked_bytes_per_second: push_chunked,
+        })
+    }
+
+    /// (c) POST + one PUT of the whole blob; bytes per second.
+    async fn push_monolithic(
+        &self,
+        label: &str,
+        api: &Api,
+        repo: &str,
+        blob: &Blob,
+    ) -> Result<f64> {
+        server::sync_disks()?;
+        let started = Instant::now();
+        api.push_monolithic(repo, blob)
+            .await
+            .with_context(|| format!("{label}: monolithic push"))?;
+        let rate = self.blob_bytes as f64 / started.elapsed().as_secs_f64();
+        progress(label, format!("monolithic push {}", mb_per_s(rate)));
+        Ok(rate)
+    }
+
+    /// (d) POST + PATCH per chunk + closing PUT; bytes per second.
+    async fn push_chunked(&self, label: &str, api: &Api, repo: &str, blob: &Blob) -> Result<f64> {
+        server::sync_disks()?;
+        let started = Instant::now();
+        api.push_chunked(repo, blob, CHUNK_BYTES)
+            .await
+            .with_context(|| format!("{label}: chunked push"))?;
+        let rate = self.blob_bytes as f64 / started.elapsed().as_secs_f64();
+        progress(label, format!("chunked push {}", mb_per_s(rate)));
+        Ok(rate)
+    }
+
+    /// (a) `clients` concurrent GETs of `blob`: aggregate rate and server CPU.
+    async fn get(
+        &self,
+        server: &Server,
+        api: &Api,
+        repo: &str,
+        blob: &Blob,
+        clients: usize,
+    ) -> Result<GetRun> {
+        let label = server.kind.label();
+        let cpu_before = server.cpu_ticks()?;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (api, repo, blob) = (api.clone(), repo.to_owned(), blob.clone());
+                tokio::spawn(async move { api.get_blob(&repo, &blob).await })
+            })
+            .collect();
+        let mut bytes = 0u64;
+        for task in tasks {
+            bytes += task.await?.with_context(|| format!("{label}: blob GET"))?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu_seconds = (server.cpu_ticks()? - cpu_before) as f64 / self.ticks_per_second;
+        let run = GetRun {
+            bytes_per_second: bytes as f64 / elapsed,
+            cpu_seconds_per_gib: cpu_seconds / (bytes as f64 / GIB),
+        };
+        progress(
+            label,
+            format!(
+                "blob GET x{clients}: {}, server CPU {cpu_seconds:.2} s ({:.2} s/GiB)",
+                mb_per_s(run.bytes_per_second),
+                run.cpu_seconds_per_gib
+            ),
+        );
+        Ok(run)
+    }
+
+    /// (b) GET the small image's manifest from many connections.
+    async fn manifest_load(&self, server: &Server, api: &Api) -> Result<f64> {
+        let label = server.kind.label();
+        let url = api
+            .checked_manifest_url(REPO_MANIFEST, MANIFEST_TAG, &self.image.manifest)
+            .await
+            .with_context(|| format!("{label}: manifest check"))?;
+        let rate = self
+            .generator
+            .run(
+                server.addr,
+                &url,
+                self.image.manifest.len(),
+                self.load_duration,
+            )
+            .await
+            .with_context(|| format!("{label}: manifest load"))?;
+        progress(label, format!("manifest GET {rate:.0} req/s"));
+        Ok(rate)
+    }
+
+    /// The table with a line above saying what was measured and how.
+    fn summary(&self, results: &[(Kind, Results)]) -> String {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        format!(
+            "Median of {} round(s); blobs of {} MiB; {MANY_CLIENTS} parallel GET clients; \
+             {} MiB chunks; {cores} cores; manifest load generator: {}.\n\n{}",
+            self.rounds.len(),
+            self.blob_bytes / MIB,
+            CHUNK_BYTES / MIB,
+            self.generator.describe(self.load_duration),
+            report::table(results)
+        )
+    }
+}
+
+fn mb_per_s(bytes_per_second: f64) -> String {
+    format!("{:.0} MB/s", bytes_per_second / 1e6)
+}
+
+fn progress(label: &str, message: impl Display) {
+    eprintln!("[{label}] {message}");
+}

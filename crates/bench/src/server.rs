@@ -7,6 +7,8 @@ use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -14,6 +16,8 @@ use tempfile::TempDir;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between readiness probes.
 const READY_POLL: Duration = Duration::from_millis(50);
+/// Interval between samples of a server's anonymous memory (a read of /proc, so cheap).
+const ANON_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// Bytes of a server's log quoted in an error about it.
 const LOG_TAIL_BYTES: usize = 4000;
 
@@ -118,14 +122,28 @@ impl Server {
         let started = Instant::now();
         loop {
             self.ensure_running()?;
-            let probe = client.get(url.clone()).timeout(Duration::from_secs(2)).send().await;
+            let probe = client
+                .get(url.clone())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
             match probe {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
                 Ok(r) if started.elapsed() > READY_TIMEOUT => {
-                    bail!("{}: GET /v2/ answered {}{}", self.kind.label(), r.status(), self.log_tail())
+                    bail!(
+                        "{}: GET /v2/ answered {}{}",
+                        self.kind.label(),
+                        r.status(),
+                        self.log_tail()
+                    )
                 }
                 Err(e) if started.elapsed() > READY_TIMEOUT => {
-                    bail!("{}: not answering on {}: {e}{}", self.kind.label(), self.addr, self.log_tail())
+                    bail!(
+                        "{}: not answering on {}: {e}{}",
+                        self.kind.label(),
+                        self.addr,
+                        self.log_tail()
+                    )
                 }
                 _ => tokio::time::sleep(READY_POLL).await,
             }
@@ -143,7 +161,9 @@ impl Server {
     fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(LOG_TAIL_BYTES);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         format!("\n--- {} ---\n{}", self.log.display(), &text[start..])
     }
 
@@ -152,7 +172,10 @@ impl Server {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
         // Fields after the parenthesised command name; utime and stime are fields 14
         // and 15 of the whole line, so 12th and 13th after the name.
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
         let fields: Vec<&str> = after_name.split_whitespace().collect();
         let field = |i: usize| -> Result<u64> {
             fields
@@ -163,16 +186,55 @@ impl Server {
         Ok(field(11)? + field(12)?)
     }
 
-    /// Peak resident set size so far (VmHWM), in bytes.
+    /// Peak resident set size so far (VmHWM), in bytes. It counts file pages the
+    /// process has mapped as well as its own memory.
     pub fn peak_rss_bytes(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .with_context(|| format!("no VmHWM in /proc/{}/status", self.pid()))?;
-        Ok(kib * 1024)
+        status_bytes(self.pid(), "VmHWM")
     }
+
+    /// Start sampling the process's anonymous resident memory (RssAnon: heap, stacks,
+    /// buffers; not mapped files), which /proc keeps no peak of.
+    pub fn sample_anon_rss(&self) -> AnonRssSampler {
+        let pid = self.pid();
+        let peak = Arc::new(AtomicU64::new(0));
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(bytes) = status_bytes(pid, "RssAnon") {
+                seen.fetch_max(bytes, Ordering::Relaxed);
+                tokio::time::sleep(ANON_SAMPLE_EVERY).await;
+            }
+        });
+        AnonRssSampler { peak, task }
+    }
+}
+
+/// The largest RssAnon seen since [`Server::sample_anon_rss`]; sampling stops on drop.
+pub struct AnonRssSampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnonRssSampler {
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AnonRssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `kB` field of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
 }
 
 impl Drop for Server {
@@ -185,13 +247,17 @@ impl Drop for Server {
 
 /// A loopback address whose port was free a moment ago.
 fn free_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
     Ok(listener.local_addr()?)
 }
 
 /// Clock ticks per second, the unit of /proc/PID/stat times (`getconf CLK_TCK`).
 pub fn clock_ticks_per_second() -> Result<u64> {
-    let out = Command::new("getconf").arg("CLK_TCK").output().context("cannot run getconf")?;
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("cannot run getconf")?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()

@@ -2,17 +2,13 @@
 //! bytes are hashed as they arrive and committed only when the digest matches.
 
 use crate::error::{RegistryError, Result};
+use crate::hashing::HashWorker;
 use crate::{Registry, layout};
-use bytes::Bytes;
 use futures::StreamExt;
 use oci::{Algorithm, Digest, Hasher, RepoName};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use store::{ByteStream, StoreError, UploadId};
-
-/// Chunks queued for the hashing thread; it runs beside the writer so that hashing and
-/// writing use both cores, and the bound keeps memory per upload small.
-const HASH_QUEUE: usize = 16;
 
 /// An open blob read.
 pub struct BlobRead {
@@ -151,27 +147,45 @@ impl Registry {
         Ok(UploadState { size: meta.size })
     }
 
-    /// The hash state for an upload at `size` bytes: from the cache when it is there and
-    /// current, else by re-reading what was stored (after a restart, or on a replica that
-    /// did not see the earlier chunks).
-    async fn hasher_at(&self, id: &UploadId, size: u64, algorithm: Algorithm) -> Result<Hasher> {
+    /// A hashing worker for an upload at `size` bytes: the running one when it is there
+    /// and current, else a new one seeded by re-reading what was stored (after a restart,
+    /// on a replica that did not see the earlier chunks, or after a failed append).
+    async fn worker_at(
+        &self,
+        id: &UploadId,
+        size: u64,
+        algorithm: Algorithm,
+    ) -> Result<HashWorker> {
         let cached = self
             .hashers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        if let Some((at, h)) = cached
-            && at == size
-            && h.algorithm() == algorithm
+        if let Some((current, w)) = cached
+            && w.usable_at(size, algorithm, current)
         {
-            return Ok(h);
+            return Ok(w);
         }
         let mut h = Hasher::new(algorithm);
         let mut s = self.store.upload_read(id).await?;
+        let mut seen = 0u64;
         while let Some(chunk) = s.next().await {
-            h.update(&chunk.map_err(StoreError::from)?);
+            let chunk = chunk.map_err(StoreError::from)?;
+            seen += chunk.len() as u64;
+            h.update(&chunk);
         }
-        Ok(h)
+        if seen != size {
+            // The upload moved while we read it (a concurrent request); let the client retry.
+            return Err(RegistryError::RangeInvalid { current: seen });
+        }
+        Ok(HashWorker::start(h, size))
+    }
+
+    fn keep_worker(&self, id: &UploadId, algorithm: Algorithm, worker: HashWorker) {
+        self.hashers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), (algorithm, worker));
     }
 
     /// Append `body` to an upload. `start` is the offset the client says it writes at
@@ -193,35 +207,27 @@ impl Registry {
                 current: state.size,
             });
         }
-        let hasher = self.hasher_at(id, state.size, Algorithm::Sha256).await?;
-        let (size, hasher) = self
-            .append_hashed(id, state.size, hasher, len, body)
+        let worker = self.worker_at(id, state.size, Algorithm::Sha256).await?;
+        let worker = self
+            .append_hashed(id, state.size, worker, len, body)
             .await?;
-        self.hashers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), (size, hasher));
+        let size = worker.offset;
+        self.keep_worker(id, Algorithm::Sha256, worker);
         Ok(UploadState { size })
     }
 
-    /// Append while hashing on a separate thread. On failure the store rolls the upload
-    /// back, and the hasher state from before is what stays valid (the caller drops the
-    /// new one).
+    /// Append while the upload's hashing thread hashes the same chunks. On failure the
+    /// store rolls the upload back and the worker, which saw bytes that are gone, is
+    /// dropped; the next request rebuilds the state from the stored bytes.
     async fn append_hashed(
         &self,
         id: &UploadId,
         offset: u64,
-        mut hasher: Hasher,
+        mut worker: HashWorker,
         len: Option<u64>,
         body: ByteStream,
-    ) -> Result<(u64, Hasher)> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
-        let hashing = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher
-        });
+    ) -> Result<HashWorker> {
+        let tx = worker.feeder();
         let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = seen.clone();
         let limited = body.then(move |chunk| {
@@ -251,21 +257,19 @@ impl Registry {
         })
         .filter_map(futures::future::ready);
         let limited = limited.chain(end_check);
-        let appended = self.store.upload_append(id, offset, limited.boxed()).await;
-        let hasher = hashing
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        let size = match appended {
-            Ok(size) => size,
+        match self.store.upload_append(id, offset, limited.boxed()).await {
+            Ok(size) => {
+                worker.offset = size;
+                Ok(worker)
+            }
             Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(RegistryError::SizeInvalid);
+                Err(RegistryError::SizeInvalid)
             }
             Err(StoreError::OffsetMismatch { current }) => {
-                return Err(RegistryError::RangeInvalid { current });
+                Err(RegistryError::RangeInvalid { current })
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok((size, hasher))
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Finish an upload: append the optional last chunk, verify the digest, make the blob
@@ -278,29 +282,31 @@ impl Registry {
         digest: &Digest,
         last_chunk: Option<(Option<u64>, Option<u64>, ByteStream)>,
     ) -> Result<()> {
-        let mut state = self.upload_status(repo, id).await?;
-        let mut hasher = None;
+        let state = self.upload_status(repo, id).await?;
+        let algorithm = digest.algorithm();
+        let mut worker = self.worker_at(id, state.size, algorithm).await?;
         if let Some((start, len, body)) = last_chunk {
             if let Some(start) = start
                 && start != state.size
             {
+                self.keep_worker(id, algorithm, worker);
                 return Err(RegistryError::RangeInvalid {
                     current: state.size,
                 });
             }
-            let h = self.hasher_at(id, state.size, digest.algorithm()).await?;
-            let (size, h) = self.append_hashed(id, state.size, h, len, body).await?;
-            state.size = size;
-            hasher = Some(h);
+            worker = self
+                .append_hashed(id, state.size, worker, len, body)
+                .await?;
         }
-        let hasher = match hasher {
+        let size = worker.offset;
+        let hasher = match worker.finish().await {
             Some(h) => h,
-            None => self.hasher_at(id, state.size, digest.algorithm()).await?,
+            // The thread gave up between requests: hash the stored bytes once more.
+            None => match self.worker_at(id, size, algorithm).await?.finish().await {
+                Some(h) => h,
+                None => return Err(RegistryError::BlobUploadInvalid("hashing failed".into())),
+            },
         };
-        self.hashers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
         if hasher.finish() != *digest {
             self.discard_upload(repo, id).await?;
             return Err(RegistryError::DigestInvalid);
@@ -349,4 +355,107 @@ impl Registry {
 /// The error that marks a body whose length disagrees with what the client announced.
 fn short_or_long(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RegistryOptions;
+    use futures::StreamExt;
+    use std::sync::Arc;
+
+    fn body(b: &'static [u8]) -> ByteStream {
+        futures::stream::iter([Ok(bytes::Bytes::from_static(b))]).boxed()
+    }
+
+    async fn read_all(r: &Registry, repo: &RepoName, d: &Digest) -> Vec<u8> {
+        let mut read = r.read_blob(repo, d, None).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = read.body.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_upload_continues_on_a_registry_that_never_saw_its_start() {
+        let store: Arc<dyn store::Store> = Arc::new(store::memory::MemoryStore::new());
+        let a = Registry::new(store.clone(), RegistryOptions::default());
+        let b = Registry::new(store, RegistryOptions::default());
+        let repo: RepoName = "r".parse().unwrap();
+        let id = a.start_upload(&repo).await.unwrap();
+        a.append_upload(&repo, &id, Some(0), Some(6), body(b"first "))
+            .await
+            .unwrap();
+        // b has no hash state for this upload: it rebuilds it from the stored bytes
+        b.append_upload(&repo, &id, Some(6), Some(6), body(b"second"))
+            .await
+            .unwrap();
+        let d = Digest::sha256_of(b"first second");
+        // a's cached state is stale (offset 6): it must notice and rebuild too
+        a.finish_upload(&repo, &id, &d, None).await.unwrap();
+        assert_eq!(read_all(&b, &repo, &d).await, b"first second");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sha512_and_wrong_digests() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            RegistryOptions::default(),
+        );
+        let repo: RepoName = "r".parse().unwrap();
+        let mut h = oci::Hasher::new(Algorithm::Sha512);
+        h.update(b"payload");
+        let d = h.finish();
+        r.put_blob(&repo, &d, Some(7), body(b"payload"))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&r, &repo, &d).await, b"payload");
+
+        let wrong = Digest::sha256_of(b"something else");
+        let id = r.start_upload(&repo).await.unwrap();
+        r.append_upload(&repo, &id, None, None, body(b"payload!"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            r.finish_upload(&repo, &id, &wrong, None).await,
+            Err(RegistryError::DigestInvalid)
+        ));
+        assert!(matches!(
+            r.stat_blob(&repo, &wrong).await,
+            Err(RegistryError::BlobUnknown)
+        ));
+        assert!(matches!(
+            r.upload_status(&repo, &id).await,
+            Err(RegistryError::BlobUploadUnknown)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_body_shorter_or_longer_than_announced_changes_nothing() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            RegistryOptions::default(),
+        );
+        let repo: RepoName = "r".parse().unwrap();
+        let id = r.start_upload(&repo).await.unwrap();
+        r.append_upload(&repo, &id, None, None, body(b"keep"))
+            .await
+            .unwrap();
+        for (len, b) in [(10, &b"short"[..]), (2, &b"long!"[..])] {
+            let res = r
+                .append_upload(
+                    &repo,
+                    &id,
+                    Some(4),
+                    Some(len),
+                    futures::stream::iter([Ok(bytes::Bytes::from_static(b))]).boxed(),
+                )
+                .await;
+            assert!(matches!(res, Err(RegistryError::SizeInvalid)), "{len}");
+            assert_eq!(r.upload_status(&repo, &id).await.unwrap().size, 4);
+        }
+        let d = Digest::sha256_of(b"keep");
+        r.finish_upload(&repo, &id, &d, None).await.unwrap();
+    }
 }

@@ -8,6 +8,7 @@
 
 mod blobs;
 mod error;
+mod hashing;
 pub mod layout;
 mod listing;
 mod manifests;
@@ -18,7 +19,7 @@ pub use listing::Page;
 pub use manifests::{Manifest, PutManifest, PutOutcome, Stored};
 
 use bytes::Bytes;
-use oci::{Digest, Hasher, RepoName, Tag};
+use oci::{Algorithm, Digest, RepoName, Tag};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,8 +66,9 @@ pub struct Registry {
     options: RegistryOptions,
     tags: TimedCache<(RepoName, Tag), Digest>,
     manifests: TimedCache<(RepoName, Digest), Arc<Stored>>,
-    /// Hash state of uploads in progress, by id: a cache, rebuilt from the bytes when lost.
-    hashers: Arc<Mutex<HashMap<UploadId, (u64, Hasher)>>>,
+    /// Hashing threads of uploads in progress, by id: a cache, rebuilt from the bytes
+    /// when lost.
+    hashers: Arc<Mutex<HashMap<UploadId, (Algorithm, hashing::HashWorker)>>>,
 }
 
 impl Registry {
