@@ -1,0 +1,413 @@
+//! A client for one upstream OCI registry: anonymous, Basic and Bearer-token access
+//! (following `WWW-Authenticate` challenges, caching tokens until they expire), manifest
+//! HEAD and GET with digest verification, and streaming blob GET that follows redirects
+//! to blob storage. It owns nothing of berth's store and never decides what to cache.
+
+mod challenge;
+
+pub use challenge::Challenge;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use oci::{Digest, media};
+use reqwest::StatusCode;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a pooled connection may sit idle before it is closed. A kept-alive connection
+/// pins the address it was opened to, so this bounds how long berth keeps talking to an
+/// upstream's old address after its DNS name moves.
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Time allowed to open a connection to an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence allowed while reading a response, so a stalled upstream is noticed
+/// (and a cached tag served instead) rather than hanging the client.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tokens are renewed this long before the expiry the token server announced, so a
+/// request never leaves with a token that expires in flight.
+const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// Lifetime assumed for a token whose response names none (the Docker token spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Every manifest media type berth accepts, for `Accept` headers.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Username and password for an upstream.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How to reach one upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
+    pub url: String,
+    pub credentials: Option<Credentials>,
+}
+
+/// What can go wrong talking to an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream refused the credentials: {0}")]
+    Unauthorized(String),
+    #[error("upstream answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("upstream unreachable: {0}")]
+    Transport(String),
+    #[error("upstream sent invalid content: {0}")]
+    Invalid(String),
+}
+
+impl UpstreamError {
+    /// Is this a failure of the upstream (down, erroring, unreachable), as opposed to
+    /// an answer about the content? Such failures let a cache serve what it has.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Transport(_) => true,
+            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+impl From<reqwest::Error> for UpstreamError {
+    fn from(e: reqwest::Error) -> Self {
+        UpstreamError::Transport(format!("{e:#}"))
+    }
+}
+
+pub type Result<T, E = UpstreamError> = std::result::Result<T, E>;
+
+/// A manifest's identity as a HEAD reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// A manifest fetched and verified.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// A blob download in progress.
+pub struct BlobFetch {
+    /// The length the upstream announced, if it did.
+    pub size: Option<u64>,
+    pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+struct CachedToken {
+    value: String,
+    renew_at: Instant,
+}
+
+/// A client for one upstream registry. Cheap to share; tokens are cached per scope.
+pub struct Upstream {
+    base: String,
+    credentials: Option<Credentials>,
+    http: reqwest::Client,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl Upstream {
+    /// A client for `options.url`.
+    pub fn new(options: UpstreamOptions) -> Result<Upstream> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(POOL_IDLE)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()?;
+        Ok(Upstream {
+            base: options.url.trim_end_matches('/').to_owned(),
+            credentials: options.credentials,
+            http,
+            tokens: Mutex::default(),
+        })
+    }
+
+    fn basic(&self) -> Option<HeaderValue> {
+        self.credentials.as_ref().and_then(|c| {
+            let raw = format!("{}:{}", c.username, c.password);
+            HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            ))
+            .ok()
+        })
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(scope)
+            .filter(|t| Instant::now() < t.renew_at)
+            .map(|t| t.value.clone())
+    }
+
+    async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Result<String> {
+        let realm = challenge
+            .params
+            .get("realm")
+            .ok_or_else(|| UpstreamError::Invalid("Bearer challenge without realm".into()))?;
+        let mut req = self.http.get(realm);
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+        if let Some(service) = challenge.params.get("service") {
+            query.push(("service", service));
+        }
+        req = req.query(&query);
+        if let Some(b) = self.basic() {
+            req = req.header(AUTHORIZATION, b);
+        }
+        let resp = req.send().await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(UpstreamError::Unauthorized(format!(
+                    "token server answered {}",
+                    resp.status()
+                )));
+            }
+            s => {
+                return Err(UpstreamError::Status {
+                    status: s.as_u16(),
+                    message: "token server error".into(),
+                });
+            }
+        }
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
+        let value = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| UpstreamError::Invalid("token response without a token".into()))?;
+        let lifetime = body
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                scope.to_owned(),
+                CachedToken {
+                    value: value.clone(),
+                    renew_at,
+                },
+            );
+        Ok(value)
+    }
+
+    /// Send a request built by `build`, authenticating as the upstream asks: a cached
+    /// token first, and on a 401 one fresh token (or Basic credentials) and one retry.
+    async fn send(
+        &self,
+        scope: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let first = match self.cached_token(scope) {
+            Some(t) => build().bearer_auth(t),
+            None => build(),
+        };
+        let resp = first.send().await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(challenge::parse);
+        let retry = match challenge {
+            Some(c) if c.scheme == "bearer" => {
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(scope);
+                let token = self.fetch_token(&c, scope).await?;
+                build().bearer_auth(token)
+            }
+            Some(c) if c.scheme == "basic" => match self.basic() {
+                Some(b) => build().header(AUTHORIZATION, b),
+                None => {
+                    return Err(UpstreamError::Unauthorized(
+                        "upstream wants Basic credentials; none configured".into(),
+                    ));
+                }
+            },
+            _ => {
+                return Err(UpstreamError::Unauthorized(
+                    "401 without a usable challenge".into(),
+                ));
+            }
+        };
+        let resp = retry.send().await?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(UpstreamError::Unauthorized(format!(
+                "upstream answered {} after authenticating",
+                resp.status()
+            )));
+        }
+        Ok(resp)
+    }
+
+    fn url(&self, repo: &str, kind: &str, reference: &str) -> String {
+        format!("{}/v2/{repo}/{kind}/{reference}", self.base)
+    }
+
+    fn scope(repo: &str) -> String {
+        format!("repository:{repo}:pull")
+    }
+
+    /// HEAD a manifest: its digest and media type, without the body (Docker Hub does not
+    /// count HEADs against its pull rate limit).
+    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestHead> {
+        let url = self.url(repo, "manifests", reference);
+        let resp = self
+            .send(&Self::scope(repo), || {
+                self.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        let resp = check(resp).await?;
+        let digest = header_str(&resp, "docker-content-digest")
+            .ok_or_else(|| UpstreamError::Invalid("HEAD without Docker-Content-Digest".into()))?
+            .parse::<Digest>()
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let media_type = header_str(&resp, CONTENT_TYPE.as_str())
+            .unwrap_or(media::OCI_MANIFEST)
+            .to_owned();
+        Ok(ManifestHead { digest, media_type })
+    }
+
+    /// GET a manifest and verify it: by digest, the bytes must hash to it; by tag, they
+    /// must hash to the `Docker-Content-Digest` the upstream sent, if it sent one.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        max_bytes: u64,
+    ) -> Result<FetchedManifest> {
+        let url = self.url(repo, "manifests", reference);
+        let resp = self
+            .send(&Self::scope(repo), || {
+                self.http.get(&url).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        let resp = check(resp).await?;
+        if resp.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(UpstreamError::Invalid(format!(
+                "manifest larger than {max_bytes} bytes"
+            )));
+        }
+        let media_type = header_str(&resp, CONTENT_TYPE.as_str()).map(str::to_owned);
+        let announced = header_str(&resp, "docker-content-digest").map(str::to_owned);
+        let mut body = resp.bytes_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() as u64 > max_bytes {
+                return Err(UpstreamError::Invalid(format!(
+                    "manifest larger than {max_bytes} bytes"
+                )));
+            }
+        }
+        let expected: Option<Digest> = match reference.parse::<Digest>() {
+            Ok(d) => Some(d),
+            Err(_) => announced.as_deref().and_then(|a| a.parse().ok()),
+        };
+        let digest = match expected {
+            Some(d) => {
+                if d.same_algorithm_of(&bytes) != d {
+                    return Err(UpstreamError::Invalid(format!(
+                        "manifest bytes do not match {d}"
+                    )));
+                }
+                d
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        let parsed = oci::ParsedManifest::parse(&bytes, media_type.as_deref())
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        Ok(FetchedManifest {
+            digest,
+            media_type: parsed.media_type,
+            bytes: Bytes::from(bytes),
+        })
+    }
+
+    /// Start downloading a blob. The caller verifies the digest as the bytes stream.
+    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobFetch> {
+        let url = self.url(repo, "blobs", &digest.to_string());
+        let resp = self
+            .send(&Self::scope(repo), || self.http.get(&url))
+            .await?;
+        let resp = check(resp).await?;
+        let size = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map_err(|e| std::io::Error::other(format!("upstream body: {e:#}"))))
+            .boxed();
+        Ok(BlobFetch { size, body })
+    }
+}
+
+fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Err(UpstreamError::NotFound);
+    }
+    let message = resp.text().await.unwrap_or_default();
+    let message: String = message.chars().take(200).collect();
+    Err(UpstreamError::Status {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests;
