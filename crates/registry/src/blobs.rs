@@ -167,7 +167,7 @@ impl Registry {
             return Ok(w);
         }
         let mut h = Hasher::new(algorithm);
-        let mut s = self.store.upload_read(id).await?;
+        let mut s = self.store.upload_read(id, None).await?;
         let mut seen = 0u64;
         while let Some(chunk) = s.next().await {
             let chunk = chunk.map_err(StoreError::from)?;
@@ -325,6 +325,21 @@ impl Registry {
         self.store.upload_abort(id).await?;
         self.store.delete(&layout::upload(repo, id)?).await?;
         Ok(())
+    }
+
+    /// Bytes `range` of an upload in progress in `repo` (a cache serves a blob this way
+    /// while it is still arriving from upstream).
+    pub async fn read_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        range: Range<u64>,
+    ) -> Result<ByteStream> {
+        self.check_owner(repo, id).await?;
+        match self.store.upload_read(id, Some(range)).await {
+            Err(StoreError::NotFound) => Err(RegistryError::BlobUploadUnknown),
+            r => Ok(r?),
+        }
     }
 
     /// Cancel an upload and drop its bytes.

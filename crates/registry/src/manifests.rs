@@ -125,8 +125,48 @@ impl Registry {
         };
         let parsed = ParsedManifest::parse(&bytes, content_type)?;
         self.check_references(repo, &parsed).await?;
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.store_manifest(repo, tag, &digest, &parsed, bytes)
+            .await?;
+        Ok(PutOutcome {
+            digest,
+            subject: parsed.subject.map(|s| s.digest),
+        })
+    }
 
-        let blob_key = layout::blob(&digest)?;
+    /// Store a manifest fetched from an upstream into a cached repository. The caller
+    /// has verified `bytes` against `digest`; references are not checked, because a
+    /// cache fetches blobs and children lazily, when clients ask for them.
+    pub async fn cache_manifest(
+        &self,
+        repo: &RepoName,
+        tag: Option<&oci::Tag>,
+        digest: &Digest,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<()> {
+        if digest.same_algorithm_of(&bytes) != *digest {
+            return Err(RegistryError::DigestInvalid);
+        }
+        let parsed = ParsedManifest::parse(&bytes, Some(media_type))?;
+        self.store_manifest(repo, tag, digest, &parsed, bytes).await
+    }
+
+    /// Write bytes, referrer link, manifest link and tag, in that order, so a crash at
+    /// any point leaves at worst unreferenced data and never a tag without its manifest.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        tag: Option<&oci::Tag>,
+        digest: &Digest,
+        parsed: &ParsedManifest,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let size = bytes.len() as u64;
+        let blob_key = layout::blob(digest)?;
         if self.store.stat(&blob_key).await?.is_none() {
             self.store.put(&blob_key, bytes.clone()).await?;
         }
@@ -142,11 +182,11 @@ impl Registry {
             };
             let json = serde_json::to_vec(&desc)
                 .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-            self.put_small(&layout::referrer(repo, &subject.digest, &digest)?, json)
+            self.put_small(&layout::referrer(repo, &subject.digest, digest)?, json)
                 .await?;
         }
         self.put_small(
-            &layout::manifest_link(repo, &digest)?,
+            &layout::manifest_link(repo, digest)?,
             parsed.media_type.clone(),
         )
         .await?;
@@ -160,16 +200,38 @@ impl Registry {
                 Instant::now(),
             ),
         );
-        if let Reference::Tag(t) = reference {
+        if let Some(t) = tag {
             self.put_small(&layout::tag(repo, t)?, digest.to_string())
                 .await?;
             self.tags
                 .insert((repo.clone(), t.clone()), (digest.clone(), Instant::now()));
         }
-        Ok(PutOutcome {
-            digest,
-            subject: parsed.subject.map(|s| s.digest),
-        })
+        Ok(())
+    }
+
+    /// When a tag was last written (pushed, or revalidated by a cache), if it exists.
+    pub async fn tag_written_at(
+        &self,
+        repo: &RepoName,
+        tag: &oci::Tag,
+    ) -> Result<Option<std::time::SystemTime>> {
+        Ok(self
+            .store
+            .stat(&layout::tag(repo, tag)?)
+            .await?
+            .map(|m| m.modified))
+    }
+
+    /// Point `tag` at `digest` (which the repository must hold), or just renew its write
+    /// time when it already does: how a cache records a successful revalidation.
+    pub async fn set_tag(&self, repo: &RepoName, tag: &oci::Tag, digest: &Digest) -> Result<()> {
+        self.put_small(&layout::tag(repo, tag)?, digest.to_string())
+            .await?;
+        self.tags.insert(
+            (repo.clone(), tag.clone()),
+            (digest.clone(), Instant::now()),
+        );
+        Ok(())
     }
 
     async fn check_references(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {

@@ -141,7 +141,9 @@ async fn uploads(s: &dyn Store) {
     ));
     assert_eq!(s.upload_append(&id, 4, chunks(&[b"ef"])).await.unwrap(), 6);
     assert_eq!(
-        collect(s.upload_read(&id).await.unwrap()).await.unwrap(),
+        collect(s.upload_read(&id, None).await.unwrap())
+            .await
+            .unwrap(),
         b"abcdef"
     );
     assert_eq!(
@@ -153,6 +155,16 @@ async fn uploads(s: &dyn Store) {
             .count(),
         1
     );
+    assert_eq!(
+        collect(s.upload_read(&id, Some(2..5)).await.unwrap())
+            .await
+            .unwrap(),
+        b"cde"
+    );
+    assert!(matches!(
+        s.upload_read(&id, Some(4..7)).await,
+        Err(StoreError::InvalidRange { .. })
+    ));
     let dest = key("t/uploads/done");
     assert!(
         s.stat(&dest).await.unwrap().is_none(),
@@ -198,7 +210,9 @@ async fn failed_append_is_all_or_nothing(s: &dyn Store) {
     assert!(s.upload_append(&id, 4, broken).await.is_err());
     assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 4);
     assert_eq!(
-        collect(s.upload_read(&id).await.unwrap()).await.unwrap(),
+        collect(s.upload_read(&id, None).await.unwrap())
+            .await
+            .unwrap(),
         b"keep"
     );
     s.upload_abort(&id).await.unwrap();

@@ -534,7 +534,7 @@ impl UploadStore for FsStore {
         }
     }
 
-    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
+    async fn upload_read(&self, id: &UploadId, range: Option<Range<u64>>) -> Result<ByteStream> {
         let path = self.inner.upload_path(id);
         let opened = blocking(move || {
             let f = File::open(&path)?;
@@ -543,7 +543,17 @@ impl UploadStore for FsStore {
         })
         .await;
         match opened {
-            Ok((f, size)) => Ok(stream_file(f, 0..size)),
+            Ok((f, size)) => {
+                let range = range.unwrap_or(0..size);
+                if range.start > range.end || range.end > size {
+                    return Err(StoreError::InvalidRange {
+                        start: range.start,
+                        end: range.end,
+                        size,
+                    });
+                }
+                Ok(stream_file(f, range))
+            }
             Err(e) if not_found(&e) => Err(StoreError::NotFound),
             Err(e) => Err(e.into()),
         }

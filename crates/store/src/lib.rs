@@ -111,8 +111,10 @@ pub trait UploadStore: Send + Sync {
     /// `OffsetMismatch`). All or nothing: if the stream fails, the upload is left at its
     /// previous size. Returns the new size.
     async fn upload_append(&self, id: &UploadId, offset: u64, data: ByteStream) -> Result<u64>;
-    /// Everything appended so far, to re-hash an upload whose hash state was lost.
-    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream>;
+    /// Bytes `range` of what was appended so far (`None`: all of it), to re-hash an
+    /// upload whose hash state was lost or to serve a blob while it is still arriving.
+    /// `InvalidRange` when the range reaches past what was appended.
+    async fn upload_read(&self, id: &UploadId, range: Option<Range<u64>>) -> Result<ByteStream>;
     /// Make the upload's bytes the object at `dest` atomically (and durably, where the
     /// backend is configured so) and forget the upload.
     async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()>;

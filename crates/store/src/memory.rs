@@ -164,14 +164,24 @@ impl UploadStore for MemoryStore {
         Ok(buf.len() as u64)
     }
 
-    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
+    async fn upload_read(&self, id: &UploadId, range: Option<Range<u64>>) -> Result<ByteStream> {
         let bytes = self
             .lock()
             .uploads
             .get(id)
             .map(|(b, _)| Bytes::copy_from_slice(b))
             .ok_or(StoreError::NotFound)?;
-        Ok(futures::stream::iter([Ok(bytes)]).boxed())
+        let size = bytes.len() as u64;
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(StoreError::InvalidRange {
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        let part = bytes.slice(range.start as usize..range.end as usize);
+        Ok(futures::stream::iter([Ok(part)]).boxed())
     }
 
     async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
