@@ -19,6 +19,136 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[[upstream]]` tables: registries berth caches.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[[upstream]]`: one registry berth is a pull-through cache for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry host as users write it: `docker.io`, `ghcr.io`, `127.0.0.1:5000`.
+    pub name: String,
+    /// Base URL: `https://registry-1.docker.io`, or `http://...` for plain HTTP.
+    pub url: String,
+    pub username: Option<String>,
+    /// File holding the password (a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// How long a cached tag is served before it is revalidated upstream.
+    #[serde(default = "default_tag_ttl", deserialize_with = "de_duration")]
+    pub tag_ttl: std::time::Duration,
+    /// A dedicated listener on which every repository belongs to this upstream.
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_tag_ttl() -> std::time::Duration {
+    cache::DEFAULT_TAG_TTL
+}
+
+/// Parse `90s`, `5m`, `2h`, `7d` (or a plain number of seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number with s, m, h or d, like \"5m\"")
+    })?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use s, m, h or d"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl UpstreamConfig {
+    /// Check what serde cannot: the name's form, the URL's scheme, credentials.
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let (host, port) = match n.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (n.as_str(), None),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && !host.starts_with(['.', '-'])
+            && !host.ends_with(['.', '-']);
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+        if !host_ok
+            || !port_ok
+            || format!("{}/x", cache::key_for(n))
+                .parse::<oci::RepoName>()
+                .is_err()
+        {
+            return Err(format!(
+                "upstream name {n:?} is not a registry host (lowercase host name or address, optional :port)"
+            ));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "upstream {n}: url {:?} must start with http:// or https://",
+                self.url
+            ));
+        }
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err(format!(
+                "upstream {n}: set password_file or password_env, not both"
+            ));
+        }
+        let has_password = self.password_file.is_some() || self.password_env.is_some();
+        if has_password != self.username.is_some() {
+            return Err(format!(
+                "upstream {n}: username and a password (password_file or password_env) go together"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The credentials, reading the password file or variable now.
+    pub fn credentials(&self) -> anyhow::Result<Option<upstream::Credentials>> {
+        let Some(username) = &self.username else {
+            return Ok(None);
+        };
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "upstream {}: cannot read password_file {}: {e}",
+                        self.name,
+                        f.display()
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (None, Some(v)) => std::env::var(v).map_err(|_| {
+                anyhow::anyhow!(
+                    "upstream {}: environment variable {v} (password_env) is not set",
+                    self.name
+                )
+            })?,
+            (None, None) => unreachable!("validated: a username comes with a password"),
+        };
+        Ok(Some(upstream::Credentials {
+            username: username.clone(),
+            password,
+        }))
+    }
 }
 
 /// `[server]`
@@ -106,7 +236,30 @@ pub struct LogConfig {
 impl Config {
     /// Parse a configuration document; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration in {origin}: {e}"))
+        let config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration in {origin}: {e}"))?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration in {origin}: {e}"))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for u in &self.upstreams {
+            u.validate()?;
+            if !names.insert(u.name.as_str()) || !keys.insert(cache::key_for(&u.name)) {
+                return Err(format!("[[upstream]] name {:?} is defined twice", u.name));
+            }
+            if u.listen == Some(self.server.listen) {
+                return Err(format!(
+                    "upstream {}: listen {} is the main [server] listen address",
+                    u.name, self.server.listen
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Load from a file, or the embedded default when `path` is `None`.

@@ -25,11 +25,34 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// The cache's view of the configured upstreams (reading password files now).
+pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec>> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            Ok(cache::UpstreamSpec {
+                name: u.name.clone(),
+                options: upstream::UpstreamOptions {
+                    url: u.url.clone(),
+                    credentials: u.credentials()?,
+                },
+                tag_ttl: u.tag_ttl,
+            })
+        })
+        .collect()
+}
+
 /// Build the application state for a configuration.
 pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     let store = open_store(config).await?;
     let registry = Registry::new(store, RegistryOptions::default());
-    Ok(Arc::new(server::AppState { registry }))
+    let cache = cache::Cache::new(registry.clone(), upstream_specs(config)?)
+        .map_err(|e| anyhow::anyhow!("cannot set up upstream clients: {e}"))?;
+    Ok(Arc::new(server::AppState {
+        registry,
+        cache: Arc::new(cache),
+    }))
 }
 
 /// How long in-flight requests may run on after a shutdown signal. Long enough for a
@@ -50,8 +73,33 @@ pub async fn run_server(
     tracing::info!(
         listen = %listener.local_addr()?,
         storage = %config.storage.path.display(),
+        upstreams = config.upstreams.len(),
         "berth is serving"
     );
+    // Dedicated upstream listeners stop with the main one.
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    for u in &config.upstreams {
+        let Some(addr) = u.listen else { continue };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for upstream {}", u.name))?;
+        let router = server::upstream_router(app.clone(), &u.name)
+            .ok_or_else(|| anyhow::anyhow!("upstream {} vanished", u.name))?;
+        let mut stop = stop_tx.subscribe();
+        tracing::info!(listen = %addr, upstream = %u.name, "dedicated upstream listener");
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.recv().await;
+            };
+            if let Err(e) = server::serve_router(l, router, stopped).await {
+                tracing::error!(error = %e, "upstream listener failed");
+            }
+        });
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    };
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;

@@ -2,10 +2,10 @@
 //! for the route and method. Handlers translate between HTTP (headers, bodies, status
 //! codes) and registry calls; they make no content decisions of their own.
 
-use crate::App;
 use crate::error::ApiError;
 use crate::range::{self, RangeRequest};
-use crate::route::{self, Route, RouteError};
+use crate::route::{Route, RouteError};
+use crate::{App, Ctx, cached};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -18,7 +18,7 @@ use std::time::Instant;
 use store::{ByteStream, UploadId};
 
 const API_VERSION: &str = "registry/2.0";
-const DIGEST_HEADER: &str = "docker-content-digest";
+pub(crate) const DIGEST_HEADER: &str = "docker-content-digest";
 const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -29,7 +29,7 @@ pub fn range_header(size: u64) -> HeaderValue {
     hv(&format!("0-{}", size.saturating_sub(1)))
 }
 
-fn hv(s: &str) -> HeaderValue {
+pub(crate) fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -72,35 +72,40 @@ pub async fn not_found() -> Response {
 }
 
 /// Entry point for every `/v2` request.
-pub async fn dispatch(
-    State(app): State<App>,
+pub(crate) async fn dispatch(
+    State(ctx): State<Ctx>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let route = route::parse(uri.path());
-    let class = route.as_ref().map(Route::class).unwrap_or("invalid");
-    let mut resp = match route {
-        Ok(route) => handle(&app, route, &method, &uri, &headers, body)
+    let app = &ctx.app;
+    let target = cached::target(&ctx, &uri);
+    let class = match &target {
+        Ok(t) => t.route.class(),
+        Err(_) => "invalid",
+    };
+    let mut resp = match target {
+        Ok(cached::Target {
+            route,
+            upstream: Some(up),
+        }) => cached::handle(app, &up, route, &method, &uri, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Err(RouteError::NotFound) => not_found().await,
-        Err(RouteError::BadUploadId) => ApiError::new(
+        Ok(cached::Target {
+            route,
+            upstream: None,
+        }) => handle(app, route, &method, &uri, &headers, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(cached::TargetError::UnknownUpstream(ns)) => ApiError::new(
             StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
-            "blob upload unknown to registry",
+            "NAME_UNKNOWN",
+            format!("no upstream named {ns:?} is configured; berth only caches the upstreams in its configuration"),
         )
         .into_response(),
-        // A reference that cannot be a tag names no manifest: reads and deletes of it
-        // are 404 like any other unknown manifest; a PUT of it is refused as invalid.
-        Err(RouteError::Invalid(oci::NameError::Tag(_))) if method != Method::PUT => {
-            ApiError::from(registry::RegistryError::ManifestUnknown).into_response()
-        }
-        Err(RouteError::Invalid(e)) => {
-            ApiError::from(registry::RegistryError::from(e)).into_response()
-        }
+        Err(cached::TargetError::Route(e)) => route_error(e, &method),
     };
     // An error answered before the request body was read leaves unread bytes on the
     // connection; tell the client not to reuse it rather than dropping it silently.
@@ -121,6 +126,26 @@ pub async fn dispatch(
         "request"
     );
     resp
+}
+
+fn route_error(e: RouteError, method: &Method) -> Response {
+    match e {
+        RouteError::NotFound => {
+            ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint").into_response()
+        }
+        RouteError::BadUploadId => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "blob upload unknown to registry",
+        )
+        .into_response(),
+        // A reference that cannot be a tag names no manifest: reads and deletes of it
+        // are 404 like any other unknown manifest; a PUT of it is refused as invalid.
+        RouteError::Invalid(oci::NameError::Tag(_)) if *method != Method::PUT => {
+            ApiError::from(registry::RegistryError::ManifestUnknown).into_response()
+        }
+        RouteError::Invalid(e) => ApiError::from(registry::RegistryError::from(e)).into_response(),
+    }
 }
 
 async fn handle(
@@ -237,7 +262,7 @@ async fn catalog(app: &App, uri: &Uri) -> Result<Response> {
     ))
 }
 
-async fn tags(app: &App, repo: &RepoName, uri: &Uri) -> Result<Response> {
+pub(crate) async fn tags(app: &App, repo: &RepoName, uri: &Uri) -> Result<Response> {
     let page = page_of(uri)?;
     let (tags, more) = app.registry.list_tags(repo, &page).await?;
     let link = more
@@ -260,6 +285,11 @@ async fn get_manifest(
     head: bool,
 ) -> Result<Response> {
     let m = app.registry.get_manifest(repo, reference).await?;
+    Ok(manifest_response(&m, head))
+}
+
+/// The response for a manifest GET or HEAD.
+pub(crate) fn manifest_response(m: &registry::Manifest, head: bool) -> Response {
     let mut headers = HeaderMap::with_capacity(5);
     headers.insert(header::CONTENT_TYPE, hv(&m.stored.media_type));
     headers.insert(
@@ -276,7 +306,7 @@ async fn get_manifest(
     };
     let mut resp = Response::new(body);
     *resp.headers_mut() = headers;
-    Ok(resp)
+    resp
 }
 
 async fn put_manifest(
@@ -322,7 +352,7 @@ async fn put_manifest(
     Ok(resp)
 }
 
-async fn get_blob(
+pub(crate) async fn get_blob(
     app: &App,
     repo: &RepoName,
     digest: &Digest,
@@ -527,7 +557,12 @@ async fn finish_upload(
     Ok(blob_created(repo, &digest))
 }
 
-async fn referrers(app: &App, repo: &RepoName, subject: &Digest, uri: &Uri) -> Result<Response> {
+pub(crate) async fn referrers(
+    app: &App,
+    repo: &RepoName,
+    subject: &Digest,
+    uri: &Uri,
+) -> Result<Response> {
     let q = query(uri);
     let filter = q.get("artifactType").filter(|t| !t.is_empty());
     let list = app

@@ -5,6 +5,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0
 //! and run the server in-process.
 
+mod cached;
 mod error;
 mod handlers;
 mod range;
@@ -12,6 +13,7 @@ pub mod route;
 
 use axum::Router;
 use axum::routing::any;
+use cache::{Cache, CachedUpstream};
 use registry::Registry;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,19 +23,45 @@ pub use error::ApiError;
 /// Everything a request handler can reach.
 pub struct AppState {
     pub registry: Registry,
+    /// The pull-through cache (with no upstreams when none are configured).
+    pub cache: Arc<Cache>,
 }
 
 /// Shared state handed to every handler.
 pub type App = Arc<AppState>;
 
-/// The axum router for the whole API.
-pub fn router(app: App) -> Router {
+/// What one listener serves: the whole registry, or (a dedicated upstream listener)
+/// only the cache of one upstream, with repository names as that upstream knows them.
+pub(crate) struct ListenerState {
+    pub app: App,
+    pub fixed: Option<Arc<CachedUpstream>>,
+}
+
+pub(crate) type Ctx = Arc<ListenerState>;
+
+fn router_with(state: ListenerState) -> Router {
     Router::new()
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
-        .with_state(app)
+        .with_state(Arc::new(state))
+}
+
+/// The axum router for the whole API.
+pub fn router(app: App) -> Router {
+    router_with(ListenerState { app, fixed: None })
+}
+
+/// The router of a dedicated listener for upstream `name`: every repository on it
+/// belongs to that upstream (the drop-in layout of one port per upstream). `None` when
+/// no such upstream is configured.
+pub fn upstream_router(app: App, name: &str) -> Option<Router> {
+    let fixed = app.cache.upstream(name)?;
+    Some(router_with(ListenerState {
+        app,
+        fixed: Some(fixed),
+    }))
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then finish in-flight
@@ -43,7 +71,16 @@ pub async fn serve(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
+    serve_router(listener, router(app), shutdown).await
+}
+
+/// Serve `router` on `listener` until `shutdown` completes.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,0 +1,342 @@
+//! The pull-through cache: repositories named `<upstream key>/<path>` are served from the
+//! store when they can be, and filled from their upstream when they cannot. Manifests by
+//! digest are immutable and never re-fetched; tags are revalidated with a HEAD after the
+//! upstream's `tag_ttl`, and a cached tag is served ("stale") when the upstream fails.
+//! A blob miss starts exactly one upstream fetch per digest; every client asking for it
+//! streams the bytes as they are stored, and the blob becomes visible only once its digest
+//! matches. This crate never sees HTTP requests: the server routes to it.
+
+mod fill;
+
+use fill::Fill;
+pub use fill::{FillReader, Started};
+use oci::{Digest, Reference, RepoName, Tag};
+use registry::{Manifest, Registry, RegistryError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use upstream::{Upstream, UpstreamError, UpstreamOptions};
+
+pub use fill::BlobStream;
+
+/// How long a cached tag is served without asking the upstream, unless configured.
+/// Short enough that a re-pushed `latest` shows up within minutes, long enough that a
+/// burst of pulls (a node pool rolling out) costs one HEAD upstream.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// One upstream as the cache is told about it.
+#[derive(Clone, Debug)]
+pub struct UpstreamSpec {
+    /// The registry host as users write it (`docker.io`, `127.0.0.1:5000`).
+    pub name: String,
+    pub options: UpstreamOptions,
+    pub tag_ttl: Duration,
+}
+
+/// Counters of one upstream's cache traffic.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests answered from the store.
+    pub hits: AtomicU64,
+    /// Requests that had to go upstream.
+    pub misses: AtomicU64,
+    /// Tags served from the store because the upstream failed.
+    pub stale_serves: AtomicU64,
+    /// Clients that joined a blob fetch already under way.
+    pub joins: AtomicU64,
+    /// Blob GETs sent upstream.
+    pub upstream_blob_gets: AtomicU64,
+    /// Upstream requests that failed (outage or error answer).
+    pub upstream_errors: AtomicU64,
+}
+
+/// An upstream with its client, settings and counters.
+pub struct CachedUpstream {
+    pub name: String,
+    /// The first component of its repositories in the store.
+    pub key: String,
+    pub tag_ttl: Duration,
+    pub stats: Stats,
+    client: Upstream,
+}
+
+impl CachedUpstream {
+    /// The repository name as the upstream knows it, with Docker Hub's `library/`
+    /// prefix added to single-component names.
+    pub fn normalize(&self, repo: RepoName) -> RepoName {
+        if self.name == "docker.io" && !repo.as_str().contains('/') {
+            format!("library/{repo}").parse().unwrap_or(repo)
+        } else {
+            repo
+        }
+    }
+
+    /// Where a repository of this upstream lives in the store.
+    pub fn local(&self, upstream_repo: &RepoName) -> Result<RepoName, CacheError> {
+        format!("{}/{upstream_repo}", self.key)
+            .parse()
+            .map_err(|e: oci::NameError| CacheError::Registry(e.into()))
+    }
+}
+
+/// The store component for an upstream name: the name with `:` (a port) turned into `-`.
+pub fn key_for(name: &str) -> String {
+    name.to_ascii_lowercase().replace(':', "-")
+}
+
+/// Why a cached request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("not found in the cache nor upstream")]
+    NotFound,
+    #[error("upstream {upstream} unavailable and nothing cached: {message}")]
+    Unavailable { upstream: String, message: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Where a blob's bytes come from.
+pub enum BlobSource {
+    /// In the store, linked into the repository, of this size.
+    Local(u64),
+    /// Arriving from upstream; read it as it is stored.
+    Filling(FillReader),
+}
+
+/// The pull-through cache over a registry.
+pub struct Cache {
+    registry: Registry,
+    upstreams: HashMap<String, Arc<CachedUpstream>>,
+    fills: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+impl Cache {
+    /// A cache over `registry` for `specs` (names must be distinct).
+    pub fn new(registry: Registry, specs: Vec<UpstreamSpec>) -> Result<Cache, UpstreamError> {
+        let mut upstreams = HashMap::new();
+        for spec in specs {
+            let up = CachedUpstream {
+                key: key_for(&spec.name),
+                name: spec.name.clone(),
+                tag_ttl: spec.tag_ttl,
+                stats: Stats::default(),
+                client: Upstream::new(spec.options)?,
+            };
+            upstreams.insert(spec.name, Arc::new(up));
+        }
+        Ok(Cache {
+            registry,
+            upstreams,
+            fills: Arc::default(),
+        })
+    }
+
+    /// The upstream configured under `name`.
+    pub fn upstream(&self, name: &str) -> Option<Arc<CachedUpstream>> {
+        self.upstreams.get(name).cloned()
+    }
+
+    /// Every configured upstream.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<CachedUpstream>> {
+        self.upstreams.values()
+    }
+
+    /// Is `first` (a repository's first component) reserved for an upstream's cache?
+    pub fn is_reserved(&self, first: &str) -> bool {
+        self.upstreams.values().any(|u| u.key == first)
+    }
+
+    fn outage(&self, up: &CachedUpstream, e: &UpstreamError) {
+        up.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
+    }
+
+    /// A manifest of an upstream repository, by tag or digest.
+    pub async fn get_manifest(
+        &self,
+        up: &CachedUpstream,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, CacheError> {
+        let local = up.local(repo)?;
+        match reference {
+            Reference::Digest(d) => match self.registry.get_manifest(&local, reference).await {
+                Ok(m) => {
+                    up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    Ok(m)
+                }
+                Err(RegistryError::ManifestUnknown) => {
+                    up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    self.fetch_manifest(up, repo, &local, None, &d.to_string())
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            },
+            Reference::Tag(tag) => self.get_tagged(up, repo, &local, tag).await,
+        }
+    }
+
+    async fn get_tagged(
+        &self,
+        up: &CachedUpstream,
+        repo: &RepoName,
+        local: &RepoName,
+        tag: &Tag,
+    ) -> Result<Manifest, CacheError> {
+        let cached = match self
+            .registry
+            .get_manifest(local, &Reference::Tag(tag.clone()))
+            .await
+        {
+            Ok(m) => Some(m),
+            Err(RegistryError::ManifestUnknown) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(m) = &cached {
+            let written = self.registry.tag_written_at(local, tag).await?;
+            let age = written.and_then(|w| SystemTime::now().duration_since(w).ok());
+            if age.is_some_and(|a| a < up.tag_ttl) {
+                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(m.clone());
+            }
+        }
+        // Revalidate with a HEAD: it does not count against Docker Hub's rate limit.
+        match (
+            up.client.head_manifest(repo.as_str(), tag.as_str()).await,
+            cached,
+        ) {
+            (Ok(head), Some(m)) if head.digest == m.digest => {
+                self.registry.set_tag(local, tag, &m.digest).await?;
+                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(m)
+            }
+            (Ok(head), _) => {
+                up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                if let Ok(stored) = self.registry.manifest_by_digest(local, &head.digest).await {
+                    // Moved back to a manifest we already hold.
+                    self.registry.set_tag(local, tag, &head.digest).await?;
+                    return Ok(Manifest {
+                        digest: head.digest,
+                        stored,
+                    });
+                }
+                self.fetch_manifest(up, repo, local, Some(tag), &head.digest.to_string())
+                    .await
+            }
+            (Err(UpstreamError::NotFound), _) => Err(CacheError::NotFound),
+            (Err(e), Some(m)) => {
+                self.outage(up, &e);
+                up.stats.stale_serves.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, "serving cached tag while the upstream fails");
+                Ok(m)
+            }
+            (Err(e), None) => {
+                self.outage(up, &e);
+                Err(CacheError::Unavailable {
+                    upstream: up.name.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn fetch_manifest(
+        &self,
+        up: &CachedUpstream,
+        repo: &RepoName,
+        local: &RepoName,
+        tag: Option<&Tag>,
+        reference: &str,
+    ) -> Result<Manifest, CacheError> {
+        let max = self.registry.options().max_manifest_bytes;
+        let fetched = match up.client.get_manifest(repo.as_str(), reference, max).await {
+            Ok(f) => f,
+            Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
+            Err(e) => {
+                self.outage(up, &e);
+                return Err(CacheError::Unavailable {
+                    upstream: up.name.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        self.registry
+            .cache_manifest(
+                local,
+                tag,
+                &fetched.digest,
+                &fetched.media_type,
+                fetched.bytes,
+            )
+            .await?;
+        let stored = self
+            .registry
+            .manifest_by_digest(local, &fetched.digest)
+            .await?;
+        Ok(Manifest {
+            digest: fetched.digest,
+            stored,
+        })
+    }
+
+    /// A blob of an upstream repository: from the store, or from a fill (started now or
+    /// joined if one is under way).
+    pub async fn blob(
+        &self,
+        up: &Arc<CachedUpstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobSource, CacheError> {
+        let local = up.local(repo)?;
+        match self.registry.stat_blob(&local, digest).await {
+            Ok(size) => {
+                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(BlobSource::Local(size));
+            }
+            Err(RegistryError::BlobUnknown) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Held by another repository (hosted or cached): share it.
+        if self
+            .registry
+            .mount_blob(&local, digest, None, &|_| true)
+            .await?
+        {
+            up.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(BlobSource::Local(
+                self.registry.stat_blob(&local, digest).await?,
+            ));
+        }
+        let fill = {
+            let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+            match fills.get(digest) {
+                Some(f) => {
+                    up.stats.joins.fetch_add(1, Ordering::Relaxed);
+                    f.clone()
+                }
+                None => {
+                    up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    let f = Fill::start(fill::FillJob {
+                        registry: self.registry.clone(),
+                        upstream: up.clone(),
+                        upstream_repo: repo.clone(),
+                        repo: local.clone(),
+                        digest: digest.clone(),
+                        fills: self.fills.clone(),
+                    });
+                    fills.insert(digest.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        Ok(BlobSource::Filling(
+            fill.reader(self.registry.clone(), local),
+        ))
+    }
+
+    /// The registry underneath.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
