@@ -318,8 +318,10 @@ impl FillReader {
         loop {
             let p = self.progress.borrow_and_update().clone();
             match p {
-                Progress::Running { id, written, .. } if written > pos => {
-                    let range: Range<u64> = pos..written;
+                // The last byte is held back until the digest is verified: a client must
+                // never receive a complete body that turns out to be wrong.
+                Progress::Running { id, written, total } if hold_last(written, total) > pos => {
+                    let range: Range<u64> = pos..hold_last(written, total);
                     match self.registry.read_upload(&self.fill_repo, &id, range).await {
                         Ok(s) => {
                             if !self.forward(s, &mut pos, tx).await? {
@@ -354,5 +356,13 @@ impl FillReader {
                 Progress::Failed { message, .. } => return Err(message),
             }
         }
+    }
+}
+
+/// How far a reader may go while a fill with `written` of `total` bytes is running.
+fn hold_last(written: u64, total: Option<u64>) -> u64 {
+    match total {
+        Some(t) => written.min(t.saturating_sub(1)),
+        None => written,
     }
 }

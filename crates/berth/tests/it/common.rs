@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 /// A berth server running in this process on a free port, with its own data directory.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub app: server::App,
     pub base: String,
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -26,15 +27,26 @@ impl TestServer {
 
     /// Start a server on an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        TestServer::start_configured(dir, |_| {}).await
+    }
+
+    /// Start a server on a fresh store with the default configuration changed by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_configured(tempfile::tempdir().unwrap(), f).await
+    }
+
+    async fn start_configured(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::load(None).unwrap();
         config.storage.path = dir.path().join("data");
         config.storage.fsync = false; // tests do not need power-loss durability
+        f(&mut config);
         let app = berth::build_app(&config).await.unwrap();
+        let served = app.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::serve(listener, app, async {
+            server::serve(listener, served, async {
                 let _ = rx.await;
             })
             .await
@@ -42,6 +54,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            app,
             base: format!("http://{addr}"),
             dir,
             shutdown: Some(tx),
@@ -190,4 +203,39 @@ pub async fn get_bytes(url: &str) -> bytes::Bytes {
 /// GET `url` and parse the body as JSON, asserting a 200.
 pub async fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_slice(&get_bytes(url).await).unwrap()
+}
+
+/// An `[[upstream]]` entry for `name` at `url`, with a short tag TTL and no credentials.
+pub fn upstream_config(
+    name: &str,
+    url: &str,
+    tag_ttl: std::time::Duration,
+) -> berth::config::UpstreamConfig {
+    berth::config::UpstreamConfig {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        username: None,
+        password_file: None,
+        password_env: None,
+        tag_ttl,
+        listen: None,
+    }
+}
+
+/// Serve the dedicated listener of upstream `name` of `s` on a free port; its address.
+pub async fn dedicated_listener(s: &TestServer, name: &str) -> SocketAddr {
+    let router = server::upstream_router(s.app.clone(), name).expect("upstream configured");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_router(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// The cache counters of upstream `name`.
+pub fn stats(s: &TestServer, name: &str) -> std::sync::Arc<cache::CachedUpstream> {
+    s.app.cache.upstream(name).expect("upstream configured")
 }

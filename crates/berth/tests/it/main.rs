@@ -3,6 +3,8 @@
 //! kill or a real client (skopeo) to talk to.
 
 mod api;
+mod cache;
+mod cache_faults;
 mod cli;
 mod common;
 mod crash;

@@ -12,7 +12,7 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Run a tool to completion without blocking the runtime (the server runs on it) and
 /// return its stdout; fail with the command line and its stderr when it fails.
-async fn run(program: &str, args: &[&str]) -> Vec<u8> {
+pub(crate) async fn run(program: &str, args: &[&str]) -> Vec<u8> {
     let shown = format!("{program} {}", args.join(" "));
     let out = tokio::process::Command::new(program)
         .args(args)
@@ -30,24 +30,24 @@ async fn run(program: &str, args: &[&str]) -> Vec<u8> {
 }
 
 /// skopeo with a policy that accepts anything, so the machine's policy.json is irrelevant.
-async fn skopeo(args: &[&str]) -> Vec<u8> {
+pub(crate) async fn skopeo(args: &[&str]) -> Vec<u8> {
     let mut all = vec!["--insecure-policy"];
     all.extend_from_slice(args);
     run("skopeo", &all).await
 }
 
-fn require_tools() {
+pub(crate) fn require_tools() {
     require_tool("skopeo");
     require_tool("umoci");
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// Build image `layout:tag` offline with umoci: a layer holding `big` pseudo-random bytes,
 /// a second small layer, `cmd` set to /bin/true and the given platform.
-async fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64, big: usize) {
+pub(crate) async fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64, big: usize) {
     let image = format!("{}:{tag}", p(layout));
     if !layout.join("index.json").exists() {
         run("umoci", &["init", "--layout", p(layout)]).await;
@@ -88,12 +88,12 @@ async fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64, big: usize
     run("umoci", &["gc", "--layout", p(layout)]).await;
 }
 
-fn read_json(path: &Path) -> Value {
+pub(crate) fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// The bytes of blob `digest` in an OCI layout.
-fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+pub(crate) fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let path = layout.join("blobs/sha256").join(hex);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -112,7 +112,7 @@ fn layout_descriptor(layout: &Path, tag: &str) -> Value {
 }
 
 /// Digest and bytes of the manifest tagged `tag` in a layout; the bytes must hash to it.
-fn layout_manifest(layout: &Path, tag: &str) -> (String, Vec<u8>) {
+pub(crate) fn layout_manifest(layout: &Path, tag: &str) -> (String, Vec<u8>) {
     let desc = layout_descriptor(layout, tag);
     let digest = desc["digest"].as_str().unwrap().to_owned();
     let bytes = layout_blob(layout, &digest);
@@ -127,7 +127,7 @@ fn layout_manifest(layout: &Path, tag: &str) -> (String, Vec<u8>) {
 }
 
 /// The digests of a manifest's config and layers.
-fn referenced_blobs(manifest: &[u8]) -> Vec<String> {
+pub(crate) fn referenced_blobs(manifest: &[u8]) -> Vec<String> {
     let m: Value = serde_json::from_slice(manifest).unwrap();
     let mut out = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
     for l in m["layers"].as_array().unwrap() {
@@ -322,58 +322,8 @@ async fn skopeo_copy_all_multi_platform_index_byte_for_byte() {
     let s = TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
+    let (index, index_digest, child_digests) = build_multi_layout(&src).await;
     let arches = ["amd64", "arm64"];
-    for (i, arch) in arches.iter().enumerate() {
-        build_image(&src, arch, arch, 10 + i as u64, 2 << 20).await;
-    }
-
-    // An index over both images, written into the layout and tagged "multi".
-    let mut children = Vec::new();
-    for arch in arches {
-        let desc = layout_descriptor(&src, arch);
-        let (digest, bytes) = layout_manifest(&src, arch);
-        let config: Value =
-            serde_json::from_slice(&layout_blob(&src, &referenced_blobs(&bytes)[0])).unwrap();
-        assert_eq!(config["architecture"], arch, "umoci config --architecture");
-        children.push(IndexEntry {
-            media_type: desc["mediaType"].as_str().unwrap().to_owned(),
-            digest,
-            size: bytes.len() as u64,
-            platform: Platform {
-                architecture: arch.to_owned(),
-                os: "linux".to_owned(),
-            },
-        });
-    }
-    let index = serde_json::to_vec(&Index {
-        schema_version: 2,
-        media_type: oci::media::OCI_INDEX,
-        manifests: children,
-    })
-    .unwrap();
-    let index_digest = digest_of(&index).to_string();
-    std::fs::write(
-        src.join("blobs/sha256")
-            .join(index_digest.strip_prefix("sha256:").unwrap()),
-        &index,
-    )
-    .unwrap();
-    let mut layout_index = read_json(&src.join("index.json"));
-    layout_index["manifests"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "mediaType": oci::media::OCI_INDEX,
-            "digest": index_digest,
-            "size": index.len(),
-            "annotations": {REF_NAME: "multi"},
-        }));
-    std::fs::write(
-        src.join("index.json"),
-        serde_json::to_vec(&layout_index).unwrap(),
-    )
-    .unwrap();
-    let child_digests: Vec<String> = arches.iter().map(|a| layout_manifest(&src, a).0).collect();
 
     let remote = format!("docker://{}/test/multi:v1", s.addr);
     skopeo(&[
@@ -510,4 +460,62 @@ async fn skopeo_delete_removes_the_manifest() {
     )
     .unwrap();
     assert_eq!(tags["Tags"], serde_json::json!(["keep"]), "{tags}");
+}
+
+/// Build an OCI layout at `src` holding an amd64 and an arm64 image and an OCI index over
+/// both, tagged `multi`. Returns the index bytes, its digest and the children's digests.
+pub(crate) async fn build_multi_layout(src: &Path) -> (Vec<u8>, String, Vec<String>) {
+    let arches = ["amd64", "arm64"];
+    for (i, arch) in arches.iter().enumerate() {
+        build_image(src, arch, arch, 10 + i as u64, 2 << 20).await;
+    }
+
+    // An index over both images, written into the layout and tagged "multi".
+    let mut children = Vec::new();
+    for arch in arches {
+        let desc = layout_descriptor(src, arch);
+        let (digest, bytes) = layout_manifest(src, arch);
+        let config: Value =
+            serde_json::from_slice(&layout_blob(src, &referenced_blobs(&bytes)[0])).unwrap();
+        assert_eq!(config["architecture"], arch, "umoci config --architecture");
+        children.push(IndexEntry {
+            media_type: desc["mediaType"].as_str().unwrap().to_owned(),
+            digest,
+            size: bytes.len() as u64,
+            platform: Platform {
+                architecture: arch.to_owned(),
+                os: "linux".to_owned(),
+            },
+        });
+    }
+    let index = serde_json::to_vec(&Index {
+        schema_version: 2,
+        media_type: oci::media::OCI_INDEX,
+        manifests: children,
+    })
+    .unwrap();
+    let index_digest = digest_of(&index).to_string();
+    std::fs::write(
+        src.join("blobs/sha256")
+            .join(index_digest.strip_prefix("sha256:").unwrap()),
+        &index,
+    )
+    .unwrap();
+    let mut layout_index = read_json(&src.join("index.json"));
+    layout_index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": oci::media::OCI_INDEX,
+            "digest": index_digest,
+            "size": index.len(),
+            "annotations": {REF_NAME: "multi"},
+        }));
+    std::fs::write(
+        src.join("index.json"),
+        serde_json::to_vec(&layout_index).unwrap(),
+    )
+    .unwrap();
+    let child_digests: Vec<String> = arches.iter().map(|a| layout_manifest(src, a).0).collect();
+    (index, index_digest, child_digests)
 }

@@ -1,0 +1,1 @@
+//! Pull-through cache against a real upstream (written next).

@@ -1,0 +1,1 @@
+//! Pull-through cache fault injection (written next).
