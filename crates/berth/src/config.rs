@@ -22,6 +22,39 @@ pub struct Config {
     /// `[[upstream]]` tables: registries berth caches.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: the DNS servers upstream names are resolved with (the system resolver when
+/// `servers` is empty).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Primary servers, `"IP"` or `"IP:PORT"`.
+    #[serde(default, deserialize_with = "de_servers")]
+    pub servers: Vec<SocketAddr>,
+    /// Asked when the primary servers time out, refuse or fail.
+    #[serde(default, deserialize_with = "de_servers")]
+    pub fallback: Vec<SocketAddr>,
+}
+
+fn de_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid DNS server {s:?}: expected an IP address, optionally with :port"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// `[[upstream]]`: one registry berth is a pull-through cache for.
@@ -245,6 +278,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.dns.servers.is_empty() && !self.dns.fallback.is_empty() {
+            return Err("[dns] fallback needs servers: the fallback is asked only after the primary servers".into());
+        }
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for u in &self.upstreams {
@@ -309,5 +345,69 @@ mod tests {
         assert!(e.contains("kind") && e.contains("tape"), "{e}");
         let e = Config::parse("[nope]\n", "t").unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+        let e = Config::parse("[dns]\nservers = [\"not-an-ip\"]\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not-an-ip"), "{e}");
+        let e = Config::parse("[dns]\nfallback = [\"1.1.1.1\"]\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fallback"), "{e}");
+        let c =
+            Config::parse("[dns]\nservers = [\"10.0.0.1\", \"127.0.0.1:5353\"]\n", "t").unwrap();
+        assert_eq!(c.dns.servers[0].to_string(), "10.0.0.1:53");
+        assert_eq!(c.dns.servers[1].to_string(), "127.0.0.1:5353");
+    }
+
+    #[test]
+    fn upstream_entries_are_validated() {
+        let base = "[[upstream]]\nname = \"NAME\"\nurl = \"URL\"\n";
+        let ok = |name: &str, url: &str| {
+            Config::parse(&base.replace("NAME", name).replace("URL", url), "t")
+        };
+        assert!(ok("reg.kyverno.io", "https://reg.kyverno.io").is_ok());
+        assert!(ok("127.0.0.1:5000", "http://127.0.0.1:5000").is_ok());
+        for (name, url) in [
+            ("Docker.io", "https://x"),
+            ("a/b", "https://x"),
+            ("x:notaport", "https://x"),
+            ("ok.io", "ftp://x"),
+        ] {
+            let e = ok(name, url).unwrap_err().to_string();
+            assert!(e.contains(name) || e.contains(url), "{e}");
+        }
+        let twice = format!(
+            "{}{}",
+            base.replace("NAME", "a.io").replace("URL", "https://a"),
+            base.replace("NAME", "a.io").replace("URL", "https://b")
+        );
+        assert!(
+            Config::parse(&twice, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        let e = Config::parse(
+            &format!(
+                "{}username = \"u\"\n",
+                base.replace("NAME", "a.io").replace("URL", "https://a")
+            ),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("password"), "{e}");
+        let e = Config::parse(
+            &format!(
+                "{}tag_ttl = \"5 weeks\"\n",
+                base.replace("NAME", "a.io").replace("URL", "https://a")
+            ),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tag_ttl") || e.contains("duration"), "{e}");
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
     }
 }

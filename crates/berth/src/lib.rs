@@ -27,6 +27,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// The cache's view of the configured upstreams (reading password files now).
 pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec>> {
+    let dns = (!config.dns.servers.is_empty()).then(|| {
+        upstream::FallbackResolver::new(&upstream::DnsOptions {
+            servers: config.dns.servers.clone(),
+            fallback: config.dns.fallback.clone(),
+        })
+    });
     config
         .upstreams
         .iter()
@@ -34,8 +40,9 @@ pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec
             Ok(cache::UpstreamSpec {
                 name: u.name.clone(),
                 options: upstream::UpstreamOptions {
-                    url: u.url.clone(),
                     credentials: u.credentials()?,
+                    dns: dns.clone(),
+                    ..upstream::UpstreamOptions::new(u.url.clone())
                 },
                 tag_ttl: u.tag_ttl,
             })

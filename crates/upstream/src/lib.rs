@@ -4,8 +4,10 @@
 //! to blob storage. It owns nothing of berth's store and never decides what to cache.
 
 mod challenge;
+mod dns;
 
 pub use challenge::Challenge;
+pub use dns::{DNS_TIMEOUT, DnsOptions, FallbackResolver};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -60,6 +62,23 @@ pub struct UpstreamOptions {
     /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
     pub url: String,
     pub credentials: Option<Credentials>,
+    /// Resolve names with these servers instead of the system resolver.
+    pub dns: Option<std::sync::Arc<FallbackResolver>>,
+    /// How long an idle pooled connection is kept ([`POOL_IDLE`] unless a test needs
+    /// otherwise).
+    pub pool_idle: Duration,
+}
+
+impl UpstreamOptions {
+    /// Options for `url`: anonymous, system DNS, default pooling.
+    pub fn new(url: impl Into<String>) -> UpstreamOptions {
+        UpstreamOptions {
+            url: url.into(),
+            credentials: None,
+            dns: None,
+            pool_idle: POOL_IDLE,
+        }
+    }
 }
 
 /// What can go wrong talking to an upstream.
@@ -142,12 +161,15 @@ struct TokenResponse {
 impl Upstream {
     /// A client for `options.url`.
     pub fn new(options: UpstreamOptions) -> Result<Upstream> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(POOL_IDLE)
+            .pool_idle_timeout(options.pool_idle)
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()?;
+            .read_timeout(READ_TIMEOUT);
+        if let Some(dns) = options.dns {
+            http = http.dns_resolver(dns);
+        }
+        let http = http.build()?;
         Ok(Upstream {
             base: options.url.trim_end_matches('/').to_owned(),
             credentials: options.credentials,

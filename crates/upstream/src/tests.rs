@@ -14,6 +14,7 @@ const BLOB: &[u8] = b"blob bytes behind a redirect";
 
 #[derive(Default)]
 struct Fake {
+    manifest_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     /// Tokens older than this many issues are rejected (simulates expiry upstream).
     valid_from: AtomicUsize,
@@ -85,6 +86,7 @@ async fn manifest(
     headers: HeaderMap,
     Path(reference): Path<String>,
 ) -> Response {
+    c.fake.manifest_requests.fetch_add(1, Ordering::SeqCst);
     if !authorized(&c.fake, &headers) {
         return challenge(&c.base);
     }
@@ -125,8 +127,12 @@ async fn storage() -> Response {
 }
 
 async fn start(fake: Fake) -> (Arc<Fake>, String) {
+    start_on("127.0.0.1:0", fake).await
+}
+
+async fn start_on(addr: &str, fake: Fake) -> (Arc<Fake>, String) {
     let fake = Arc::new(fake);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let ctx = Ctx {
         fake: fake.clone(),
@@ -147,8 +153,8 @@ async fn start(fake: Fake) -> (Arc<Fake>, String) {
 
 fn client(base: &str, credentials: Option<Credentials>) -> Upstream {
     Upstream::new(UpstreamOptions {
-        url: base.to_owned(),
         credentials,
+        ..UpstreamOptions::new(base)
     })
     .unwrap()
 }
@@ -263,4 +269,37 @@ async fn an_unreachable_upstream_is_an_outage() {
         .await
         .unwrap_err();
     assert!(err.is_outage(), "{err}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_moves_is_found_at_its_new_address() {
+    use crate::dns::tests::{Behaviour, TestDns};
+    use std::net::Ipv4Addr;
+    let (old, old_base) = start(Fake::default()).await;
+    let port = old_base.rsplit(':').next().unwrap().to_owned();
+    let (new, _) = start_on(&format!("127.0.0.2:{port}"), Fake::default()).await;
+    let primary = TestDns::start(Behaviour::Answer(Ipv4Addr::new(127, 0, 0, 1))).await;
+    let silent = TestDns::start(Behaviour::Silent).await;
+    let dns = crate::FallbackResolver::new(&crate::DnsOptions {
+        servers: vec![silent.addr],
+        fallback: vec![primary.addr],
+    });
+    let up = Upstream::new(UpstreamOptions {
+        dns: Some(dns),
+        pool_idle: Duration::from_millis(100),
+        ..UpstreamOptions::new(format!("http://registry.test:{port}"))
+    })
+    .unwrap();
+    up.head_manifest("lib/x", "latest").await.unwrap();
+    assert!(old.manifest_requests.load(Ordering::SeqCst) > 0);
+    assert_eq!(new.manifest_requests.load(Ordering::SeqCst), 0);
+    // the name now points elsewhere; once the TTL (1 s) and the idle connection are gone,
+    // requests reach the new address
+    *primary.behaviour.lock().unwrap() = Behaviour::Answer(Ipv4Addr::new(127, 0, 0, 2));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.head_manifest("lib/x", "latest").await.unwrap();
+    assert!(
+        new.manifest_requests.load(Ordering::SeqCst) > 0,
+        "still talking to the old address"
+    );
 }
