@@ -75,6 +75,59 @@ pub struct UpstreamConfig {
     pub tag_ttl: std::time::Duration,
     /// A dedicated listener on which every repository belongs to this upstream.
     pub listen: Option<SocketAddr>,
+    /// Bytes this upstream's cached content may take (`"50GiB"`); least recently used
+    /// content is evicted beyond it.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_size: Option<u64>,
+    /// Cached content unused this long is evicted (`"30d"`).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_idle: Option<std::time::Duration>,
+    /// Tags never evicted, as `repo:tag` patterns with `*` (`"library/nginx:*"`).
+    #[serde(default)]
+    pub pinned: Vec<String>,
+}
+
+/// Parse `512MiB`, `50GiB`, `1TB`, `1000` (bytes). Binary (KiB, MiB, GiB, TiB) and
+/// decimal (KB, MB, GB, TB) units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with a unit, like \"50GiB\"")
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_size(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn default_tag_ttl() -> std::time::Duration {
@@ -408,6 +461,19 @@ mod tests {
         .to_string();
         assert!(e.contains("tag_ttl") || e.contains("duration"), "{e}");
         assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+        assert_eq!(parse_size("1TB").unwrap(), 1_000_000_000_000);
+        assert!(parse_size("5 parsecs").is_err());
+        let e = Config::parse(
+            &format!(
+                "{}max_size = \"lots\"\n",
+                base.replace("NAME", "a.io").replace("URL", "https://a")
+            ),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_size") || e.contains("lots"), "{e}");
         assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
     }
 }

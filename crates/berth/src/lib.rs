@@ -103,9 +103,28 @@ pub async fn run_server(
             }
         });
     }
+    let limits: std::collections::HashMap<String, cache::EvictionLimits> = config
+        .upstreams
+        .iter()
+        .filter(|u| u.max_size.is_some() || u.max_idle.is_some())
+        .map(|u| {
+            (
+                u.name.clone(),
+                cache::EvictionLimits {
+                    max_size: u.max_size,
+                    max_idle: u.max_idle,
+                    pinned: u.pinned.clone(),
+                },
+            )
+        })
+        .collect();
+    let eviction = (!limits.is_empty()).then(|| cache::spawn_eviction(app.cache.clone(), limits));
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(());
+        if let Some(e) = eviction {
+            e.abort();
+        }
     };
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

@@ -6,6 +6,7 @@
 //! streams the bytes as they are stored, and the blob becomes visible only once its digest
 //! matches. This crate never sees HTTP requests: the server routes to it.
 
+mod evict;
 mod fill;
 
 use fill::Fill;
@@ -18,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
+pub use evict::{
+    EVICTION_GRACE, EVICTION_INTERVAL, EvictionLimits, EvictionReport, spawn_eviction,
+};
 pub use fill::BlobStream;
 
 /// How long a cached tag is served without asking the upstream, unless configured.
@@ -59,6 +63,9 @@ pub struct CachedUpstream {
     pub tag_ttl: Duration,
     pub stats: Stats,
     client: Upstream,
+    /// When clients last used each cached root manifest, by (store repository, digest):
+    /// a cache of recent use for eviction, rebuilt from write times after a restart.
+    access: Mutex<HashMap<(RepoName, Digest), SystemTime>>,
 }
 
 impl CachedUpstream {
@@ -122,6 +129,7 @@ impl Cache {
                 tag_ttl: spec.tag_ttl,
                 stats: Stats::default(),
                 client: Upstream::new(spec.options)?,
+                access: Mutex::default(),
             };
             upstreams.insert(spec.name, Arc::new(up));
         }
@@ -160,6 +168,19 @@ impl Cache {
         reference: &Reference,
     ) -> Result<Manifest, CacheError> {
         let local = up.local(repo)?;
+        let found = self.get_manifest_inner(up, repo, &local, reference).await?;
+        self.touch(up, &local, &found.digest);
+        Ok(found)
+    }
+
+    async fn get_manifest_inner(
+        &self,
+        up: &CachedUpstream,
+        repo: &RepoName,
+        local: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, CacheError> {
+        let local = local.clone();
         match reference {
             Reference::Digest(d) => match self.registry.get_manifest(&local, reference).await {
                 Ok(m) => {

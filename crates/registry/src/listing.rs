@@ -139,3 +139,45 @@ impl Registry {
         Ok(out)
     }
 }
+
+impl Registry {
+    fn digests_under(entries: Vec<Entry>, algo: &str) -> Vec<Digest> {
+        entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Object(hex) => format!("{algo}:{hex}").parse().ok(),
+                Entry::Prefix(_) => None,
+            })
+            .collect()
+    }
+
+    async fn linked(&self, repo: &RepoName, folder: &str) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for algo in ["sha256", "sha512"] {
+            let dir = Key::new(format!("{}/{repo}/{folder}/{algo}", layout::REPOS))?;
+            out.extend(Self::digests_under(self.store.list(&dir).await?, algo));
+        }
+        Ok(out)
+    }
+
+    /// Digests of every manifest the repository holds.
+    pub async fn manifest_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        self.linked(repo, "_manifests").await
+    }
+
+    /// Digests of every blob the repository links.
+    pub async fn blob_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        self.linked(repo, "_blobs").await
+    }
+
+    /// Size of the stored bytes of `digest` (blob or manifest), if present.
+    pub async fn content_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.store.stat(&layout::blob(digest)?).await?.map(|m| m.size))
+    }
+
+    /// Delete the stored bytes of `digest`. Only for callers that have established that
+    /// no repository links it any more (cache eviction, garbage collection).
+    pub async fn purge_content(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.store.delete(&layout::blob(digest)?).await?)
+    }
+}

@@ -219,6 +219,9 @@ pub fn upstream_config(
         password_env: None,
         tag_ttl,
         listen: None,
+        max_size: None,
+        max_idle: None,
+        pinned: Vec::new(),
     }
 }
 
