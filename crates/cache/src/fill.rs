@@ -84,10 +84,12 @@ impl Fill {
                     let _ = tx.send(Progress::Done { size });
                 }
                 Err((not_found, message)) => {
-                    job.upstream
-                        .stats
-                        .upstream_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    if !not_found {
+                        job.upstream
+                            .stats
+                            .upstream_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(upstream = %job.upstream.name, digest = %job.digest, %message, "blob fill failed");
                     let _ = tx.send(Progress::Failed { not_found, message });
                 }
@@ -109,6 +111,23 @@ impl Fill {
 
 async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, String)> {
     let up = &job.upstream;
+    // A fill that finished between the caller's look in the store and its look in the
+    // map of fills leaves the blob stored: use it instead of fetching it again.
+    let stored = job
+        .registry
+        .mount_blob(&job.repo, &job.digest, None, &|_| true)
+        .await
+        .map_err(|e| (false, e.to_string()))?;
+    if stored {
+        let size = job
+            .registry
+            .content_size(&job.digest)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        return Ok(size);
+    }
     up.stats.upstream_blob_gets.fetch_add(1, Ordering::Relaxed);
     let fetch = up
         .client
