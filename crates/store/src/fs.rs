@@ -332,13 +332,7 @@ impl ObjectReader for FsStore {
             Err(e) if not_found(&e) => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
         };
-        if range.start > range.end || range.end > size {
-            return Err(StoreError::InvalidRange {
-                start: range.start,
-                end: range.end,
-                size,
-            });
-        }
+        crate::check_range(&range, size)?;
         if range.is_empty() {
             return Ok(futures::stream::empty().boxed());
         }
@@ -545,13 +539,7 @@ impl UploadStore for FsStore {
         match opened {
             Ok((f, size)) => {
                 let range = range.unwrap_or(0..size);
-                if range.start > range.end || range.end > size {
-                    return Err(StoreError::InvalidRange {
-                        start: range.start,
-                        end: range.end,
-                        size,
-                    });
-                }
+                crate::check_range(&range, size)?;
                 Ok(stream_file(f, range))
             }
             Err(e) if not_found(&e) => Err(StoreError::NotFound),

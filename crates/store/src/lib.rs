@@ -37,6 +37,18 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// `InvalidRange` unless `range` lies within an object of `size` bytes.
+pub fn check_range(range: &Range<u64>, size: u64) -> Result<()> {
+    if range.start > range.end || range.end > size {
+        return Err(StoreError::InvalidRange {
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(())
+}
+
 /// Size and modification time of a stored object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {

@@ -66,15 +66,8 @@ impl ObjectReader for MemoryStore {
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {
         let bytes = self.get(key).await?.ok_or(StoreError::NotFound)?;
         let size = bytes.len() as u64;
-        if range.start > range.end || range.end > size {
-            return Err(StoreError::InvalidRange {
-                start: range.start,
-                end: range.end,
-                size,
-            });
-        }
-        let part = bytes.slice(range.start as usize..range.end as usize);
-        Ok(futures::stream::iter([Ok(part)]).boxed())
+        crate::check_range(&range, size)?;
+        Ok(slice_stream(&bytes, range))
     }
 }
 
@@ -173,15 +166,8 @@ impl UploadStore for MemoryStore {
             .ok_or(StoreError::NotFound)?;
         let size = bytes.len() as u64;
         let range = range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size {
-            return Err(StoreError::InvalidRange {
-                start: range.start,
-                end: range.end,
-                size,
-            });
-        }
-        let part = bytes.slice(range.start as usize..range.end as usize);
-        Ok(futures::stream::iter([Ok(part)]).boxed())
+        crate::check_range(&range, size)?;
+        Ok(slice_stream(&bytes, range))
     }
 
     async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
@@ -219,6 +205,12 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+}
+
+/// A one-chunk stream of `range` of `bytes` (already checked).
+fn slice_stream(bytes: &Bytes, range: Range<u64>) -> ByteStream {
+    let part = bytes.slice(range.start as usize..range.end as usize);
+    futures::stream::iter([Ok(part)]).boxed()
 }
 
 #[cfg(test)]
