@@ -173,6 +173,27 @@ async fn pulls_through_ns_prefix_and_dedicated_listener_from_distribution() {
         blobs as u64
     );
 
+    // Range requests on a cached blob
+    let index: Value = serde_json::from_slice(
+        &get_bytes(&s.url(&format!("/v2/team/multi/manifests/v1?ns={name}"))).await,
+    )
+    .unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap();
+    let m: Value = serde_json::from_slice(
+        &get_bytes(&s.url(&format!("/v2/team/multi/manifests/{child}?ns={name}"))).await,
+    )
+    .unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let whole = get_bytes(&s.url(&format!("/v2/team/multi/blobs/{layer}?ns={name}"))).await;
+    let r = client()
+        .get(s.url(&format!("/v2/team/multi/blobs/{layer}?ns={name}")))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), whole.slice(10..20));
+
     // 2. path prefix (the store key, since a port's ':' cannot appear in a reference)
     let out = tmp.path().join("via-prefix");
     let got = pull_multi(&format!("docker://{}/{key}/team/multi:v1", s.addr), &out).await;
