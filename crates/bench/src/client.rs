@@ -1,5 +1,6 @@
 //! The registry operations the benchmark times, over reqwest: monolithic and chunked blob
-//! pushes, whole-blob GETs and the small image push. Every answer is checked (status and
+//! pushes, whole-blob GETs, the small image push, and the timed GETs of the cache rows
+//! (time to first byte, then the whole body). Every answer is checked (status and
 //! length); a wrong one is an error naming the request, never a number.
 
 use crate::blob::{Blob, Image, OCI_MANIFEST};
@@ -7,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Client, Response, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+use std::time::{Duration, Instant};
 
 const OCTET_STREAM: &str = "application/octet-stream";
 /// Characters of an unexpected answer's body quoted in the error.
@@ -156,6 +159,119 @@ impl Api {
         }
         Ok(url)
     }
+}
+
+/// What one client saw of a whole-blob GET.
+#[derive(Clone, Copy, Debug)]
+pub struct Fetched {
+    /// From just before the request was sent to the first body bytes.
+    pub ttfb: Duration,
+    /// When the last byte arrived (and the body was checked).
+    pub finished: Instant,
+}
+
+/// How much of a received body is checked against the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The length only (as the hosted GET rows do).
+    Length,
+    /// The length and the sha256 of the bytes, hashed as they arrive.
+    Digest,
+}
+
+/// A failed timed GET: a short text for the table cell and the whole story for the log.
+#[derive(Clone, Debug)]
+pub struct GetError {
+    pub short: String,
+    pub detail: String,
+}
+
+impl GetError {
+    fn new(short: impl Into<String>, detail: impl Into<String>) -> GetError {
+        GetError {
+            short: short.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// GET `url` (a blob of `blob`'s content) and read the whole body, timing the first
+/// byte; a failure for any status but 200, a broken body or a body that is not `blob`.
+pub async fn timed_get(
+    client: &Client,
+    url: Url,
+    blob: &Blob,
+    check: Check,
+) -> Result<Fetched, GetError> {
+    let started = Instant::now();
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| GetError::new("no answer", format!("{e:#}")))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let body: String = body.chars().take(BODY_QUOTE_CHARS).collect();
+        return Err(GetError::new(
+            status.as_u16().to_string(),
+            format!("expected 200, got {status}: {body}"),
+        ));
+    }
+    let mut resp = resp;
+    let mut ttfb = None;
+    let mut received = 0u64;
+    let mut hasher = (check == Check::Digest).then(Sha256::new);
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            GetError::new(
+                "broken body",
+                format!("body broke off after {received} bytes: {e:#}"),
+            )
+        })?;
+        let Some(chunk) = chunk else { break };
+        if chunk.is_empty() {
+            continue;
+        }
+        ttfb.get_or_insert_with(|| started.elapsed());
+        received += chunk.len() as u64;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+    }
+    if received != blob.len() {
+        return Err(GetError::new(
+            "wrong length",
+            format!("{received} bytes, expected {}", blob.len()),
+        ));
+    }
+    if let Some(h) = hasher {
+        let digest = format!("sha256:{}", hex::encode(h.finalize()));
+        if digest != blob.digest {
+            return Err(GetError::new(
+                "wrong digest",
+                format!("body hashes to {digest}, expected {}", blob.digest),
+            ));
+        }
+    }
+    Ok(Fetched {
+        ttfb: ttfb.unwrap_or_else(|| started.elapsed()),
+        finished: Instant::now(),
+    })
+}
+
+/// Time from sending `GET url` to its first body bytes; the rest of the body is not read
+/// (the connection is dropped).
+pub async fn first_byte(client: &Client, url: Url) -> Result<Duration> {
+    let started = Instant::now();
+    let resp = client.get(url).send().await?;
+    let mut resp = expect(resp, StatusCode::OK, "GET blob").await?;
+    while let Some(chunk) = resp.chunk().await.context("blob body broke off")? {
+        if !chunk.is_empty() {
+            return Ok(started.elapsed());
+        }
+    }
+    bail!("GET blob: empty body")
 }
 
 /// `url` with `digest=<digest>` added to its query (keeping any `_state` parameter).

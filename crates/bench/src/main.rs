@@ -1,10 +1,13 @@
 //! berth's benchmark harness: it owns starting berth and CNCF distribution side by side on
-//! loopback, timing the same blob and manifest traffic against each, and printing one
-//! markdown table (see docs/bench.md). It builds nothing: it runs the binaries it is given.
+//! loopback, timing the same blob and manifest traffic against each (hosted, and as a
+//! pull-through cache of one upstream), and printing one markdown table (see
+//! docs/bench.md). It builds nothing: it runs the binaries it is given.
 
 mod blob;
 mod client;
 mod load;
+mod proxy;
+mod pull;
 mod report;
 mod server;
 
@@ -13,8 +16,9 @@ use blob::{Blob, Image};
 use clap::Parser;
 use client::Api;
 use load::Generator;
-use report::{GetRun, Results, Round};
-use server::{Kind, Server};
+use pull::{COLD_CLIENTS, CacheServer, Upstream};
+use report::{CacheRound, GetRun, Results, Round};
+use server::{Kind, Role, Server};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +29,14 @@ const GIB: f64 = (1024 * MIB) as f64;
 const FULL_BLOB_BYTES: usize = 1024 * MIB;
 /// Size of each big test blob with --quick.
 const QUICK_BLOB_BYTES: usize = 256 * MIB;
+/// Size of each blob pulled through the caches in a full run, as in the issue: a big
+/// layer, long enough for concurrent clients to overlap.
+const FULL_CACHE_BLOB_BYTES: usize = 512 * MIB;
+/// Size of each blob pulled through the caches with --quick.
+const QUICK_CACHE_BLOB_BYTES: usize = 128 * MIB;
+/// Cold blobs each cache round pushes: one for the 1-client pull, one for the
+/// many-client pull.
+const COLD_BLOBS_PER_ROUND: usize = 2;
 /// Length of the manifest load in a full run.
 const FULL_LOAD: Duration = Duration::from_secs(5);
 /// Length of the manifest load with --quick.
@@ -56,8 +68,8 @@ struct Cli {
     /// The CNCF distribution binary (Debian package docker-registry).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_DISTRIBUTION)]
     distribution: PathBuf,
-    /// Smoke run: 256 MiB blobs, a 2 s manifest load and one round, instead of 1 GiB,
-    /// 5 s and three rounds.
+    /// Smoke run: 256 MiB blobs (128 MiB through the caches), a 2 s manifest load and one
+    /// round, instead of 1 GiB (512 MiB), 5 s and three rounds.
     #[arg(long)]
     quick: bool,
     /// Rounds of every measurement per server (the table shows the median).
@@ -117,10 +129,21 @@ async fn run(cli: Cli) -> Result<()> {
             binary.display()
         );
     }
-    let bench = Bench::prepare(&cli).await?;
+    // The upstream of the caches is distribution whichever columns run.
+    anyhow::ensure!(
+        cli.distribution.is_file(),
+        "distribution binary (the caches' upstream) not found at {}",
+        cli.distribution.display()
+    );
+    let bench = Bench::prepare(&cli, columns.len()).await?;
+    let mut upstream = Upstream::start(&cli.distribution, &bench.client).await?;
     let mut results = Vec::new();
-    for (kind, binary) in &columns {
-        results.push((*kind, bench.measure(*kind, binary).await?));
+    for (column, (kind, binary)) in columns.iter().enumerate() {
+        let cold = bench.cold_blobs_of(column);
+        results.push((
+            *kind,
+            bench.measure(*kind, binary, &mut upstream, cold).await?,
+        ));
     }
     print!("{}", bench.summary(&results));
     Ok(())
@@ -136,6 +159,10 @@ struct Bench {
     /// The big blobs of each round: every push sends content the server has not seen.
     rounds: Vec<RoundBlobs>,
     image: Image,
+    cache_blob_bytes: usize,
+    /// Blobs pulled through the caches, `COLD_BLOBS_PER_ROUND` per round per column:
+    /// every cold pull is of a blob no cache has seen.
+    cold_blobs: Vec<Blob>,
 }
 
 /// The two big blobs one round pushes.
@@ -147,11 +174,21 @@ struct RoundBlobs {
 }
 
 impl Bench {
-    async fn prepare(cli: &Cli) -> Result<Bench> {
-        let (blob_bytes, load_duration, rounds) = if cli.quick {
-            (QUICK_BLOB_BYTES, QUICK_LOAD, QUICK_ROUNDS)
+    async fn prepare(cli: &Cli, columns: usize) -> Result<Bench> {
+        let (blob_bytes, cache_blob_bytes, load_duration, rounds) = if cli.quick {
+            (
+                QUICK_BLOB_BYTES,
+                QUICK_CACHE_BLOB_BYTES,
+                QUICK_LOAD,
+                QUICK_ROUNDS,
+            )
         } else {
-            (FULL_BLOB_BYTES, FULL_LOAD, FULL_ROUNDS)
+            (
+                FULL_BLOB_BYTES,
+                FULL_CACHE_BLOB_BYTES,
+                FULL_LOAD,
+                FULL_ROUNDS,
+            )
         };
         let rounds = cli.rounds.map_or(rounds, usize::from);
         let generator = Generator::choose(cli.generator)?;
@@ -172,29 +209,55 @@ impl Bench {
         );
         let blobs =
             tokio::task::spawn_blocking(move || Blob::distinct(blob_bytes, 2 * rounds, 1)).await?;
-        let rounds = blobs
+        let round_blobs = blobs
             .chunks_exact(2)
             .map(|pair| RoundBlobs {
                 monolithic: pair[0].clone(),
                 chunked: pair[1].clone(),
             })
             .collect();
+        let cold_count = COLD_BLOBS_PER_ROUND * rounds * columns;
+        progress(
+            "bench",
+            format!(
+                "making {cold_count} distinct {} MiB random blobs for the caches",
+                cache_blob_bytes / MIB
+            ),
+        );
+        let cold_blobs =
+            tokio::task::spawn_blocking(move || Blob::distinct(cache_blob_bytes, cold_count, 2))
+                .await?;
         Ok(Bench {
             client: reqwest::Client::builder().tcp_nodelay(true).build()?,
             blob_bytes,
             load_duration,
             generator,
             ticks_per_second: server::clock_ticks_per_second()? as f64,
-            rounds,
+            rounds: round_blobs,
             image: Image::small(3),
+            cache_blob_bytes,
+            cold_blobs,
         })
     }
 
-    /// Start one server, run every round against it, stop it.
-    async fn measure(&self, kind: Kind, binary: &Path) -> Result<Results> {
+    /// The cold blobs of the `column`th server, `COLD_BLOBS_PER_ROUND` per round.
+    fn cold_blobs_of(&self, column: usize) -> &[Blob] {
+        let per_column = COLD_BLOBS_PER_ROUND * self.rounds.len();
+        &self.cold_blobs[column * per_column..(column + 1) * per_column]
+    }
+
+    /// Start one server, run every round against it, stop it; then the same against the
+    /// same kind of server as a cache of `upstream`, pulling `cold` blobs through it.
+    async fn measure(
+        &self,
+        kind: Kind,
+        binary: &Path,
+        upstream: &mut Upstream,
+        cold: &[Blob],
+    ) -> Result<Results> {
         let label = kind.label();
         server::sync_disks()?;
-        let mut server = Server::start(kind, binary, &self.client).await?;
+        let mut server = Server::start(kind, Role::Hosted, binary, &self.client).await?;
         progress(
             label,
             format!("listening on {} (pid {})", server.addr, server.pid()),
@@ -221,11 +284,57 @@ impl Bench {
                 peak_anon_bytes as f64 / MIB as f64
             ),
         );
+        drop(anon);
+        drop(server);
+        let cache = self.measure_cache(kind, binary, upstream, cold).await?;
         Ok(Results {
             rounds,
+            cache,
             peak_rss_bytes,
             peak_anon_bytes,
         })
+    }
+
+    /// Start `kind` as a cache of `upstream` and run every cache round against it: a
+    /// cold pull by 1 client and a warm pull of the same blob, then both again with
+    /// `COLD_CLIENTS` clients.
+    async fn measure_cache(
+        &self,
+        kind: Kind,
+        binary: &Path,
+        upstream: &mut Upstream,
+        cold: &[Blob],
+    ) -> Result<Vec<CacheRound>> {
+        let mut cache =
+            CacheServer::start(kind, binary, upstream, &self.client, self.ticks_per_second).await?;
+        let anon = cache.server.sample_anon_rss();
+        let mut rounds = Vec::with_capacity(self.rounds.len());
+        for (i, blobs) in cold.chunks_exact(COLD_BLOBS_PER_ROUND).enumerate() {
+            progress(
+                &cache.server.label,
+                format!("round {} of {}", i + 1, self.rounds.len()),
+            );
+            let cold_one = cache.cold(&blobs[0], 1).await?;
+            let (warm_one, warm_one_gets) = cache.warm(&blobs[0], 1).await?;
+            let cold_many = cache.cold(&blobs[1], COLD_CLIENTS).await?;
+            let (warm_many, warm_many_gets) = cache.warm(&blobs[1], COLD_CLIENTS).await?;
+            rounds.push(CacheRound {
+                cold_one,
+                cold_many,
+                warm_one,
+                warm_many,
+                warm_upstream_gets: warm_one_gets + warm_many_gets,
+            });
+        }
+        progress(
+            &cache.server.label,
+            format!(
+                "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
+                cache.server.peak_rss_bytes()? as f64 / MIB as f64,
+                anon.peak_bytes() as f64 / MIB as f64
+            ),
+        );
+        Ok(rounds)
     }
 
     /// One round: (c) monolithic push, (a) GETs of that blob with 1 and 8 clients,
@@ -237,7 +346,7 @@ impl Bench {
         i: usize,
         blobs: &RoundBlobs,
     ) -> Result<Round> {
-        let label = server.kind.label();
+        let label = server.label.as_str();
         let monolithic_repo = format!("{REPO_MONOLITHIC}-{i}");
         let push_monolithic = self
             .push_monolithic(label, api, &monolithic_repo, &blobs.monolithic)
@@ -307,7 +416,7 @@ impl Bench {
         blob: &Blob,
         clients: usize,
     ) -> Result<GetRun> {
-        let label = server.kind.label();
+        let label = server.label.as_str();
         let cpu_before = server.cpu_ticks()?;
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
@@ -339,7 +448,7 @@ impl Bench {
 
     /// (b) GET the small image's manifest from many connections.
     async fn manifest_load(&self, server: &Server, api: &Api) -> Result<f64> {
-        let label = server.kind.label();
+        let label = server.label.as_str();
         let url = api
             .checked_manifest_url(REPO_MANIFEST, MANIFEST_TAG, &self.image.manifest)
             .await
@@ -363,20 +472,25 @@ impl Bench {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         format!(
             "Median of {} round(s); blobs of {} MiB; {MANY_CLIENTS} parallel GET clients; \
-             {} MiB chunks; {cores} cores; manifest load generator: {}.\n\n{}",
+             {} MiB chunks; {cores} cores; manifest load generator: {}. \
+             Cache rows: each column's server as a pull-through cache (distribution: \
+             proxy.remoteurl; berth: [[upstream]], pulled with ?ns=) of one upstream \
+             distribution behind a counting proxy; fresh {} MiB blobs; 1 and \
+             {COLD_CLIENTS} concurrent clients; upstream blob GETs counted by the proxy.\n\n{}",
             self.rounds.len(),
             self.blob_bytes / MIB,
             CHUNK_BYTES / MIB,
             self.generator.describe(self.load_duration),
+            self.cache_blob_bytes / MIB,
             report::table(results)
         )
     }
 }
 
-fn mb_per_s(bytes_per_second: f64) -> String {
+pub(crate) fn mb_per_s(bytes_per_second: f64) -> String {
     format!("{:.0} MB/s", bytes_per_second / 1e6)
 }
 
-fn progress(label: &str, message: impl Display) {
+pub(crate) fn progress(label: &str, message: impl Display) {
     eprintln!("[{label}] {message}");
 }

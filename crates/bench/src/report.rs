@@ -1,5 +1,7 @@
 //! The results of one server and the markdown table that sets all servers side by side,
-//! with a berth/distribution ratio column per berth configuration.
+//! with a berth/distribution ratio column per berth configuration. Cache measurements
+//! may fail without stopping the run (distribution's proxy mode is allowed to); their
+//! cells then say how.
 
 use crate::server::Kind;
 use std::fmt::Write as _;
@@ -8,6 +10,8 @@ use std::fmt::Write as _;
 const MB: f64 = 1e6;
 /// Memory is shown in binary mebibytes, as /proc reports it (in KiB).
 const MIB: f64 = 1024.0 * 1024.0;
+/// Times are measured in seconds; latencies are shown in milliseconds.
+const MS: f64 = 1e-3;
 
 /// One blob GET run: aggregate throughput and the server's CPU cost.
 #[derive(Clone, Copy, Debug)]
@@ -26,10 +30,57 @@ pub struct Round {
     pub push_chunked_bytes_per_second: f64,
 }
 
+/// A cache measurement's numbers, or the short reason it failed (shown in the cell).
+pub type Outcome<T> = Result<T, String>;
+
+/// One pull of a blob through a cache by one or more concurrent clients.
+#[derive(Clone, Copy, Debug)]
+pub struct PullStats {
+    /// From the common start until the last client had the whole body.
+    pub wall_seconds: f64,
+    /// Time to first byte, the median over the clients.
+    pub ttfb_median_seconds: f64,
+    /// Bytes received by all clients together.
+    pub bytes: u64,
+}
+
+/// A cold pull through a cache: a blob the cache has never seen, pushed to the upstream
+/// just before.
+#[derive(Clone, Debug)]
+pub struct ColdPull {
+    /// The upstream's own time to first byte for this blob (a GET straight to it).
+    pub upstream_ttfb_seconds: f64,
+    /// The same through the counting proxy the caches use.
+    pub proxy_ttfb_seconds: f64,
+    /// The rate of a whole GET of the blob through the counting proxy: the ceiling of a
+    /// cold pull on this machine.
+    pub proxy_bytes_per_second: f64,
+    pub pull: Outcome<PullStats>,
+    /// `GET /v2/.../blobs/<digest>` requests the upstream received for this blob during
+    /// the pull (and any download the cache went on with after it).
+    pub upstream_gets: u64,
+}
+
+/// One round of cache measurements against one server.
+#[derive(Clone, Debug)]
+pub struct CacheRound {
+    pub cold_one: ColdPull,
+    pub cold_many: ColdPull,
+    /// A second GET (1 client) of the blob `cold_one` pulled, once the cache holds it.
+    pub warm_one: Outcome<PullStats>,
+    /// The same with as many clients as `cold_many`, of its blob: the least time that
+    /// many copies take to leave the server, whatever the cache does.
+    pub warm_many: Outcome<PullStats>,
+    /// Upstream blob GETs during both warm pulls.
+    pub warm_upstream_gets: u64,
+}
+
 /// Everything measured against one server: its rounds and its peak memory at the end.
 #[derive(Clone, Debug)]
 pub struct Results {
     pub rounds: Vec<Round>,
+    /// The rounds against the same kind of server as a pull-through cache.
+    pub cache: Vec<CacheRound>,
     /// VmHWM: the high-water mark of resident memory, mapped file pages included.
     pub peak_rss_bytes: u64,
     /// The largest RssAnon sampled during the run: the server's own memory.
@@ -66,33 +117,78 @@ enum Value {
     PerRound(fn(&Round) -> f64),
     /// Measured once per server.
     Once(fn(&Results) -> f64),
+    /// Measured every cache round, one or more samples a round, each of which may have
+    /// failed.
+    Cache(fn(&CacheRound) -> Vec<Outcome<f64>>),
 }
 
-/// One row: its label, its value divided by `unit`, and the decimals shown.
+/// One row: its label, its value divided by `unit`, the decimals shown, and whether a
+/// berth/distribution ratio means anything (not for the upstream's own numbers).
 struct Row {
     label: &'static str,
     value: Value,
     unit: f64,
     decimals: usize,
+    ratio: bool,
 }
 
 impl Row {
+    /// Every sample of the row for one server, divided by the unit.
+    fn samples(&self, r: &Results) -> Vec<Outcome<f64>> {
+        let raw: Vec<Outcome<f64>> = match self.value {
+            Value::PerRound(f) => r.rounds.iter().map(|x| Ok(f(x))).collect(),
+            Value::Once(f) => vec![Ok(f(r))],
+            Value::Cache(f) => r.cache.iter().flat_map(f).collect(),
+        };
+        raw.into_iter().map(|s| s.map(|v| v / self.unit)).collect()
+    }
+
+    /// The spread of the samples that did not fail.
     fn spread(&self, r: &Results) -> Spread {
-        match self.value {
-            Value::PerRound(f) => Spread::of(r.rounds.iter().map(|x| f(x) / self.unit).collect()),
-            Value::Once(f) => Spread::of(vec![f(r) / self.unit]),
-        }
+        Spread::of(self.samples(r).into_iter().filter_map(Result::ok).collect())
     }
 
     fn cell(&self, r: &Results) -> String {
+        let samples = self.samples(r);
+        if samples.is_empty() {
+            return "–".to_owned();
+        }
+        let mut failures: Vec<&str> = samples
+            .iter()
+            .filter_map(|s| s.as_ref().err().map(String::as_str))
+            .collect();
+        let failed = failures.len();
+        failures.sort_unstable();
+        failures.dedup();
+        let why = failures.join(", ");
+        if failed == samples.len() {
+            return format!("failed: {why}");
+        }
         let s = self.spread(r);
         let d = self.decimals;
-        if s.min == s.max {
+        let numbers = if s.min == s.max {
             format!("{:.d$}", s.median)
         } else {
             format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max)
+        };
+        if failed == 0 {
+            numbers
+        } else {
+            format!("{numbers}; {failed} of {} failed: {why}", samples.len())
         }
     }
+}
+
+/// A pull's wall time.
+fn wall(p: &Outcome<PullStats>) -> Outcome<f64> {
+    p.as_ref().map(|s| s.wall_seconds).map_err(Clone::clone)
+}
+
+/// A pull's median time to first byte.
+fn ttfb(p: &Outcome<PullStats>) -> Outcome<f64> {
+    p.as_ref()
+        .map(|s| s.ttfb_median_seconds)
+        .map_err(Clone::clone)
 }
 
 const ROWS: &[Row] = &[
@@ -101,54 +197,178 @@ const ROWS: &[Row] = &[
         value: Value::PerRound(|x| x.get_one.bytes_per_second),
         unit: MB,
         decimals: 0,
+        ratio: true,
     },
     Row {
         label: "blob GET, 8 clients (MB/s, aggregate)",
         value: Value::PerRound(|x| x.get_many.bytes_per_second),
         unit: MB,
         decimals: 0,
+        ratio: true,
     },
     Row {
         label: "server CPU per GiB served, 1 client (s, lower is better)",
         value: Value::PerRound(|x| x.get_one.cpu_seconds_per_gib),
         unit: 1.0,
         decimals: 2,
+        ratio: true,
     },
     Row {
         label: "server CPU per GiB served, 8 clients (s, lower is better)",
         value: Value::PerRound(|x| x.get_many.cpu_seconds_per_gib),
         unit: 1.0,
         decimals: 2,
+        ratio: true,
     },
     Row {
         label: "manifest GET, 64 connections (req/s)",
         value: Value::PerRound(|x| x.manifest_per_second),
         unit: 1.0,
         decimals: 0,
+        ratio: true,
     },
     Row {
         label: "monolithic push (MB/s)",
         value: Value::PerRound(|x| x.push_monolithic_bytes_per_second),
         unit: MB,
         decimals: 0,
+        ratio: true,
     },
     Row {
         label: "chunked push, 8 MiB chunks (MB/s)",
         value: Value::PerRound(|x| x.push_chunked_bytes_per_second),
         unit: MB,
         decimals: 0,
+        ratio: true,
     },
     Row {
         label: "peak RSS, VmHWM (MiB, lower is better)",
         value: Value::Once(|r| r.peak_rss_bytes as f64),
         unit: MIB,
         decimals: 1,
+        ratio: true,
     },
     Row {
         label: "peak anonymous RSS, sampled (MiB, lower is better)",
         value: Value::Once(|r| r.peak_anon_bytes as f64),
         unit: MIB,
         decimals: 1,
+        ratio: true,
+    },
+    Row {
+        label: "cold pull through the cache, 1 client (s, lower is better)",
+        value: Value::Cache(|c| vec![wall(&c.cold_one.pull)]),
+        unit: 1.0,
+        decimals: 2,
+        ratio: true,
+    },
+    Row {
+        label: "cold pull through the cache, 16 clients (s, lower is better)",
+        value: Value::Cache(|c| vec![wall(&c.cold_many.pull)]),
+        unit: 1.0,
+        decimals: 2,
+        ratio: true,
+    },
+    Row {
+        label: "warm pull through the cache, 16 clients (s; the floor of the row above)",
+        value: Value::Cache(|c| vec![wall(&c.warm_many)]),
+        unit: 1.0,
+        decimals: 2,
+        ratio: true,
+    },
+    Row {
+        label: "cold pull, 16-client wall / 1-client wall (target ≤ 1.3)",
+        value: Value::Cache(|c| {
+            vec![wall(&c.cold_many.pull).and_then(|many| Ok(many / wall(&c.cold_one.pull)?))]
+        }),
+        unit: 1.0,
+        decimals: 2,
+        ratio: true,
+    },
+    Row {
+        label: "cold TTFB, 1 client (ms, lower is better)",
+        value: Value::Cache(|c| vec![ttfb(&c.cold_one.pull)]),
+        unit: MS,
+        decimals: 1,
+        ratio: true,
+    },
+    Row {
+        label: "cold TTFB, 16 clients, median of the clients (ms, lower is better)",
+        value: Value::Cache(|c| vec![ttfb(&c.cold_many.pull)]),
+        unit: MS,
+        decimals: 1,
+        ratio: true,
+    },
+    Row {
+        label: "upstream's own TTFB, GET straight to it (ms, same blobs)",
+        value: Value::Cache(|c| {
+            vec![
+                Ok(c.cold_one.upstream_ttfb_seconds),
+                Ok(c.cold_many.upstream_ttfb_seconds),
+            ]
+        }),
+        unit: MS,
+        decimals: 1,
+        ratio: false,
+    },
+    Row {
+        label: "upstream TTFB through the counting proxy (ms, same blobs)",
+        value: Value::Cache(|c| {
+            vec![
+                Ok(c.cold_one.proxy_ttfb_seconds),
+                Ok(c.cold_many.proxy_ttfb_seconds),
+            ]
+        }),
+        unit: MS,
+        decimals: 1,
+        ratio: false,
+    },
+    Row {
+        label: "upstream GET through the counting proxy, 1 client (MB/s; the ceiling of a cold pull)",
+        value: Value::Cache(|c| {
+            vec![
+                Ok(c.cold_one.proxy_bytes_per_second),
+                Ok(c.cold_many.proxy_bytes_per_second),
+            ]
+        }),
+        unit: MB,
+        decimals: 0,
+        ratio: false,
+    },
+    Row {
+        label: "upstream blob GETs, cold pull, 1 client (target 1)",
+        value: Value::Cache(|c| vec![Ok(c.cold_one.upstream_gets as f64)]),
+        unit: 1.0,
+        decimals: 0,
+        ratio: true,
+    },
+    Row {
+        label: "upstream blob GETs, cold pull, 16 clients (target 1)",
+        value: Value::Cache(|c| vec![Ok(c.cold_many.upstream_gets as f64)]),
+        unit: 1.0,
+        decimals: 0,
+        ratio: true,
+    },
+    Row {
+        label: "warm pull through the cache, 1 client (MB/s; hosted: blob GET, 1 client)",
+        value: Value::Cache(|c| {
+            vec![
+                c.warm_one
+                    .as_ref()
+                    .map(|s| s.bytes as f64 / s.wall_seconds)
+                    .map_err(Clone::clone),
+            ]
+        }),
+        unit: MB,
+        decimals: 0,
+        ratio: true,
+    },
+    Row {
+        label: "upstream blob GETs, both warm pulls (target 0)",
+        value: Value::Cache(|c| vec![Ok(c.warm_upstream_gets as f64)]),
+        unit: 1.0,
+        decimals: 0,
+        ratio: true,
     },
 ];
 
@@ -181,15 +401,23 @@ pub fn table(columns: &[(Kind, Results)]) -> String {
         cells.extend(columns.iter().map(|(_, r)| row.cell(r)));
         if let Some((_, base)) = baseline {
             let b = row.spread(base).median;
-            cells.extend(compared.iter().map(|(_, r)| ratio(row.spread(r).median, b)));
+            cells.extend(compared.iter().map(|(_, r)| {
+                if row.ratio {
+                    ratio(row.spread(r).median, b)
+                } else {
+                    "–".to_owned()
+                }
+            }));
         }
         push_line(&mut out, &cells);
     }
     out
 }
 
+/// `value / baseline`, or n/a when either is missing (a failed measurement) or the
+/// baseline is zero.
 fn ratio(value: f64, baseline: f64) -> String {
-    if baseline > 0.0 {
+    if baseline > 0.0 && value.is_finite() {
         format!("{:.2}×", value / baseline)
     } else {
         "n/a".to_owned()
@@ -218,9 +446,38 @@ mod tests {
         }
     }
 
+    fn pull(wall: f64) -> PullStats {
+        PullStats {
+            wall_seconds: wall,
+            ttfb_median_seconds: 0.002,
+            bytes: 1_000_000_000,
+        }
+    }
+
+    fn cold(pull: Outcome<PullStats>, upstream_gets: u64) -> ColdPull {
+        ColdPull {
+            upstream_ttfb_seconds: 0.001,
+            proxy_ttfb_seconds: 0.0015,
+            proxy_bytes_per_second: 2e9,
+            pull,
+            upstream_gets,
+        }
+    }
+
+    fn cache_round(scale: f64) -> CacheRound {
+        CacheRound {
+            cold_one: cold(Ok(pull(1.0 * scale)), 1),
+            cold_many: cold(Ok(pull(1.2 * scale)), 1),
+            warm_one: Ok(pull(0.5 * scale)),
+            warm_many: Ok(pull(0.8 * scale)),
+            warm_upstream_gets: 0,
+        }
+    }
+
     fn results(scale: f64) -> Results {
         Results {
             rounds: vec![round(scale)],
+            cache: vec![cache_round(scale)],
             peak_rss_bytes: (100.0 * MIB * scale) as u64,
             peak_anon_bytes: (10.0 * MIB * scale) as u64,
         }
@@ -257,6 +514,88 @@ mod tests {
             lines[2],
             "| blob GET, 1 client (MB/s) | 1000 | 2000 | 500 | 2.00× | 0.50× |"
         );
+    }
+
+    fn line<'a>(table: &'a str, label: &str) -> &'a str {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label} |")))
+            .unwrap()
+    }
+
+    #[test]
+    fn cache_rows_show_walls_ratios_and_counts() {
+        let t = table(&[
+            (Kind::Distribution, results(2.0)),
+            (Kind::Berth { fsync: true }, results(1.0)),
+        ]);
+        assert_eq!(
+            line(
+                &t,
+                "cold pull, 16-client wall / 1-client wall (target ≤ 1.3)"
+            ),
+            "| cold pull, 16-client wall / 1-client wall (target ≤ 1.3) | 1.20 | 1.20 | 1.00× |"
+        );
+        assert_eq!(
+            line(
+                &t,
+                "warm pull through the cache, 1 client (MB/s; hosted: blob GET, 1 client)"
+            ),
+            "| warm pull through the cache, 1 client (MB/s; hosted: blob GET, 1 client) | 1000 | 2000 | 2.00× |"
+        );
+        assert_eq!(
+            line(
+                &t,
+                "upstream's own TTFB, GET straight to it (ms, same blobs)"
+            ),
+            "| upstream's own TTFB, GET straight to it (ms, same blobs) | 1.0 | 1.0 | – |"
+        );
+        assert!(t.contains("| cold TTFB, 1 client (ms, lower is better) | 2.0 | 2.0 | 1.00× |"));
+    }
+
+    #[test]
+    fn failed_cache_pulls_are_shown_not_fatal() {
+        let mut dist = results(1.0);
+        dist.cache[0].cold_many = cold(Err("500".to_owned()), 17);
+        let mut partly = results(1.0);
+        partly.cache.push(partly.cache[0].clone());
+        partly.cache.push(partly.cache[0].clone());
+        partly.cache[1].cold_one = cold(Err("broken body".to_owned()), 2);
+        let t = table(&[
+            (Kind::Distribution, dist),
+            (Kind::Berth { fsync: true }, partly),
+        ]);
+        assert_eq!(
+            line(
+                &t,
+                "cold pull through the cache, 16 clients (s, lower is better)"
+            ),
+            "| cold pull through the cache, 16 clients (s, lower is better) | failed: 500 | 1.20 | n/a |"
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cold pull, 16-client wall / 1-client wall (target ≤ 1.3)"
+            ),
+            "| cold pull, 16-client wall / 1-client wall (target ≤ 1.3) | failed: 500 | 1.20; 1 of 3 failed: broken body | n/a |"
+        );
+        assert_eq!(
+            line(&t, "upstream blob GETs, cold pull, 16 clients (target 1)"),
+            "| upstream blob GETs, cold pull, 16 clients (target 1) | 17 | 1 | 0.06× |"
+        );
+        assert_eq!(
+            line(&t, "upstream blob GETs, cold pull, 1 client (target 1)"),
+            "| upstream blob GETs, cold pull, 1 client (target 1) | 1 | 1 (1–2) | 1.00× |"
+        );
+    }
+
+    #[test]
+    fn cache_row_labels_name_the_client_count() {
+        let many = format!("{} clients", crate::pull::COLD_CLIENTS);
+        let rows = ROWS.iter().filter(|r| r.label.contains(" clients"));
+        for row in rows.filter(|r| r.label.contains("cold")) {
+            assert!(row.label.contains(&many), "{}", row.label);
+        }
     }
 
     #[test]

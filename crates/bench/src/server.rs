@@ -1,6 +1,8 @@
-//! The servers under test: writing each one's configuration, starting it on a free
-//! loopback port with its own temporary data directory, waiting until it answers, reading
-//! its CPU time and peak memory from /proc, and killing it when the guard is dropped.
+//! The servers under test: writing each one's configuration (as a hosted registry, as
+//! the upstream the caches pull from, or as a pull-through cache of that upstream),
+//! starting it on a free loopback port with its own temporary data directory, waiting
+//! until it answers, reading its CPU time and peak memory from /proc, and killing it when
+//! the guard is dropped.
 
 use anyhow::{Context, Result, bail};
 use std::fs::{self, File};
@@ -37,27 +39,63 @@ impl Kind {
         }
     }
 
-    /// The configuration file's name and text for a server on `addr` storing in `data`.
-    fn config(self, addr: SocketAddr, data: &Path) -> (&'static str, String) {
+    /// The configuration file's name and text for a `role` server on `addr` storing in
+    /// `data`.
+    fn config(self, role: Role, addr: SocketAddr, data: &Path) -> (&'static str, String) {
         let data = data.display();
         match self {
-            Kind::Distribution => (
-                "config.yml",
-                format!(
+            Kind::Distribution => {
+                let mut yaml = format!(
                     "version: 0.1\n\
                      log:\n  level: warn\n  accesslog:\n    disabled: true\n\
                      storage:\n  filesystem:\n    rootdirectory: {data}\n  \
                      delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n\
                      http:\n  addr: {addr}\n"
-                ),
-            ),
-            Kind::Berth { fsync } => (
-                "config.toml",
-                format!(
+                );
+                if let Role::Cache { upstream } = role {
+                    yaml.push_str(&format!("proxy:\n  remoteurl: http://{upstream}\n"));
+                }
+                ("config.yml", yaml)
+            }
+            Kind::Berth { fsync } => {
+                let mut toml = format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
                      [storage]\nkind = \"fs\"\npath = \"{data}\"\nfsync = {fsync}\n"
-                ),
-            ),
+                );
+                if let Role::Cache { upstream } = role {
+                    toml.push_str(&format!(
+                        "\n[[upstream]]\nname = \"{upstream}\"\nurl = \"http://{upstream}\"\n\
+                         tag_ttl = \"{CACHE_TAG_TTL}\"\n"
+                    ));
+                }
+                ("config.toml", toml)
+            }
+        }
+    }
+}
+
+/// How long berth's cache serves a tag before revalidating it. The benchmark pulls blobs
+/// by digest only, so any value does; this is the value a deployment would start with.
+const CACHE_TAG_TTL: &str = "5m";
+
+/// What a server is started as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A registry clients push to and pull from.
+    Hosted,
+    /// The registry the caches pull from: a hosted registry under its own label.
+    Upstream,
+    /// A pull-through cache of the registry reached at `upstream` (distribution's proxy
+    /// mode, berth's `[[upstream]]`).
+    Cache { upstream: SocketAddr },
+}
+
+impl Role {
+    fn label(self, kind: Kind) -> String {
+        match self {
+            Role::Hosted => kind.label().to_owned(),
+            Role::Upstream => "upstream".to_owned(),
+            Role::Cache { .. } => format!("{} cache", kind.label()),
         }
     }
 }
@@ -65,6 +103,9 @@ impl Kind {
 /// A running server. Dropping it kills the process and removes its data directory.
 pub struct Server {
     pub kind: Kind,
+    pub role: Role,
+    /// Names the server in progress lines and errors.
+    pub label: String,
     pub base: reqwest::Url,
     pub addr: SocketAddr,
     child: Child,
@@ -74,10 +115,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start `binary` as a `kind` server and wait until `GET /v2/` answers 200.
-    pub async fn start(kind: Kind, binary: &Path, client: &reqwest::Client) -> Result<Server> {
+    /// Start `binary` as a `kind` server in `role` and wait until `GET /v2/` answers 200.
+    pub async fn start(
+        kind: Kind,
+        role: Role,
+        binary: &Path,
+        client: &reqwest::Client,
+    ) -> Result<Server> {
+        let label = role.label(kind);
         if !binary.is_file() {
-            bail!("{} binary not found at {}", kind.label(), binary.display());
+            bail!("{label} binary not found at {}", binary.display());
         }
         let dir = tempfile::Builder::new()
             .prefix("berth-bench-")
@@ -85,7 +132,7 @@ impl Server {
             .context("cannot create a temporary directory")?;
         let addr = free_port()?;
         let data = dir.path().join("data");
-        let (config_name, config_text) = kind.config(addr, &data);
+        let (config_name, config_text) = kind.config(role, addr, &data);
         let config = dir.path().join(config_name);
         fs::write(&config, config_text)?;
         let log = dir.path().join("server.log");
@@ -103,6 +150,8 @@ impl Server {
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let mut server = Server {
             kind,
+            role,
+            label,
             base: reqwest::Url::parse(&format!("http://{addr}/"))?,
             addr,
             child,
@@ -132,7 +181,7 @@ impl Server {
                 Ok(r) if started.elapsed() > READY_TIMEOUT => {
                     bail!(
                         "{}: GET /v2/ answered {}{}",
-                        self.kind.label(),
+                        self.label,
                         r.status(),
                         self.log_tail()
                     )
@@ -140,7 +189,7 @@ impl Server {
                 Err(e) if started.elapsed() > READY_TIMEOUT => {
                     bail!(
                         "{}: not answering on {}: {e}{}",
-                        self.kind.label(),
+                        self.label,
                         self.addr,
                         self.log_tail()
                     )
@@ -153,7 +202,7 @@ impl Server {
     /// An error (with the server's log) if the process has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}){}", self.kind.label(), self.log_tail());
+            bail!("{} exited ({status}){}", self.label, self.log_tail());
         }
         Ok(())
     }

@@ -172,7 +172,11 @@ impl Registry {
 
     /// Size of the stored bytes of `digest` (blob or manifest), if present.
     pub async fn content_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.store.stat(&layout::blob(digest)?).await?.map(|m| m.size))
+        Ok(self
+            .store
+            .stat(&layout::blob(digest)?)
+            .await?
+            .map(|m| m.size))
     }
 
     /// Delete the stored bytes of `digest`. Only for callers that have established that

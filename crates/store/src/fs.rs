@@ -8,7 +8,7 @@ use crate::{
     ObjectWriter, Result, Store, StoreError, UploadId, UploadStore,
 };
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -196,20 +196,13 @@ fn stream_file(mut file: File, range: Range<u64>) -> ByteStream {
         let mut left = range.end - range.start;
         while left > 0 {
             let want = left.min(READ_CHUNK as u64) as usize;
-            let mut buf = BytesMut::with_capacity(want);
-            buf.resize(want, 0);
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want);
+            if let Err(e) = (&mut file).take(want as u64).read_to_end(&mut buf) {
+                let _ = tx.blocking_send(Err(e));
+                return;
             }
+            let filled = buf.len();
             if filled < want {
                 let _ = tx.blocking_send(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -217,9 +210,8 @@ fn stream_file(mut file: File, range: Range<u64>) -> ByteStream {
                 )));
                 return;
             }
-            buf.truncate(filled);
             left -= filled as u64;
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // the reader went away
             }
         }
