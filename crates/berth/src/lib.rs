@@ -3,6 +3,7 @@
 //! storage logic live in their own crates and are only assembled here.
 
 pub mod config;
+pub mod tools;
 
 use anyhow::Context;
 use config::{Config, StorageKind};
@@ -53,13 +54,182 @@ pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec
 /// Build the application state for a configuration.
 pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     let store = open_store(config).await?;
-    let registry = Registry::new(store, RegistryOptions::default());
+    let registry = Registry::new(
+        store,
+        RegistryOptions {
+            touch_after: config.gc.touch_after(),
+            ..RegistryOptions::default()
+        },
+    );
     let cache = cache::Cache::new(registry.clone(), upstream_specs(config)?)
         .map_err(|e| anyhow::anyhow!("cannot set up upstream clients: {e}"))?;
     Ok(Arc::new(server::AppState {
         registry,
         cache: Arc::new(cache),
+        upkeep: Arc::default(),
     }))
+}
+
+/// The first path components of cached repositories, one per upstream.
+pub fn cached_keys(config: &Config) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| cache::key_for(&u.name))
+        .collect()
+}
+
+/// Garbage-collection options from the configuration.
+pub fn gc_options(config: &Config, dry_run: bool) -> upkeep::gc::GcOptions {
+    upkeep::gc::GcOptions {
+        grace: config.gc.grace,
+        delete_untagged: config.gc.delete_untagged,
+        dry_run,
+        cached: cached_keys(config),
+        ..upkeep::gc::GcOptions::default()
+    }
+}
+
+/// The compiled retention rules (the configuration was validated, so they compile).
+pub fn retention_rules(config: &Config) -> anyhow::Result<Vec<upkeep::retention::RetentionRule>> {
+    config
+        .retention
+        .rules
+        .iter()
+        .map(|r| r.compile().map_err(|e| anyhow::anyhow!(e)))
+        .collect()
+}
+
+/// The background jobs of `serve`: cache eviction, garbage collection, retention and
+/// scrub, each on its own schedule. Dropping it stops them.
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Run `job` every `interval` (the first run one interval after start, so a restart
+/// loop does not hammer the store); an interval of zero runs nothing.
+fn every<F, Fut>(interval: std::time::Duration, mut job: F) -> Option<tokio::task::JoinHandle<()>>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    if interval.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    }))
+}
+
+/// Start the background jobs a configuration asks for.
+pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Background> {
+    let mut tasks = Vec::new();
+    let limits: std::collections::HashMap<String, cache::EvictionLimits> = config
+        .upstreams
+        .iter()
+        .filter(|u| u.max_size.is_some() || u.max_idle.is_some())
+        .map(|u| {
+            (
+                u.name.clone(),
+                cache::EvictionLimits {
+                    max_size: u.max_size,
+                    max_idle: u.max_idle,
+                    pinned: u.pinned.clone(),
+                },
+            )
+        })
+        .collect();
+    if !limits.is_empty() {
+        tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
+    }
+    let gc = gc_options(config, false);
+    let a = app.clone();
+    tasks.extend(every(config.gc.interval, move || {
+        let (a, gc) = (a.clone(), gc.clone());
+        async move {
+            match upkeep::gc::run_once(&a.registry, &gc, &upkeep::Quiet).await {
+                Ok(r) => {
+                    tracing::info!(
+                        manifests_deleted = r.manifests_deleted,
+                        blobs_deleted = r.blobs_deleted,
+                        bytes_freed = r.bytes_freed,
+                        uploads_deleted = r.uploads_deleted,
+                        seconds = r.duration_seconds,
+                        "garbage collection done"
+                    );
+                    *a.upkeep.gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+                Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+            }
+        }
+    }));
+    let rules = Arc::new(retention_rules(config)?);
+    if !rules.is_empty() {
+        let a = app.clone();
+        tasks.extend(every(config.retention.interval, move || {
+            let (a, rules) = (a.clone(), rules.clone());
+            async move {
+                let done = async {
+                    let plan = upkeep::retention::plan(&a.registry, &rules, &upkeep::Quiet).await?;
+                    upkeep::retention::apply(&a.registry, &plan).await
+                }
+                .await;
+                match done {
+                    Ok(r) => {
+                        tracing::info!(tags_deleted = r.tags_deleted, "retention done");
+                        *a.upkeep.retention.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    }
+                    Err(e) => tracing::error!(error = %e, "retention failed"),
+                }
+            }
+        }));
+    }
+    let scrub = upkeep::fsck::FsckOptions {
+        deep: config.scrub.deep,
+        repair: false,
+        cache: None,
+        cached: cached_keys(config),
+        rate: Some(config.scrub.rate),
+    };
+    let a = app.clone();
+    tasks.extend(every(config.scrub.interval, move || {
+        let (a, scrub) = (a.clone(), scrub.clone());
+        async move {
+            match upkeep::fsck::run_once(&a.registry, &scrub, &upkeep::Quiet).await {
+                Ok(r) => {
+                    let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();
+                    if open > 0 {
+                        tracing::error!(
+                            problems = open,
+                            "scrub found broken content; run `berth fsck` for details"
+                        );
+                    } else {
+                        tracing::info!(
+                            manifests = r.manifests_checked,
+                            blobs = r.blobs_checked,
+                            "scrub clean"
+                        );
+                    }
+                    *a.upkeep.scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+                Err(e) => tracing::error!(error = %e, "scrub failed"),
+            }
+        }
+    }));
+    Ok(Background { tasks })
 }
 
 /// How long in-flight requests may run on after a shutdown signal. Long enough for a
@@ -103,28 +273,11 @@ pub async fn run_server(
             }
         });
     }
-    let limits: std::collections::HashMap<String, cache::EvictionLimits> = config
-        .upstreams
-        .iter()
-        .filter(|u| u.max_size.is_some() || u.max_idle.is_some())
-        .map(|u| {
-            (
-                u.name.clone(),
-                cache::EvictionLimits {
-                    max_size: u.max_size,
-                    max_idle: u.max_idle,
-                    pinned: u.pinned.clone(),
-                },
-            )
-        })
-        .collect();
-    let eviction = (!limits.is_empty()).then(|| cache::spawn_eviction(app.cache.clone(), limits));
+    let background = start_background(config, &app)?;
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(());
-        if let Some(e) = eviction {
-            e.abort();
-        }
+        drop(background);
     };
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

@@ -32,6 +32,47 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// Collect garbage: delete manifests, links and blobs no tag needs any more.
+    ///
+    /// Safe while `berth serve` runs on the same store: nothing modified or needed within
+    /// the grace period ([gc] grace) is deleted. Prints counts and bytes.
+    Gc {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show which tags the [[retention.rule]] tables drop; drop them with --apply.
+    ///
+    /// Only tags are deleted; their content goes at the next garbage collection.
+    Retention {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Drop the tags (without it, only the plan is printed).
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Check every tag, manifest, index child, config, layer and referrer.
+    ///
+    /// Exit status 0 only when nothing is broken (or everything broken was repaired).
+    Fsck {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Re-hash every blob (reads all stored bytes).
+        #[arg(long)]
+        deep: bool,
+        /// Re-fetch broken cached content from its upstream, restore lost links, and
+        /// move corrupt bytes to quarantine/ (hosted content is never deleted).
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -71,7 +112,8 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("berth: {e:#}");
             std::process::ExitCode::FAILURE
@@ -79,24 +121,66 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Load a config for a one-shot tool, logging only errors on stderr (the tool prints its
+/// findings itself) unless BERTH_LOG asks for more.
+fn tool_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    if std::env::var_os("BERTH_LOG").is_none() {
+        let filter = tracing_subscriber::EnvFilter::new("error");
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        init_logging(config.log.format);
+    }
+    Ok(config)
+}
+
+/// Run a command; `Ok(false)` means "ran, but the answer is no" (exit status 1).
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
     match cli.command {
         Command::DefaultConfig => {
             print!("{}", berth::config::DEFAULT_TOML);
-            Ok(())
+            Ok(true)
         }
         Command::CheckConfig { config } => {
             Config::load(Some(&config))?;
             println!("{}: ok", config.display());
-            Ok(())
+            Ok(true)
         }
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
             init_logging(config.log.format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(berth::run_server(&config, shutdown_signal()))
+            runtime()?.block_on(berth::run_server(&config, shutdown_signal()))?;
+            Ok(true)
+        }
+        Command::Gc { config, dry_run } => {
+            let config = tool_config(config.as_deref())?;
+            runtime()?.block_on(berth::tools::gc(&config, dry_run, &mut out))?;
+            Ok(true)
+        }
+        Command::Retention { config, apply } => {
+            let config = tool_config(config.as_deref())?;
+            runtime()?.block_on(berth::tools::retention(&config, apply, &mut out))?;
+            Ok(true)
+        }
+        Command::Fsck {
+            config,
+            deep,
+            repair,
+            json,
+        } => {
+            let config = tool_config(config.as_deref())?;
+            let args = berth::tools::FsckArgs { deep, repair, json };
+            runtime()?.block_on(berth::tools::fsck(&config, args, &mut out))
         }
     }
 }

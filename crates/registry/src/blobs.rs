@@ -25,20 +25,25 @@ pub struct UploadState {
 }
 
 impl Registry {
-    /// Size of blob `digest` if the repository links it.
+    /// Size of blob `digest` if the repository links it. A blob found here is needed
+    /// (a client about to push a manifest that references it checks it this way), so its
+    /// link and bytes are renewed against garbage collection.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        if self
-            .store
-            .stat(&layout::blob_link(repo, digest)?)
-            .await?
-            .is_none()
-        {
+        let link_key = layout::blob_link(repo, digest)?;
+        let Some(link) = self.store.stat(&link_key).await? else {
             return Err(RegistryError::BlobUnknown);
+        };
+        let blob_key = layout::blob(digest)?;
+        let Some(blob) = self.store.stat(&blob_key).await? else {
+            return Err(RegistryError::BlobUnknown);
+        };
+        if self.needs_renewal(link) || self.needs_renewal(blob) {
+            let _permit = self.use_permit().await;
+            if !self.renew(&link_key, link).await? || !self.renew(&blob_key, blob).await? {
+                return Err(RegistryError::BlobUnknown);
+            }
         }
-        match self.store.stat(&layout::blob(digest)?).await? {
-            Some(m) => Ok(m.size),
-            None => Err(RegistryError::BlobUnknown),
-        }
+        Ok(blob.size)
     }
 
     /// Bytes `range` of a blob the repository links (the caller has checked the range
@@ -79,7 +84,8 @@ impl Registry {
         from: Option<&RepoName>,
         may_read: &(dyn Fn(&RepoName) -> bool + Send + Sync),
     ) -> Result<bool> {
-        if self.store.stat(&layout::blob(digest)?).await?.is_none() {
+        let blob_key = layout::blob(digest)?;
+        if self.store.stat(&blob_key).await?.is_none() {
             return Ok(false);
         }
         let source = match from {
@@ -89,8 +95,30 @@ impl Registry {
         if !source {
             return Ok(false);
         }
+        let _permit = self.use_permit().await;
+        // Re-checked under the permit: the bytes may have been collected meanwhile.
+        let Some(blob) = self.store.stat(&blob_key).await? else {
+            return Ok(false);
+        };
+        if !self.renew(&blob_key, blob).await? {
+            return Ok(false);
+        }
         self.link_blob(repo, digest).await?;
         Ok(true)
+    }
+
+    /// Restore `repo`'s link to blob `digest` when its bytes are stored (fsck repair of a
+    /// lost link). `false` when the bytes are gone too.
+    pub async fn relink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let _permit = self.use_permit().await;
+        let key = layout::blob(digest)?;
+        match self.store.stat(&key).await? {
+            Some(meta) if self.renew(&key, meta).await? => {
+                self.link_blob(repo, digest).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn links_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -311,8 +339,14 @@ impl Registry {
             self.discard_upload(repo, id).await?;
             return Err(RegistryError::DigestInvalid);
         }
-        self.store.upload_commit(id, &layout::blob(digest)?).await?;
-        self.link_blob(repo, digest).await?;
+        {
+            let _permit = self.use_permit().await;
+            let blob_key = layout::blob(digest)?;
+            self.store.upload_commit(id, &blob_key).await?;
+            // The upload's bytes carry the time of its last append, which may be long ago.
+            self.store.touch(&blob_key).await?;
+            self.link_blob(repo, digest).await?;
+        }
         self.store.delete(&layout::upload(repo, id)?).await?;
         Ok(())
     }

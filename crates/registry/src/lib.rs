@@ -34,6 +34,13 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// replica) can go unseen; changes made through this process invalidate at once.
 pub const METADATA_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How old a link's or blob's modification time may be before an operation that needs
+/// it (HEAD, mount, upload, manifest PUT) renews it. Garbage collection deletes nothing
+/// modified within its grace period, so renewing is what protects content a client has
+/// just checked; renewing only when older than this keeps reads from turning into
+/// writes. Must stay well below the GC grace period (berth sets it to a quarter of it).
+pub const DEFAULT_TOUCH_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// Entries kept in each metadata cache; a manifest entry holds its bytes, so this
 /// bounds the cache at a few hundred MiB only for pathological manifests.
 const METADATA_CACHE_ENTRIES: usize = 16 * 1024;
@@ -45,6 +52,8 @@ pub struct RegistryOptions {
     pub max_manifest_bytes: u64,
     /// How long metadata may be served from memory.
     pub cache_ttl: Duration,
+    /// Renew the modification time of needed content older than this.
+    pub touch_after: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -52,6 +61,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             cache_ttl: METADATA_CACHE_TTL,
+            touch_after: DEFAULT_TOUCH_AFTER,
         }
     }
 }
@@ -69,6 +79,11 @@ pub struct Registry {
     /// Hashing threads of uploads in progress, by id: a cache, rebuilt from the bytes
     /// when lost.
     hashers: Arc<Mutex<HashMap<UploadId, (Algorithm, hashing::HashWorker)>>>,
+    /// Shared by every operation that makes stored content needed (renewing its
+    /// modification time, then linking or referencing it); held exclusively by garbage
+    /// collection around each "check the time again, then delete". So in this process a
+    /// deletion never falls between an operation's renewal and its use.
+    deletion: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Registry {
@@ -79,7 +94,43 @@ impl Registry {
             tags: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             manifests: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             hashers: Arc::default(),
+            deletion: Arc::default(),
         }
+    }
+
+    /// Exclusive permission to delete content: held by garbage collection while it
+    /// re-checks an object's modification time and deletes it (see
+    /// [`DEFAULT_TOUCH_AFTER`]). Hold it briefly; every push waits for it.
+    pub async fn deletion_permit(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.deletion.clone().write_owned().await
+    }
+
+    /// Shared permission to make content needed (see [`Registry::deletion_permit`]).
+    async fn use_permit(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.deletion.clone().read_owned().await
+    }
+
+    /// Renew `key`'s modification time if `meta` says it is older than `touch_after`.
+    /// `false` when the object is gone. Call with a use permit held.
+    async fn renew(&self, key: &store::Key, meta: store::ObjectMeta) -> Result<bool> {
+        if !self.needs_renewal(meta) {
+            return Ok(true);
+        }
+        Ok(self.store.touch(key).await?)
+    }
+
+    /// Is `meta`'s modification time older than `touch_after`? Content that is not can
+    /// not be collected before its next renewal (GC's grace is longer), so reading it
+    /// needs no permit.
+    fn needs_renewal(&self, meta: store::ObjectMeta) -> bool {
+        std::time::SystemTime::now()
+            .duration_since(meta.modified)
+            .is_ok_and(|age| age >= self.options.touch_after)
+    }
+
+    /// Forget cached metadata of a manifest (garbage collection deleted its link).
+    pub fn forget_manifest(&self, repo: &RepoName, digest: &Digest) {
+        self.manifests.remove(&(repo.clone(), digest.clone()));
     }
 
     /// The store underneath, for tools that walk it (gc, fsck).

@@ -124,6 +124,9 @@ impl Registry {
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
         let parsed = ParsedManifest::parse(&bytes, content_type)?;
+        // From the check of the references to the manifest link, no garbage collection
+        // in this process may delete what the check found (and renewed).
+        let _permit = self.use_permit().await;
         self.check_references(repo, &parsed).await?;
         let tag = match reference {
             Reference::Tag(t) => Some(t),
@@ -152,6 +155,7 @@ impl Registry {
             return Err(RegistryError::DigestInvalid);
         }
         let parsed = ParsedManifest::parse(&bytes, Some(media_type))?;
+        let _permit = self.use_permit().await;
         self.store_manifest(repo, tag, digest, &parsed, bytes).await
     }
 
@@ -167,8 +171,9 @@ impl Registry {
     ) -> Result<()> {
         let size = bytes.len() as u64;
         let blob_key = layout::blob(digest)?;
-        if self.store.stat(&blob_key).await?.is_none() {
-            self.store.put(&blob_key, bytes.clone()).await?;
+        match self.store.stat(&blob_key).await? {
+            Some(meta) if self.renew(&blob_key, meta).await? => {}
+            _ => self.store.put(&blob_key, bytes.clone()).await?,
         }
         if let Some(subject) = &parsed.subject {
             let desc = Descriptor {
@@ -209,6 +214,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Restore `repo`'s link to manifest `digest` when its bytes are stored and sound
+    /// (fsck repair of an index child whose link was lost). `false` otherwise.
+    pub async fn relink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let _permit = self.use_permit().await;
+        let key = layout::blob(digest)?;
+        let Some(bytes) = self.store.get(&key).await? else {
+            return Ok(false);
+        };
+        if digest.same_algorithm_of(&bytes) != *digest {
+            return Ok(false);
+        }
+        let Ok(parsed) = ParsedManifest::parse(&bytes, None) else {
+            return Ok(false);
+        };
+        if !self.store.touch(&key).await? {
+            return Ok(false);
+        }
+        self.put_small(&layout::manifest_link(repo, digest)?, parsed.media_type)
+            .await?;
+        Ok(true)
+    }
+
     /// When a tag was last written (pushed, or revalidated by a cache), if it exists.
     pub async fn tag_written_at(
         &self,
@@ -234,31 +261,35 @@ impl Registry {
         Ok(())
     }
 
+    /// Every blob and child manifest the manifest references must be present; each is
+    /// renewed against garbage collection. Call with a use permit held.
     async fn check_references(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
         for d in parsed.required_blobs() {
-            if self
-                .store
-                .stat(&layout::blob_link(repo, &d.digest)?)
-                .await?
-                .is_none()
-                || self.store.stat(&layout::blob(&d.digest)?).await?.is_none()
-            {
+            let link = layout::blob_link(repo, &d.digest)?;
+            let blob = layout::blob(&d.digest)?;
+            if !self.present_and_renewed(&link).await? || !self.present_and_renewed(&blob).await? {
                 return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
             }
         }
         if parsed.kind == ManifestKind::Index {
             for child in &parsed.manifests {
-                if self
-                    .store
-                    .stat(&layout::manifest_link(repo, &child.digest)?)
-                    .await?
-                    .is_none()
+                let link = layout::manifest_link(repo, &child.digest)?;
+                let bytes = layout::blob(&child.digest)?;
+                if !self.present_and_renewed(&link).await?
+                    || !self.present_and_renewed(&bytes).await?
                 {
                     return Err(RegistryError::ManifestChildUnknown(child.digest.clone()));
                 }
             }
         }
         Ok(())
+    }
+
+    async fn present_and_renewed(&self, key: &store::Key) -> Result<bool> {
+        match self.store.stat(key).await? {
+            Some(meta) => self.renew(key, meta).await,
+            None => Ok(false),
+        }
     }
 
     /// DELETE of a manifest. By tag: removes the tag only. By digest: removes the

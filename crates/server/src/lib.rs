@@ -25,6 +25,8 @@ pub struct AppState {
     pub registry: Registry,
     /// The pull-through cache (with no upstreams when none are configured).
     pub cache: Arc<Cache>,
+    /// Results of the background jobs (gc, retention, scrub).
+    pub upkeep: Arc<upkeep::Status>,
 }
 
 /// Shared state handed to every handler.

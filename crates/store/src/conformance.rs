@@ -37,6 +37,42 @@ pub async fn run_all(store: &dyn Store) {
     uploads(store).await;
     failed_append_is_all_or_nothing(store).await;
     large_object(store).await;
+    touch_and_walk(store).await;
+}
+
+async fn touch_and_walk(s: &dyn Store) {
+    let a = key("t/walk/a");
+    let deep = key("t/walk/d/e/f");
+    assert!(
+        !s.touch(&a).await.unwrap(),
+        "touching nothing reports false"
+    );
+    assert!(s.stat(&a).await.unwrap().is_none(), "touch never creates");
+    s.put(&a, Bytes::from_static(b"aa")).await.unwrap();
+    s.put(&deep, Bytes::from_static(b"fff")).await.unwrap();
+    let before = s.stat(&a).await.unwrap().unwrap().modified;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(s.touch(&a).await.unwrap());
+    let after = s.stat(&a).await.unwrap().unwrap();
+    assert!(after.modified > before, "touch moves the modification time");
+    assert_eq!(after.size, 2, "touch keeps the bytes");
+    assert_eq!(s.get(&a).await.unwrap().unwrap(), Bytes::from_static(b"aa"));
+
+    let walked = s.walk(&key("t/walk")).await.unwrap();
+    let names: Vec<(&str, u64)> = walked.iter().map(|(n, m)| (n.as_str(), m.size)).collect();
+    assert_eq!(names, [("a", 2), ("d/e/f", 3)]);
+    assert!(s.walk(&key("t/nowhere")).await.unwrap().is_empty());
+    // a deleted object leaves no folder behind in listings
+    s.delete(&deep).await.unwrap();
+    assert_eq!(
+        s.list(&key("t/walk")).await.unwrap(),
+        vec![Entry::Object("a".into())]
+    );
+    // and writing under a pruned folder works again
+    s.put(&deep, Bytes::from_static(b"f")).await.unwrap();
+    assert_eq!(s.walk(&key("t/walk")).await.unwrap().len(), 2);
+    s.delete(&deep).await.unwrap();
+    s.delete(&a).await.unwrap();
 }
 
 async fn objects(s: &dyn Store) {

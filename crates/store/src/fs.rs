@@ -113,18 +113,41 @@ impl Inner {
         Ok(())
     }
 
+    /// Remove the folders above a deleted object that it left empty, up to the root, so
+    /// a store that shrinks does not keep a skeleton of dead folders (and a repository
+    /// whose last tag, manifest and blob are gone stops being listed). A writer racing
+    /// with this finds its folder gone and creates it again (see [`Inner::publish`]).
+    fn prune_empty_parents(&self, path: &Path) {
+        let mut cur = path.parent();
+        while let Some(dir) = cur {
+            if dir == self.root || !dir.starts_with(&self.root) {
+                break;
+            }
+            // Fails (and stops the climb) as soon as a folder still holds something.
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+            cur = dir.parent();
+        }
+    }
+
     /// Rename `from` to `to`, creating `to`'s parents, and make the rename durable.
     fn publish(&self, from: &Path, to: &Path) -> io::Result<()> {
         let parent = to
             .parent()
             .ok_or_else(|| io::Error::other("key without parent"))?;
-        match fs::rename(from, to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
-                self.create_dirs(parent)?;
-                fs::rename(from, to)?;
+        // A missing folder is created; a delete may prune it again before the rename
+        // lands, so try a few times.
+        let mut attempts = 0;
+        loop {
+            match fs::rename(from, to) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() && attempts < 8 => {
+                    attempts += 1;
+                    self.create_dirs(parent)?;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         self.sync_dir(parent)
     }
@@ -359,14 +382,33 @@ impl ObjectWriter for FsStore {
         .await
         .map_err(Into::into)
     }
+
+    async fn touch(&self, key: &Key) -> Result<bool> {
+        let path = self.inner.path(key);
+        blocking(move || {
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if not_found(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            f.set_modified(std::time::SystemTime::now())?;
+            Ok(true)
+        })
+        .await
+        .map_err(Into::into)
+    }
 }
 
 #[async_trait]
 impl ObjectDeleter for FsStore {
     async fn delete(&self, key: &Key) -> Result<bool> {
-        let path = self.inner.path(key);
+        let inner = self.inner.clone();
+        let path = inner.path(key);
         blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                inner.prune_empty_parents(&path);
+                Ok(true)
+            }
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(e),
         })
@@ -401,6 +443,50 @@ impl ObjectLister for FsStore {
                 }
             }
             out.sort_by(|a, b| a.name().cmp(b.name()));
+            Ok(out)
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+        let path = self.inner.path(prefix);
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(path, String::new())];
+            while let Some((dir, rel)) = stack.pop() {
+                let rd = match fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    // Gone (deleted by a concurrent writer) or never there: nothing below.
+                    Err(e) if not_found(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in rd {
+                    let entry = entry?;
+                    let Ok(name) = entry.file_name().into_string() else {
+                        continue;
+                    };
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    let child = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    let ft = entry.file_type()?;
+                    if ft.is_dir() {
+                        stack.push((entry.path(), child));
+                    } else {
+                        match entry.metadata() {
+                            Ok(m) => out.push((child, meta_of(&m))),
+                            Err(e) if not_found(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(out)
         })
         .await

@@ -95,6 +95,9 @@ pub trait ObjectReader: Send + Sync {
 pub trait ObjectWriter: Send + Sync {
     /// Store `bytes` at `key`: readers see the old object or the new one, never a part.
     async fn put(&self, key: &Key, bytes: Bytes) -> Result<()>;
+    /// Set the object's modification time to now without changing its bytes; `false`
+    /// when it does not exist. Garbage collection reads this time as "last needed".
+    async fn touch(&self, key: &Key) -> Result<bool>;
 }
 
 /// Removes objects.
@@ -109,6 +112,10 @@ pub trait ObjectDeleter: Send + Sync {
 pub trait ObjectLister: Send + Sync {
     /// Children of `prefix`, sorted by name; empty when the prefix does not exist.
     async fn list(&self, prefix: &Key) -> Result<Vec<Entry>>;
+    /// Every object at any depth below `prefix`, as (path relative to `prefix`, meta),
+    /// sorted by path; empty when the prefix does not exist. One call instead of a
+    /// `list` per folder, for walks over the whole store (gc, fsck).
+    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>>;
 }
 
 /// Upload sessions: bytes appended over several requests, then committed to a key in

@@ -79,6 +79,16 @@ impl ObjectWriter for MemoryStore {
             .insert(key.as_str().to_owned(), (bytes, SystemTime::now()));
         Ok(())
     }
+
+    async fn touch(&self, key: &Key) -> Result<bool> {
+        Ok(match self.lock().objects.get_mut(key.as_str()) {
+            Some((_, t)) => {
+                *t = SystemTime::now();
+                true
+            }
+            None => false,
+        })
+    }
 }
 
 #[async_trait]
@@ -112,6 +122,17 @@ impl ObjectLister for MemoryStore {
         out.sort_by(|a, b| a.name().cmp(b.name()));
         out.dedup();
         Ok(out)
+    }
+
+    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+        let p = format!("{}/", prefix.as_str());
+        let state = self.lock();
+        Ok(state
+            .objects
+            .range(p.clone()..)
+            .take_while(|(k, _)| k.starts_with(&p))
+            .map(|(k, (b, t))| (k[p.len()..].to_owned(), meta(b, *t)))
+            .collect())
     }
 }
 

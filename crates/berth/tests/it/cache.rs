@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A `docker-registry` process on a free port, killed on drop.
-struct Distribution {
-    addr: String,
+pub(crate) struct Distribution {
+    pub(crate) addr: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 
 impl Distribution {
     /// Start distribution; with `user`, behind htpasswd Basic auth for that user.
-    async fn start(user: Option<(&str, &str)>) -> Distribution {
+    pub(crate) async fn start(user: Option<(&str, &str)>) -> Distribution {
         require_tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();

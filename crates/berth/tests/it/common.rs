@@ -14,6 +14,10 @@ pub struct TestServer {
     pub app: server::App,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Its background jobs (eviction, gc, retention, scrub), on their configured schedules.
+    _background: berth::Background,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -41,6 +45,7 @@ impl TestServer {
         config.storage.fsync = false; // tests do not need power-loss durability
         f(&mut config);
         let app = berth::build_app(&config).await.unwrap();
+        let background = berth::start_background(&config, &app).unwrap();
         let served = app.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -57,6 +62,8 @@ impl TestServer {
             app,
             base: format!("http://{addr}"),
             dir,
+            config,
+            _background: background,
             shutdown: Some(tx),
             task: Some(task),
         }

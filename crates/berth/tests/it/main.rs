@@ -8,4 +8,5 @@ mod cache_faults;
 mod cli;
 mod common;
 mod crash;
+mod gc_fsck;
 mod skopeo;

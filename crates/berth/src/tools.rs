@@ -1,0 +1,243 @@
+//! The store-care subcommands (`berth gc`, `berth retention`, `berth fsck`): open the
+//! configured store, run one upkeep job, print what it did. The jobs themselves live in
+//! the `upkeep` crate; this module only formats and decides exit status.
+
+use crate::config::Config;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+pub struct Bar {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+    enabled: bool,
+}
+
+impl Bar {
+    pub fn new() -> Bar {
+        Bar {
+            bar: Mutex::new(None),
+            enabled: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Bar::new()
+    }
+}
+
+impl upkeep::Progress for Bar {
+    fn phase(&self, name: &str, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = slot.take() {
+            b.finish_and_clear();
+        }
+        let b = if total > 0 {
+            indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            )
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        b.set_message(name.to_owned());
+        *slot = Some(b);
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            b.inc(n);
+        }
+    }
+}
+
+/// `1.5 GiB` style.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `berth gc`.
+pub async fn gc(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let app = crate::build_app(config).await?;
+    let bar = Bar::new();
+    let r = upkeep::gc::run_once(&app.registry, &crate::gc_options(config, dry_run), &bar).await;
+    bar.finish();
+    let r = r?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    writeln!(
+        out,
+        "garbage collection{} over {} repositories (grace {}s): marked {} manifests and {} blobs",
+        if dry_run { " (dry run)" } else { "" },
+        r.repositories,
+        config.gc.grace.as_secs(),
+        r.manifests_marked,
+        r.blobs_marked
+    )?;
+    writeln!(out, "  {verb} {} manifests", r.manifests_deleted)?;
+    writeln!(out, "  {verb} {} blob links", r.blob_links_deleted)?;
+    writeln!(out, "  {verb} {} referrer links", r.referrer_links_deleted)?;
+    writeln!(
+        out,
+        "  {verb} {} blobs ({})",
+        r.blobs_deleted,
+        human_bytes(r.bytes_freed)
+    )?;
+    writeln!(out, "  {verb} {} abandoned uploads", r.uploads_deleted)?;
+    if r.kept_in_use > 0 {
+        writeln!(
+            out,
+            "  kept {} candidates renewed while it ran (in use)",
+            r.kept_in_use
+        )?;
+    }
+    writeln!(out, "  took {:.2}s", r.duration_seconds)?;
+    Ok(())
+}
+
+/// `berth retention`.
+pub async fn retention(config: &Config, apply: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let rules = crate::retention_rules(config)?;
+    if rules.is_empty() {
+        writeln!(
+            out,
+            "no [[retention.rule]] in the configuration: nothing to do"
+        )?;
+        return Ok(());
+    }
+    let app = crate::build_app(config).await?;
+    let bar = Bar::new();
+    let plan = upkeep::retention::plan(&app.registry, &rules, &bar).await;
+    bar.finish();
+    let plan = plan?;
+    for d in &plan.drops {
+        writeln!(
+            out,
+            "{} {}:{}  ({}; rule {})",
+            if apply { "drop" } else { "would drop" },
+            d.repository,
+            d.tag,
+            d.reason,
+            d.rule
+        )?;
+    }
+    if apply {
+        let r = upkeep::retention::apply(&app.registry, &plan).await?;
+        writeln!(
+            out,
+            "retention: {} repositories, {} tags seen, {} dropped{}; their content goes at the next garbage collection",
+            r.repositories,
+            r.tags_seen,
+            r.tags_deleted,
+            if r.skipped_changed > 0 {
+                format!(", {} skipped (pushed again meanwhile)", r.skipped_changed)
+            } else {
+                String::new()
+            }
+        )?;
+    } else {
+        writeln!(
+            out,
+            "retention plan: {} repositories, {} tags seen, {} to drop; run with --apply to drop them",
+            plan.repositories,
+            plan.tags_seen,
+            plan.drops.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// How `berth fsck` runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsckArgs {
+    pub deep: bool,
+    pub repair: bool,
+    pub json: bool,
+}
+
+/// `berth fsck`; `Ok(false)` when problems remain.
+pub async fn fsck(config: &Config, args: FsckArgs, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let app = crate::build_app(config).await?;
+    let opts = upkeep::fsck::FsckOptions {
+        deep: args.deep,
+        repair: args.repair,
+        cache: Some(app.cache.clone()),
+        cached: crate::cached_keys(config),
+        rate: None,
+    };
+    let bar = Bar::new();
+    let r = upkeep::fsck::run_once(&app.registry, &opts, &bar).await;
+    bar.finish();
+    let r = r?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &r)?;
+        writeln!(out)?;
+        return Ok(r.is_clean());
+    }
+    let mut last_repo = "";
+    for p in &r.problems {
+        if p.repository != last_repo {
+            writeln!(out, "{}", p.repository)?;
+            last_repo = &p.repository;
+        }
+        let at = p
+            .tag
+            .as_deref()
+            .map_or("(untagged)".to_owned(), |t| format!("tag {t}"));
+        writeln!(
+            out,
+            "  {at}: {} {}: {}",
+            p.kind.as_str(),
+            p.digest,
+            p.detail
+        )?;
+        if let Some(fix) = &p.repaired {
+            writeln!(out, "    repaired: {fix}")?;
+        }
+    }
+    let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();
+    writeln!(
+        out,
+        "checked {} repositories, {} tags, {} manifests, {} blobs{}: {}",
+        r.repositories,
+        r.tags,
+        r.manifests_checked,
+        r.blobs_checked,
+        if r.deep {
+            format!(" ({} re-hashed)", human_bytes(r.bytes_hashed))
+        } else {
+            String::new()
+        },
+        if r.problems.is_empty() {
+            "clean".to_owned()
+        } else {
+            format!(
+                "{} problems, {} repaired, {open} remaining",
+                r.problems.len(),
+                r.problems.len() - open
+            )
+        }
+    )?;
+    Ok(r.is_clean())
+}

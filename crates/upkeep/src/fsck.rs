@@ -1,0 +1,672 @@
+//! Integrity checking (`berth fsck`, and the scrub inside `serve`): walk every tag →
+//! manifest → index children → config and layers → referrers, and report what a pull
+//! would trip over, per repository and tag. With `deep`, every blob is re-hashed (once
+//! per run, however many repositories share it). With `repair`, cached content is
+//! re-fetched from its upstream, missing links to bytes that are present are restored,
+//! and corrupt bytes are moved to `quarantine/`; hosted content is never deleted.
+//!
+//! A cached repository fetches children and layers lazily, so content it never fetched is
+//! not a problem; only what it holds (links, tags) must be sound.
+
+use crate::index::{self, RepoIndex};
+use crate::{Progress, Result};
+use futures::StreamExt;
+use oci::{Digest, Hasher, Reference, RepoName};
+use registry::{Registry, layout};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use store::{Key, ObjectMeta, UploadId};
+
+/// How often `serve` scrubs unless configured: the interval the probe scripts users ran
+/// before used, so a broken image is noticed within minutes.
+pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Deep-scrub hashing speed inside `serve` unless configured, in bytes per second: a
+/// fraction of a disk's bandwidth, so the scrub never starves requests.
+pub const DEFAULT_SCRUB_RATE: u64 = 64 * 1024 * 1024;
+
+/// Where corrupt bytes are moved by `--repair`.
+pub const QUARANTINE: &str = "quarantine";
+
+/// How a check runs.
+#[derive(Clone, Default)]
+pub struct FsckOptions {
+    /// Re-hash every blob.
+    pub deep: bool,
+    /// Fix what can be fixed (see the module docs).
+    pub repair: bool,
+    /// The cache, to re-fetch cached content when repairing.
+    pub cache: Option<Arc<cache::Cache>>,
+    /// First path components of cached repositories (the upstream keys).
+    pub cached: Vec<String>,
+    /// Hash at most this many bytes per second (`None`: as fast as the disk goes).
+    pub rate: Option<u64>,
+}
+
+/// What is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A tag whose manifest the repository does not hold, or that does not parse.
+    DanglingTag,
+    /// A manifest link whose bytes are gone.
+    MissingManifest,
+    /// Stored manifest bytes that do not hash to their digest.
+    ManifestDigestMismatch,
+    /// Stored manifest bytes that are not a manifest.
+    UnreadableManifest,
+    /// A child of an index that the repository does not hold.
+    OrphanedIndexChild,
+    /// A config or layer that the repository does not hold, or whose bytes are gone.
+    MissingBlob,
+    /// Blob bytes that do not hash to their digest (found with `deep`).
+    BlobDigestMismatch,
+    /// A link (manifest or blob) to bytes that are gone, outside any tagged image.
+    DanglingLink,
+}
+
+impl ProblemKind {
+    /// Every kind, for metrics that list all of them.
+    pub const ALL: [ProblemKind; 8] = [
+        ProblemKind::DanglingTag,
+        ProblemKind::MissingManifest,
+        ProblemKind::ManifestDigestMismatch,
+        ProblemKind::UnreadableManifest,
+        ProblemKind::OrphanedIndexChild,
+        ProblemKind::MissingBlob,
+        ProblemKind::BlobDigestMismatch,
+        ProblemKind::DanglingLink,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::DanglingTag => "dangling_tag",
+            ProblemKind::MissingManifest => "missing_manifest",
+            ProblemKind::ManifestDigestMismatch => "manifest_digest_mismatch",
+            ProblemKind::UnreadableManifest => "unreadable_manifest",
+            ProblemKind::OrphanedIndexChild => "orphaned_index_child",
+            ProblemKind::MissingBlob => "missing_blob",
+            ProblemKind::BlobDigestMismatch => "blob_digest_mismatch",
+            ProblemKind::DanglingLink => "dangling_link",
+        }
+    }
+}
+
+/// One problem found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    pub repository: String,
+    /// The tag through which it was reached; `None` for untagged content.
+    pub tag: Option<String>,
+    pub digest: String,
+    pub kind: ProblemKind,
+    pub detail: String,
+    /// What `--repair` did; `None` when it was not repaired.
+    pub repaired: Option<String>,
+}
+
+/// What a check found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FsckReport {
+    /// Seconds since the Unix epoch when it started.
+    pub started_at: u64,
+    pub duration_seconds: f64,
+    pub deep: bool,
+    pub repositories: u64,
+    pub tags: u64,
+    pub manifests_checked: u64,
+    pub blobs_checked: u64,
+    pub bytes_hashed: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl FsckReport {
+    /// No problem is left unrepaired.
+    pub fn is_clean(&self) -> bool {
+        self.problems.iter().all(|p| p.repaired.is_some())
+    }
+
+    /// Problems left unrepaired, by kind.
+    pub fn counts(&self) -> HashMap<ProblemKind, u64> {
+        let mut out = HashMap::new();
+        for p in self.problems.iter().filter(|p| p.repaired.is_none()) {
+            *out.entry(p.kind).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Why a manifest is being checked: it decides what a missing one means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Tag,
+    Child,
+    Referrer,
+}
+
+struct Checker<'a> {
+    registry: &'a Registry,
+    opts: &'a FsckOptions,
+    /// Stored content found by the walk of `blobs/`.
+    stored: HashMap<Digest, ObjectMeta>,
+    /// Deep-hash verdicts, per digest, for the whole run.
+    hashed: HashMap<Digest, bool>,
+    report: FsckReport,
+    throttle: Throttle,
+    progress: &'a dyn Progress,
+}
+
+/// Paces hashing to a byte rate.
+struct Throttle {
+    rate: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    async fn account(&mut self, n: u64) {
+        self.bytes += n;
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// Per-repository walk state.
+struct RepoWalk<'r> {
+    repo: &'r RepoIndex,
+    cached: bool,
+    seen_manifests: HashSet<Digest>,
+    seen_blobs: HashSet<Digest>,
+}
+
+impl Checker<'_> {
+    fn problem(
+        &mut self,
+        w: &RepoWalk<'_>,
+        tag: Option<&str>,
+        digest: &Digest,
+        kind: ProblemKind,
+        detail: String,
+    ) -> usize {
+        tracing::warn!(repo = %w.repo.name, tag = tag.unwrap_or("-"), digest = %digest, kind = kind.as_str(), "{detail}");
+        self.report.problems.push(Problem {
+            repository: w.repo.name.to_string(),
+            tag: tag.map(str::to_owned),
+            digest: digest.to_string(),
+            kind,
+            detail,
+            repaired: None,
+        });
+        self.report.problems.len() - 1
+    }
+
+    /// Is content `d` stored? Confirmed with a stat when the walk did not see it (it may
+    /// have arrived since).
+    async fn is_stored(&mut self, d: &Digest) -> Result<bool> {
+        if self.stored.contains_key(d) {
+            return Ok(true);
+        }
+        match self.registry.store().stat(&layout::blob(d)?).await? {
+            Some(m) => {
+                self.stored.insert(d.clone(), m);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn check_manifest(
+        &mut self,
+        w: &mut RepoWalk<'_>,
+        tag: Option<&str>,
+        d: &Digest,
+        via: Via,
+    ) -> Result<()> {
+        if !w.seen_manifests.insert(d.clone()) {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+        self.report.manifests_checked += 1;
+        let store = self.registry.store().clone();
+        let linked = w.repo.manifests.contains_key(d)
+            || store
+                .stat(&layout::manifest_link(&w.repo.name, d)?)
+                .await?
+                .is_some();
+        if !linked {
+            match via {
+                Via::Tag => {
+                    let i = self.problem(
+                        w,
+                        tag,
+                        d,
+                        ProblemKind::DanglingTag,
+                        "the tag points at a manifest this repository does not hold".into(),
+                    );
+                    if w.cached && self.opts.repair {
+                        self.refetch_manifest(w, d, i).await;
+                    }
+                }
+                Via::Child if !w.cached => {
+                    let i = self.problem(
+                        w,
+                        tag,
+                        d,
+                        ProblemKind::OrphanedIndexChild,
+                        "a child manifest of a tagged index is missing: pulls of this platform fail".into(),
+                    );
+                    if self.opts.repair {
+                        self.relink_manifest(w, d, i).await?;
+                    }
+                }
+                // A cache fetches children when asked; a referrer link without its
+                // manifest is simply not listed.
+                Via::Child | Via::Referrer => {}
+            }
+            return Ok(());
+        }
+        let Some(bytes) = store.get(&layout::blob(d)?).await? else {
+            let i = self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::MissingManifest,
+                "the manifest is linked but its bytes are gone".into(),
+            );
+            if w.cached && self.opts.repair {
+                self.refetch_manifest(w, d, i).await;
+            }
+            return Ok(());
+        };
+        if d.same_algorithm_of(&bytes) != *d {
+            let i = self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::ManifestDigestMismatch,
+                "the stored manifest bytes do not match their digest".into(),
+            );
+            if self.opts.repair {
+                self.quarantine(w, d, i).await?;
+            }
+            return Ok(());
+        }
+        let Some(refs) = index::parse_refs(&bytes) else {
+            self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::UnreadableManifest,
+                "the stored bytes are not a manifest".into(),
+            );
+            return Ok(());
+        };
+        for child in &refs.children {
+            Box::pin(self.check_manifest(w, tag, child, Via::Child)).await?;
+        }
+        for b in &refs.blobs {
+            self.check_blob(w, tag, b).await?;
+        }
+        let referrers: Vec<Digest> = w.repo.referrers_of(d).cloned().collect();
+        for r in referrers {
+            Box::pin(self.check_manifest(w, tag, &r, Via::Referrer)).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_blob(
+        &mut self,
+        w: &mut RepoWalk<'_>,
+        tag: Option<&str>,
+        d: &Digest,
+    ) -> Result<()> {
+        if !w.seen_blobs.insert(d.clone()) {
+            return Ok(());
+        }
+        self.report.blobs_checked += 1;
+        let store = self.registry.store().clone();
+        let linked = w.repo.blobs.contains_key(d)
+            || store
+                .stat(&layout::blob_link(&w.repo.name, d)?)
+                .await?
+                .is_some();
+        if !linked && w.cached {
+            return Ok(()); // not fetched yet: the cache fetches it when asked
+        }
+        if !self.is_stored(d).await? {
+            let i = self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::MissingBlob,
+                "a config or layer's bytes are gone: pulls fail".into(),
+            );
+            if w.cached && self.opts.repair {
+                self.refetch_blob(w, d, i).await;
+            }
+            return Ok(());
+        }
+        if !linked {
+            let i = self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::MissingBlob,
+                "a config or layer is stored but not linked into this repository: pulls fail"
+                    .into(),
+            );
+            if self.opts.repair {
+                self.relink_blob(w, d, i).await?;
+            }
+            return Ok(());
+        }
+        if self.opts.deep && !self.hash_ok(d).await? {
+            let i = self.problem(
+                w,
+                tag,
+                d,
+                ProblemKind::BlobDigestMismatch,
+                "the stored bytes do not match their digest".into(),
+            );
+            if self.opts.repair {
+                self.quarantine(w, d, i).await?;
+                if w.cached {
+                    self.refetch_blob(w, d, i).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-hash stored content `d` (once per run).
+    async fn hash_ok(&mut self, d: &Digest) -> Result<bool> {
+        if let Some(v) = self.hashed.get(d) {
+            return Ok(*v);
+        }
+        let key = layout::blob(d)?;
+        let size = self.stored.get(d).map_or(0, |m| m.size);
+        let mut h = Hasher::new(d.algorithm());
+        let ok = match self.registry.store().read(&key, 0..size).await {
+            Ok(mut s) => {
+                let mut good = true;
+                while let Some(c) = s.next().await {
+                    match c {
+                        Ok(c) => {
+                            h.update(&c);
+                            self.report.bytes_hashed += c.len() as u64;
+                            self.throttle.account(c.len() as u64).await;
+                            self.progress.advance(0);
+                        }
+                        Err(_) => {
+                            good = false;
+                            break;
+                        }
+                    }
+                }
+                good && h.finish() == *d
+            }
+            Err(store::StoreError::NotFound) => return Ok(true), // deleted meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        self.hashed.insert(d.clone(), ok);
+        Ok(ok)
+    }
+
+    fn repaired(&mut self, i: usize, what: String) {
+        tracing::info!(repo = %self.report.problems[i].repository, digest = %self.report.problems[i].digest, "repaired: {what}");
+        self.report.problems[i].repaired = Some(what);
+    }
+
+    /// Move corrupt bytes to `quarantine/`, keeping them for inspection.
+    async fn quarantine(&mut self, w: &RepoWalk<'_>, d: &Digest, i: usize) -> Result<()> {
+        let store = self.registry.store().clone();
+        let key = layout::blob(d)?;
+        let Some(meta) = store.stat(&key).await? else {
+            return Ok(());
+        };
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|t| t.as_secs())
+            .unwrap_or(0);
+        let dest = Key::new(format!(
+            "{QUARANTINE}/{}-{}-{stamp}",
+            d.algorithm().as_str(),
+            d.hex()
+        ))?;
+        let id = UploadId::random();
+        store.upload_create(&id).await?;
+        let copied = async {
+            let body = store.read(&key, 0..meta.size).await?;
+            store.upload_append(&id, 0, body).await?;
+            store.upload_commit(&id, &dest).await
+        }
+        .await;
+        if let Err(e) = copied {
+            let _ = store.upload_abort(&id).await;
+            return Err(e.into());
+        }
+        {
+            let _permit = self.registry.deletion_permit().await;
+            store.delete(&key).await?;
+        }
+        self.stored.remove(d);
+        self.hashed.remove(d);
+        self.registry.forget_manifest(&w.repo.name, d);
+        let note = if w.cached {
+            format!("moved to {dest}")
+        } else {
+            format!("moved to {dest}; push the image again to restore it")
+        };
+        // A hosted problem stays unrepaired: the content is still missing.
+        if w.cached {
+            self.repaired(i, note);
+        } else {
+            tracing::warn!(repo = %w.repo.name, digest = %d, "corrupt bytes {note}");
+            self.report.problems[i]
+                .detail
+                .push_str(&format!(" ({note})"));
+        }
+        Ok(())
+    }
+
+    fn upstream_of(&self, repo: &RepoName) -> Option<(Arc<cache::CachedUpstream>, RepoName)> {
+        let cache = self.opts.cache.as_ref()?;
+        let (first, rest) = repo.as_str().split_once('/')?;
+        let up = cache.upstreams().find(|u| u.key == first)?.clone();
+        Some((up, rest.parse().ok()?))
+    }
+
+    async fn refetch_blob(&mut self, w: &RepoWalk<'_>, d: &Digest, i: usize) {
+        let Some((up, upstream_repo)) = self.upstream_of(&w.repo.name) else {
+            return;
+        };
+        let Some(cache) = self.opts.cache.clone() else {
+            return;
+        };
+        // A link to bytes that are gone would make the cache answer "held".
+        let _ = self.registry.delete_blob(&w.repo.name, d).await;
+        let fetched = match cache.blob(&up, &upstream_repo, d).await {
+            Ok(cache::BlobSource::Local(_)) => Ok(()),
+            Ok(cache::BlobSource::Filling(reader)) => reader.finished().await.map(|_| ()),
+            Err(e) => Err(e.to_string()),
+        };
+        match fetched {
+            Ok(()) => {
+                self.stored.remove(d);
+                let prior = self.report.problems[i].repaired.take();
+                let what = match prior {
+                    Some(p) => format!("{p}; re-fetched from {}", up.name),
+                    None => format!("re-fetched from {}", up.name),
+                };
+                self.repaired(i, what);
+            }
+            Err(e) => {
+                self.report.problems[i].repaired = None;
+                tracing::warn!(repo = %w.repo.name, digest = %d, error = %e, "re-fetch failed");
+            }
+        }
+    }
+
+    async fn refetch_manifest(&mut self, w: &RepoWalk<'_>, d: &Digest, i: usize) {
+        let Some((up, upstream_repo)) = self.upstream_of(&w.repo.name) else {
+            return;
+        };
+        let Some(cache) = self.opts.cache.clone() else {
+            return;
+        };
+        self.registry.forget_manifest(&w.repo.name, d);
+        match cache
+            .get_manifest(&up, &upstream_repo, &Reference::Digest(d.clone()))
+            .await
+        {
+            Ok(_) => self.repaired(i, format!("re-fetched from {}", up.name)),
+            Err(e) => {
+                tracing::warn!(repo = %w.repo.name, digest = %d, error = %e, "re-fetch failed")
+            }
+        }
+    }
+
+    async fn relink_blob(&mut self, w: &RepoWalk<'_>, d: &Digest, i: usize) -> Result<()> {
+        if self.registry.relink_blob(&w.repo.name, d).await? {
+            self.repaired(i, "link restored to the stored bytes".into());
+        }
+        Ok(())
+    }
+
+    async fn relink_manifest(&mut self, w: &RepoWalk<'_>, d: &Digest, i: usize) -> Result<()> {
+        if self.registry.relink_manifest(&w.repo.name, d).await? {
+            self.repaired(i, "link restored to the stored manifest".into());
+        }
+        Ok(())
+    }
+}
+
+/// Check every repository.
+pub async fn run_once(
+    registry: &Registry,
+    opts: &FsckOptions,
+    progress: &dyn Progress,
+) -> Result<FsckReport> {
+    let started = Instant::now();
+    let store = registry.store().clone();
+    progress.phase("scanning", 0);
+    let repos = index::scan(store.as_ref()).await?;
+    let stored: HashMap<Digest, ObjectMeta> = index::scan_blobs(store.as_ref())
+        .await?
+        .into_iter()
+        .collect();
+    let mut c = Checker {
+        registry,
+        opts,
+        stored,
+        hashed: HashMap::new(),
+        report: FsckReport {
+            started_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            deep: opts.deep,
+            repositories: repos.len() as u64,
+            ..FsckReport::default()
+        },
+        throttle: Throttle {
+            rate: opts.rate,
+            start: Instant::now(),
+            bytes: 0,
+        },
+        progress,
+    };
+    progress.phase("checking", repos.len() as u64);
+    for repo in repos.values() {
+        let first = repo.name.as_str().split('/').next().unwrap_or_default();
+        let mut w = RepoWalk {
+            repo,
+            cached: opts.cached.iter().any(|k| k == first),
+            seen_manifests: HashSet::new(),
+            seen_blobs: HashSet::new(),
+        };
+        let mut tags = repo.tags.clone();
+        tags.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        for (tag, _) in &tags {
+            c.report.tags += 1;
+            let raw = store.get(&layout::tag(&repo.name, tag)?).await?;
+            let Some(raw) = raw else { continue }; // deleted since the walk
+            match std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.trim().parse::<Digest>().ok())
+            {
+                Some(d) => {
+                    c.check_manifest(&mut w, Some(tag.as_str()), &d, Via::Tag)
+                        .await?
+                }
+                None => {
+                    let zero = Digest::sha256_of(b"");
+                    c.problem(
+                        &w,
+                        Some(tag.as_str()),
+                        &zero,
+                        ProblemKind::DanglingTag,
+                        "the tag file does not hold a digest".into(),
+                    );
+                }
+            }
+        }
+        // Untagged content: links whose bytes are gone.
+        let mut untagged: Vec<(&Digest, bool)> = repo
+            .manifests
+            .keys()
+            .filter(|d| !w.seen_manifests.contains(*d))
+            .map(|d| (d, true))
+            .chain(
+                repo.blobs
+                    .keys()
+                    .filter(|d| !w.seen_blobs.contains(*d))
+                    .map(|d| (d, false)),
+            )
+            .collect();
+        untagged.sort();
+        for (d, is_manifest) in untagged {
+            if c.is_stored(d).await? {
+                if !is_manifest && opts.deep && !c.hash_ok(d).await? {
+                    let i = c.problem(
+                        &w,
+                        None,
+                        d,
+                        ProblemKind::BlobDigestMismatch,
+                        "the stored bytes do not match their digest".into(),
+                    );
+                    if opts.repair {
+                        c.quarantine(&w, d, i).await?;
+                    }
+                }
+                continue;
+            }
+            let what = if is_manifest { "manifest" } else { "blob" };
+            let i = c.problem(
+                &w,
+                None,
+                d,
+                ProblemKind::DanglingLink,
+                format!("a {what} link points at bytes that are gone"),
+            );
+            if w.cached && opts.repair {
+                if is_manifest {
+                    c.refetch_manifest(&w, d, i).await;
+                } else {
+                    c.refetch_blob(&w, d, i).await;
+                }
+            }
+        }
+        progress.advance(1);
+    }
+    c.report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(c.report)
+}

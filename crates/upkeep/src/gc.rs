@@ -1,0 +1,381 @@
+//! Online mark-and-sweep garbage collection.
+//!
+//! **Mark**, per repository. Roots: every tag; every manifest younger than the grace
+//! period; with `delete_untagged = false`, and always in cached repositories (whose
+//! lifetime eviction decides), every manifest. From each marked manifest mark its index
+//! children (any depth), config and layers, and the referrers whose subject it is.
+//!
+//! **Sweep.** Unmarked manifest links, blob links and referrer links, then stored bytes
+//! that no surviving link or marked manifest needs, each only when its modification time
+//! is older than the grace period, checked again just before the delete while holding
+//! the registry's deletion permit. Operations that make content needed (HEAD, mount,
+//! upload, manifest PUT) renew that time under the shared permit, so content a client has
+//! just checked survives until the grace period passes (ARCHITECTURE.md gives the
+//! argument). Abandoned uploads go too. Nothing here ever deletes a tag.
+
+use crate::index::{self, Refs, RepoIndex};
+use crate::{Progress, Result};
+use oci::{Digest, RepoName};
+use registry::{Registry, layout};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use store::{Key, UploadId};
+
+/// How long content stays after it was last written or needed before GC may delete it.
+/// An hour covers the slowest push between checking or uploading a blob and putting the
+/// manifest that references it (a multi-GiB layer over a slow link), and clock skew
+/// between replicas sharing a store.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// How often `serve` collects unless configured. Daily keeps the store tidy without
+/// walking it often; retention and cache eviction do the frequent work.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// An upload idle this long is abandoned and its bytes are deleted. A day lets a client
+/// resume an interrupted push the next morning.
+pub const ABANDONED_UPLOAD: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Deletions per hold of the deletion permit. Pushes wait while it is held, so holds are
+/// kept to a few milliseconds.
+const DELETE_BATCH: usize = 64;
+
+/// How a collection runs.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Content modified (or renewed) more recently than this is never deleted.
+    pub grace: Duration,
+    /// Whether manifests that no tag reaches are collected in hosted repositories.
+    pub delete_untagged: bool,
+    /// Count what would go, delete nothing.
+    pub dry_run: bool,
+    /// First path components of cached repositories (the upstream keys).
+    pub cached: Vec<String>,
+    /// Uploads idle longer than this are deleted.
+    pub abandoned_upload: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: DEFAULT_GRACE,
+            delete_untagged: true,
+            dry_run: false,
+            cached: Vec::new(),
+            abandoned_upload: ABANDONED_UPLOAD,
+        }
+    }
+}
+
+/// What a collection did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Seconds since the Unix epoch when it started.
+    pub started_at: u64,
+    pub duration_seconds: f64,
+    pub repositories: u64,
+    pub manifests_marked: u64,
+    pub blobs_marked: u64,
+    pub manifests_deleted: u64,
+    pub blob_links_deleted: u64,
+    pub referrer_links_deleted: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub uploads_deleted: u64,
+    /// Candidates kept because they were renewed after the mark (in use right now).
+    pub kept_in_use: u64,
+}
+
+/// What the mark found in one repository.
+struct Marked {
+    manifests: HashSet<Digest>,
+    blobs: HashSet<Digest>,
+}
+
+fn is_cached(repo: &RepoName, cached: &[String]) -> bool {
+    let first = repo.as_str().split('/').next().unwrap_or_default();
+    cached.iter().any(|c| c == first)
+}
+
+/// Manifest references, read once per digest for the whole run.
+struct RefCache<'a> {
+    registry: &'a Registry,
+    refs: HashMap<Digest, Option<Arc<Refs>>>,
+}
+
+impl RefCache<'_> {
+    async fn get(&mut self, d: &Digest) -> Result<Option<Arc<Refs>>> {
+        if let Some(r) = self.refs.get(d) {
+            return Ok(r.clone());
+        }
+        let r = index::read_refs(self.registry.store().as_ref(), d)
+            .await?
+            .map(Arc::new);
+        self.refs.insert(d.clone(), r.clone());
+        Ok(r)
+    }
+}
+
+async fn mark(
+    registry: &Registry,
+    repo: &RepoIndex,
+    opts: &GcOptions,
+    cutoff: SystemTime,
+    refs: &mut RefCache<'_>,
+) -> Result<Marked> {
+    let store = registry.store();
+    let mut work: Vec<Digest> = Vec::new();
+    for (tag, _) in &repo.tags {
+        let Some(raw) = store.get(&layout::tag(&repo.name, tag)?).await? else {
+            continue; // deleted since the walk
+        };
+        match std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            Some(d) => work.push(d),
+            None => {
+                tracing::warn!(repo = %repo.name, tag = %tag, "unreadable tag; its target is not marked")
+            }
+        }
+    }
+    let all_roots = !opts.delete_untagged || is_cached(&repo.name, &opts.cached);
+    for (d, meta) in &repo.manifests {
+        if all_roots || meta.modified >= cutoff {
+            work.push(d.clone());
+        }
+    }
+    let mut marked = Marked {
+        manifests: HashSet::new(),
+        blobs: HashSet::new(),
+    };
+    while let Some(d) = work.pop() {
+        if !marked.manifests.insert(d.clone()) {
+            continue;
+        }
+        if let Some(r) = refs.get(&d).await? {
+            work.extend(r.children.iter().cloned());
+            marked.blobs.extend(r.blobs.iter().cloned());
+        }
+        work.extend(repo.referrers_of(&d).cloned());
+    }
+    Ok(marked)
+}
+
+/// An object the sweep may delete, with what to count when it goes.
+enum Doomed {
+    ManifestLink(RepoName, Digest),
+    BlobLink(RepoName, Digest),
+    ReferrerLink(RepoName, Digest, Digest),
+    Blob(Digest),
+}
+
+impl Doomed {
+    fn key(&self) -> Result<Key> {
+        Ok(match self {
+            Doomed::ManifestLink(r, d) => layout::manifest_link(r, d)?,
+            Doomed::BlobLink(r, d) => layout::blob_link(r, d)?,
+            Doomed::ReferrerLink(r, s, d) => layout::referrer(r, s, d)?,
+            Doomed::Blob(d) => layout::blob(d)?,
+        })
+    }
+}
+
+/// Delete each doomed object still older than `cutoff`, in short holds of the deletion
+/// permit. Returns what was kept (renewed since the walk).
+async fn sweep(
+    registry: &Registry,
+    doomed: Vec<Doomed>,
+    cutoff: SystemTime,
+    report: &mut GcReport,
+    progress: &dyn Progress,
+) -> Result<Vec<Doomed>> {
+    let store = registry.store();
+    let mut kept = Vec::new();
+    let mut it = doomed.into_iter().peekable();
+    while it.peek().is_some() {
+        let _permit = registry.deletion_permit().await;
+        for item in it.by_ref().take(DELETE_BATCH) {
+            let key = item.key()?;
+            let meta = match store.stat(&key).await? {
+                Some(m) => m,
+                None => continue, // someone else deleted it
+            };
+            if meta.modified >= cutoff {
+                report.kept_in_use += 1;
+                kept.push(item);
+                continue;
+            }
+            if !report.dry_run && !store.delete(&key).await? {
+                continue;
+            }
+            match &item {
+                Doomed::ManifestLink(r, d) => {
+                    registry.forget_manifest(r, d);
+                    report.manifests_deleted += 1;
+                }
+                Doomed::BlobLink(..) => report.blob_links_deleted += 1,
+                Doomed::ReferrerLink(..) => report.referrer_links_deleted += 1,
+                Doomed::Blob(_) => {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += meta.size;
+                }
+            }
+            tracing::debug!(key = %key, dry_run = report.dry_run, "collected");
+        }
+        progress.advance(DELETE_BATCH as u64);
+        // Let waiting pushes in between holds.
+        tokio::task::yield_now().await;
+    }
+    Ok(kept)
+}
+
+/// Run one collection.
+pub async fn run_once(
+    registry: &Registry,
+    opts: &GcOptions,
+    progress: &dyn Progress,
+) -> Result<GcReport> {
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let cutoff = now
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        started_at: now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        ..GcReport::default()
+    };
+    let store = registry.store().clone();
+
+    progress.phase("scanning repositories", 0);
+    let repos = index::scan(store.as_ref()).await?;
+    report.repositories = repos.len() as u64;
+
+    progress.phase("marking", repos.len() as u64);
+    let mut refs = RefCache {
+        registry,
+        refs: HashMap::new(),
+    };
+    let mut doomed = Vec::new();
+    // Digests that marked manifests need, whether or not their links survive: bytes a
+    // live image references are never deleted, even when a link is missing (fsck
+    // reports that; --repair can re-link).
+    let mut needed: HashSet<Digest> = HashSet::new();
+    let mut upload_markers: HashSet<String> = HashSet::new();
+    let mut uploads_doomed: Vec<(RepoName, String)> = Vec::new();
+    let uploads: HashMap<String, store::ObjectMeta> = store
+        .upload_list()
+        .await?
+        .into_iter()
+        .map(|(id, m)| (id.as_str().to_owned(), m))
+        .collect();
+    let abandoned_before = now
+        .checked_sub(opts.abandoned_upload)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    for repo in repos.values() {
+        let marked = mark(registry, repo, opts, cutoff, &mut refs).await?;
+        report.manifests_marked += marked.manifests.len() as u64;
+        report.blobs_marked += marked.blobs.len() as u64;
+        for (d, meta) in &repo.manifests {
+            if !marked.manifests.contains(d) && meta.modified < cutoff {
+                doomed.push(Doomed::ManifestLink(repo.name.clone(), d.clone()));
+            }
+        }
+        for (s, r, meta) in &repo.referrers {
+            let referrer_goes = !marked.manifests.contains(r)
+                && repo.manifests.get(r).is_none_or(|m| m.modified < cutoff);
+            if referrer_goes && meta.modified < cutoff {
+                doomed.push(Doomed::ReferrerLink(
+                    repo.name.clone(),
+                    s.clone(),
+                    r.clone(),
+                ));
+            }
+        }
+        for (d, meta) in &repo.blobs {
+            if !marked.blobs.contains(d) && meta.modified < cutoff {
+                doomed.push(Doomed::BlobLink(repo.name.clone(), d.clone()));
+            }
+        }
+        for (id, marker) in &repo.uploads {
+            upload_markers.insert(id.clone());
+            let last = uploads.get(id).map_or(marker.modified, |m| m.modified);
+            if last < abandoned_before && marker.modified < abandoned_before {
+                uploads_doomed.push((repo.name.clone(), id.clone()));
+            }
+        }
+        needed.extend(marked.manifests);
+        needed.extend(marked.blobs);
+        progress.advance(1);
+    }
+    drop(refs);
+
+    // Links per digest across all repositories; bytes stay while any survives.
+    let mut links: HashMap<Digest, u64> = HashMap::new();
+    for repo in repos.values() {
+        for d in repo.manifests.keys().chain(repo.blobs.keys()) {
+            *links.entry(d.clone()).or_default() += 1;
+        }
+    }
+    let doomed_links: Vec<Digest> = doomed
+        .iter()
+        .filter_map(|x| match x {
+            Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    progress.phase("sweeping links", doomed.len() as u64);
+    let kept = sweep(registry, doomed, cutoff, &mut report, progress).await?;
+    for d in doomed_links {
+        if let Some(n) = links.get_mut(&d) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    for k in kept {
+        if let Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) = k {
+            *links.entry(d).or_default() += 1;
+        }
+    }
+    needed.extend(links.into_iter().filter(|(_, n)| *n > 0).map(|(d, _)| d));
+
+    progress.phase("scanning blobs", 0);
+    let mut blob_doomed = Vec::new();
+    for (d, meta) in index::scan_blobs(store.as_ref()).await? {
+        if meta.modified < cutoff && !needed.contains(&d) {
+            blob_doomed.push(Doomed::Blob(d));
+        }
+    }
+    progress.phase("sweeping blobs", blob_doomed.len() as u64);
+    sweep(registry, blob_doomed, cutoff, &mut report, progress).await?;
+
+    progress.phase("uploads", 0);
+    for (repo, id) in uploads_doomed {
+        report.uploads_deleted += 1;
+        if opts.dry_run {
+            continue;
+        }
+        if let Ok(id) = UploadId::parse(&id) {
+            store.upload_abort(&id).await?;
+            store.delete(&layout::upload(&repo, &id)?).await?;
+        }
+    }
+    // Upload bytes with no marker: left by a crash between creating the two.
+    for (id, meta) in &uploads {
+        if !upload_markers.contains(id) && meta.modified < abandoned_before {
+            report.uploads_deleted += 1;
+            if !opts.dry_run
+                && let Ok(id) = UploadId::parse(id)
+            {
+                store.upload_abort(&id).await?;
+            }
+        }
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

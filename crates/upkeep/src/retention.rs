@@ -1,0 +1,207 @@
+//! Retention policies: which tags to drop, by repository pattern, push time and name.
+//! A run deletes tags through the registry's metadata only; the bytes they held go later,
+//! by garbage collection, after its grace period.
+//!
+//! A rule keeps a tag when any of its conditions keeps it: the name matches `keep_tags`,
+//! it is among the `keep_last` most recently pushed of the tags `keep_tags` does not
+//! protect, or it is younger than `max_age`. A tag no condition keeps is dropped, so a
+//! rule with neither `keep_last` nor `max_age` drops nothing. The first rule whose pattern
+//! matches a repository is the one that applies to it.
+
+use crate::{Progress, Result};
+use oci::{Digest, Reference, RepoName, Tag};
+use registry::Registry;
+use serde::Serialize;
+use std::time::{Duration, SystemTime};
+
+/// How often `serve` applies retention unless configured.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// One retention rule.
+#[derive(Clone, Debug)]
+pub struct RetentionRule {
+    /// The glob as written (`team/**`), for messages.
+    pub repositories: String,
+    /// Compiled from `repositories`: `*` stays within one path component, `**` crosses.
+    pub matcher: globset::GlobMatcher,
+    pub keep_last: Option<usize>,
+    pub keep_tags: Option<regex::Regex>,
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionRule {
+    /// Compile a rule; the error names what is wrong with the pattern.
+    pub fn new(
+        repositories: &str,
+        keep_last: Option<usize>,
+        keep_tags: Option<&str>,
+        max_age: Option<Duration>,
+    ) -> Result<RetentionRule, String> {
+        let matcher = globset::GlobBuilder::new(repositories)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("invalid repositories pattern {repositories:?}: {e}"))?
+            .compile_matcher();
+        let keep_tags = keep_tags
+            .map(|t| {
+                regex::Regex::new(t).map_err(|e| format!("invalid keep_tags regex {t:?}: {e}"))
+            })
+            .transpose()?;
+        Ok(RetentionRule {
+            repositories: repositories.to_owned(),
+            matcher,
+            keep_last,
+            keep_tags,
+            max_age,
+        })
+    }
+
+    fn matches(&self, repo: &RepoName) -> bool {
+        self.matcher.is_match(repo.as_str())
+    }
+}
+
+/// A tag a plan drops.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drop {
+    pub repository: String,
+    pub tag: String,
+    pub digest: Option<String>,
+    /// Seconds since the Unix epoch of the tag's last push.
+    pub pushed_at: u64,
+    /// Why no condition of the rule keeps it.
+    pub reason: String,
+    pub rule: String,
+    #[serde(skip)]
+    written: SystemTime,
+}
+
+/// What a run would drop, and how much it looked at.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetentionPlan {
+    pub repositories: u64,
+    pub tags_seen: u64,
+    pub drops: Vec<Drop>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetentionReport {
+    pub applied: bool,
+    pub repositories: u64,
+    pub tags_seen: u64,
+    pub tags_deleted: u64,
+    /// Planned drops skipped because the tag was pushed again meanwhile.
+    pub skipped_changed: u64,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Work out what `rules` drop now.
+pub async fn plan(
+    registry: &Registry,
+    rules: &[RetentionRule],
+    progress: &dyn Progress,
+) -> Result<RetentionPlan> {
+    let now = SystemTime::now();
+    let mut out = RetentionPlan::default();
+    if rules.is_empty() {
+        return Ok(out);
+    }
+    let repos = registry.all_repositories().await?;
+    progress.phase("planning retention", repos.len() as u64);
+    for repo in repos {
+        progress.advance(1);
+        let Some(rule) = rules.iter().find(|r| r.matches(&repo)) else {
+            continue;
+        };
+        out.repositories += 1;
+        let mut tags: Vec<(Tag, SystemTime)> = Vec::new();
+        for t in registry.all_tags(&repo).await? {
+            if let Some(w) = registry.tag_written_at(&repo, &t).await? {
+                tags.push((t, w));
+            }
+        }
+        out.tags_seen += tags.len() as u64;
+        // Newest first; ties broken by name so plans are stable.
+        tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        let mut rank = 0usize;
+        for (tag, written) in tags {
+            if rule
+                .keep_tags
+                .as_ref()
+                .is_some_and(|re| re.is_match(tag.as_str()))
+            {
+                continue;
+            }
+            let within_last = rule.keep_last.is_some_and(|n| rank < n);
+            rank += 1;
+            let age = now.duration_since(written).unwrap_or_default();
+            let young = rule.max_age.is_some_and(|m| age <= m);
+            if within_last || young || (rule.keep_last.is_none() && rule.max_age.is_none()) {
+                continue;
+            }
+            let mut why = Vec::new();
+            if let Some(n) = rule.keep_last {
+                why.push(format!("not among the {n} newest"));
+            }
+            if let Some(m) = rule.max_age {
+                why.push(format!(
+                    "older than {}s ({}s old)",
+                    m.as_secs(),
+                    age.as_secs()
+                ));
+            }
+            let digest = registry
+                .resolve_tag(&repo, &tag)
+                .await
+                .ok()
+                .map(|d: Digest| d.to_string());
+            out.drops.push(Drop {
+                repository: repo.to_string(),
+                tag: tag.to_string(),
+                digest,
+                pushed_at: unix(written),
+                reason: why.join(" and "),
+                rule: rule.repositories.clone(),
+                written,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Delete the tags of `plan`, skipping any pushed again since it was made.
+pub async fn apply(registry: &Registry, plan: &RetentionPlan) -> Result<RetentionReport> {
+    let mut report = RetentionReport {
+        applied: true,
+        repositories: plan.repositories,
+        tags_seen: plan.tags_seen,
+        ..RetentionReport::default()
+    };
+    for d in &plan.drops {
+        let (Ok(repo), Ok(tag)) = (d.repository.parse::<RepoName>(), d.tag.parse::<Tag>()) else {
+            continue;
+        };
+        if registry.tag_written_at(&repo, &tag).await? != Some(d.written) {
+            report.skipped_changed += 1;
+            continue;
+        }
+        match registry
+            .delete_manifest(&repo, &Reference::Tag(tag.clone()))
+            .await
+        {
+            Ok(()) => {
+                report.tags_deleted += 1;
+                tracing::info!(repo = %repo, tag = %tag, reason = %d.reason, rule = %d.rule, "retention dropped tag");
+            }
+            Err(registry::RegistryError::ManifestUnknown) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(report)
+}
