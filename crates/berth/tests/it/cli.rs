@@ -22,7 +22,14 @@ fn output(cmd: &mut Command) -> (bool, String) {
 fn help_describes_every_command_and_flag() {
     let (ok, text) = output(berth().arg("--help"));
     assert!(ok);
-    for word in ["serve", "default-config", "check-config"] {
+    for word in [
+        "serve",
+        "default-config",
+        "check-config",
+        "gc",
+        "retention",
+        "fsck",
+    ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
     let (ok, text) = output(berth().args(["serve", "--help"]));
