@@ -179,7 +179,7 @@ impl Cache {
             still_linked.extend(reg.manifest_digests(&repo).await?);
         }
         for d in unlinked {
-            if !still_linked.contains(&d) && reg.purge_content(&d).await? {
+            if !still_linked.contains(&d) && reg.purge_content(&d, now - EVICTION_GRACE).await? {
                 report.bytes_freed += sizes.get(&d).copied().unwrap_or(0);
             }
         }

@@ -179,9 +179,20 @@ impl Registry {
             .map(|m| m.size))
     }
 
-    /// Delete the stored bytes of `digest`. Only for callers that have established that
-    /// no repository links it any more (cache eviction, garbage collection).
-    pub async fn purge_content(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.store.delete(&layout::blob(digest)?).await?)
+    /// Delete the stored bytes of `digest` unless they were written or renewed at or
+    /// after `unless_modified_since` (someone needed them meanwhile: a mount, a HEAD, a
+    /// push). Only for callers that have established that no repository links it any
+    /// more (cache eviction). Holds the deletion permit for the check and the delete.
+    pub async fn purge_content(
+        &self,
+        digest: &Digest,
+        unless_modified_since: std::time::SystemTime,
+    ) -> Result<bool> {
+        let _permit = self.deletion_permit().await;
+        let key = layout::blob(digest)?;
+        match self.store.stat(&key).await? {
+            Some(m) if m.modified < unless_modified_since => Ok(self.store.delete(&key).await?),
+            _ => Ok(false),
+        }
     }
 }
