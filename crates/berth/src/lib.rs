@@ -83,6 +83,7 @@ pub fn cached_keys(config: &Config) -> Vec<String> {
 pub fn gc_options(config: &Config, dry_run: bool) -> upkeep::gc::GcOptions {
     upkeep::gc::GcOptions {
         grace: config.gc.grace,
+        renewal_slack: config.gc.touch_after(),
         delete_untagged: config.gc.delete_untagged,
         dry_run,
         cached: cached_keys(config),

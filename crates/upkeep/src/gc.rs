@@ -46,6 +46,10 @@ const DELETE_BATCH: usize = 64;
 pub struct GcOptions {
     /// Content modified (or renewed) more recently than this is never deleted.
     pub grace: Duration,
+    /// How stale needed content may get before the registry renews it
+    /// (`RegistryOptions::touch_after`). GC waits this much longer than `grace`, so
+    /// content needed at time t is kept until at least t + grace.
+    pub renewal_slack: Duration,
     /// Whether manifests that no tag reaches are collected in hosted repositories.
     pub delete_untagged: bool,
     /// Count what would go, delete nothing.
@@ -60,6 +64,7 @@ impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
             grace: DEFAULT_GRACE,
+            renewal_slack: registry::DEFAULT_TOUCH_AFTER,
             delete_untagged: true,
             dry_run: false,
             cached: Vec::new(),
@@ -241,7 +246,7 @@ pub async fn run_once(
     let started = Instant::now();
     let now = SystemTime::now();
     let cutoff = now
-        .checked_sub(opts.grace)
+        .checked_sub(opts.grace + opts.renewal_slack)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport {
         dry_run: opts.dry_run,

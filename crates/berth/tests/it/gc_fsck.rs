@@ -19,6 +19,7 @@ const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 async fn gc_now(s: &TestServer, grace: Duration) -> upkeep::gc::GcReport {
     let opts = upkeep::gc::GcOptions {
         grace,
+        renewal_slack: grace / 4,
         ..berth::gc_options(&s.config, false)
     };
     upkeep::gc::run_once(&s.app.registry, &opts, &upkeep::Quiet)
@@ -392,7 +393,7 @@ async fn gc_in_a_loop_while_clients_push_and_pull_breaks_nothing() {
         untagged.extend(dropped);
     }
     // Let everything untagged outlive the grace period, and collect once more.
-    tokio::time::sleep(GRACE + Duration::from_secs(1)).await;
+    tokio::time::sleep(GRACE + GRACE / 4 + Duration::from_secs(1)).await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (runs, deleted_while_pushing) = gc.await.unwrap();
     let pulls = readers.await.unwrap();
