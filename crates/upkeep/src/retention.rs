@@ -205,3 +205,75 @@ pub async fn apply(registry: &Registry, plan: &RetentionPlan) -> Result<Retentio
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    async fn tag(r: &Registry, root: &std::path::Path, repo: &str, t: &str, age: Duration) {
+        let repo: RepoName = repo.parse().unwrap();
+        let t: Tag = t.parse().unwrap();
+        let d = Digest::sha256_of(t.as_str().as_bytes());
+        r.set_tag(&repo, &t, &d).await.unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join(format!("repos/{repo}/_tags/{t}")))
+            .unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn any_condition_keeps_a_tag_and_the_first_matching_rule_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::fs::FsStore::open(store::fs::FsOptions {
+            root: dir.path().to_owned(),
+            fsync: false,
+        })
+        .await
+        .unwrap();
+        let r = Registry::new(Arc::new(store), registry::RegistryOptions::default());
+        for (t, days) in [
+            ("v1", 40),
+            ("v2", 35),
+            ("dev1", 20),
+            ("dev2", 10),
+            ("dev3", 1),
+        ] {
+            tag(&r, dir.path(), "team/a", t, DAY * days).await;
+        }
+        tag(&r, dir.path(), "team/deep/b", "old", DAY * 90).await;
+        tag(&r, dir.path(), "other/x", "old", DAY * 90).await;
+        let rules = [
+            RetentionRule::new("team/*", Some(1), Some("^v"), Some(DAY * 15)).unwrap(),
+            // Never reached for team/a: the first matching rule wins.
+            RetentionRule::new("team/**", Some(0), None, None).unwrap(),
+        ];
+        let plan = plan(&r, &rules, &crate::Quiet).await.unwrap();
+        let mut drops: Vec<(&str, &str)> = plan
+            .drops
+            .iter()
+            .map(|d| (d.repository.as_str(), d.tag.as_str()))
+            .collect();
+        drops.sort();
+        // v1, v2: keep_tags; dev3: the newest unprotected; dev2: younger than max_age.
+        // team/deep/b: `*` does not cross a slash, so the second rule drops everything.
+        assert_eq!(drops, [("team/a", "dev1"), ("team/deep/b", "old")]);
+        assert_eq!(plan.repositories, 2, "other/x matches no rule");
+
+        // A tag pushed again after the plan is kept.
+        tag(&r, dir.path(), "team/a", "dev1", Duration::ZERO).await;
+        let report = apply(&r, &plan).await.unwrap();
+        assert_eq!((report.tags_deleted, report.skipped_changed), (1, 1));
+        let left: Vec<String> = r
+            .all_tags(&"team/a".parse().unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(left, ["dev1", "dev2", "dev3", "v1", "v2"]);
+    }
+}
