@@ -208,6 +208,27 @@ fn not_found(e: &io::Error) -> bool {
     )
 }
 
+/// The entries of `dir` that are part of the store: UTF-8 names not starting with `.`
+/// (temporary and upload folders). A folder that is gone (pruned by a concurrent delete)
+/// or never existed has none.
+fn visible_entries(dir: &Path) -> io::Result<Vec<(String, fs::DirEntry)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry?;
+        if let Ok(name) = entry.file_name().into_string()
+            && !name.starts_with('.')
+        {
+            out.push((name, entry));
+        }
+    }
+    Ok(out)
+}
+
 /// Stream `range` of an open file from a dedicated blocking task, `READ_AHEAD` chunks ahead.
 fn stream_file(mut file: File, range: Range<u64>) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
@@ -422,20 +443,8 @@ impl ObjectLister for FsStore {
     async fn list(&self, prefix: &Key) -> Result<Vec<Entry>> {
         let path = self.inner.path(prefix);
         blocking(move || {
-            let rd = match fs::read_dir(&path) {
-                Ok(rd) => rd,
-                Err(e) if not_found(&e) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
             let mut out = Vec::new();
-            for entry in rd {
-                let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                if name.starts_with('.') {
-                    continue;
-                }
+            for (name, entry) in visible_entries(&path)? {
                 if entry.file_type()?.is_dir() {
                     out.push(Entry::Prefix(name));
                 } else {
@@ -455,20 +464,7 @@ impl ObjectLister for FsStore {
             let mut out = Vec::new();
             let mut stack = vec![(path, String::new())];
             while let Some((dir, rel)) = stack.pop() {
-                let rd = match fs::read_dir(&dir) {
-                    Ok(rd) => rd,
-                    // Gone (deleted by a concurrent writer) or never there: nothing below.
-                    Err(e) if not_found(&e) => continue,
-                    Err(e) => return Err(e),
-                };
-                for entry in rd {
-                    let entry = entry?;
-                    let Ok(name) = entry.file_name().into_string() else {
-                        continue;
-                    };
-                    if name.starts_with('.') {
-                        continue;
-                    }
+                for (name, entry) in visible_entries(&dir)? {
                     let child = if rel.is_empty() {
                         name
                     } else {
