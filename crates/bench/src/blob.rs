@@ -6,8 +6,8 @@ use sha2::{Digest as _, Sha256};
 
 /// OCI image manifest media type, sent as Content-Type on push and as Accept on GET.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// A blob held in memory together with its `sha256:<hex>` digest.
 #[derive(Clone)]
@@ -108,7 +108,8 @@ impl Image {
     }
 }
 
-fn descriptor(media_type: &str, blob: &Blob) -> serde_json::Value {
+/// An OCI descriptor of `blob` with `media_type`.
+pub fn descriptor(media_type: &str, blob: &Blob) -> serde_json::Value {
     serde_json::json!({ "mediaType": media_type, "digest": blob.digest, "size": blob.len() })
 }
 

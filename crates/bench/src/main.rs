@@ -1,15 +1,18 @@
 //! berth's benchmark harness: it owns starting berth and CNCF distribution side by side on
 //! loopback, timing the same blob and manifest traffic against each (hosted, and as a
-//! pull-through cache of one upstream), and printing one markdown table (see
+//! pull-through cache of one upstream), then timing each one's garbage collection (and
+//! berth's fsck) of one generated store, and printing a markdown table for each part (see
 //! docs/bench.md). It builds nothing: it runs the binaries it is given.
 
 mod blob;
 mod client;
+mod corpus;
 mod load;
 mod proxy;
 mod pull;
 mod report;
 mod server;
+mod upkeep;
 
 use anyhow::{Context, Result};
 use blob::{Blob, Image};
@@ -58,7 +61,8 @@ const REPO_CHUNKED: &str = "bench/chunked";
 const REPO_MANIFEST: &str = "bench/manifest";
 const MANIFEST_TAG: &str = "latest";
 
-/// Benchmark berth against CNCF distribution and print one markdown table to stdout.
+/// Benchmark berth against CNCF distribution and print two markdown tables to stdout:
+/// serving, then upkeep (garbage collection and fsck).
 #[derive(Parser)]
 #[command(about, long_about = None)]
 struct Cli {
@@ -81,6 +85,10 @@ struct Cli {
     /// Load generator for the manifest GETs.
     #[arg(long, value_enum, default_value_t = load::Choice::Auto)]
     generator: load::Choice,
+    /// Run only the upkeep part: garbage collection and fsck of a generated store of
+    /// 10,000 manifests and 100,000 blobs (the second table).
+    #[arg(long)]
+    only_upkeep: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,14 +110,48 @@ impl Cli {
         }
         out
     }
+
+    /// Rounds of every measurement: `--rounds`, or the default of a full or quick run.
+    fn rounds(&self) -> usize {
+        let default = if self.quick {
+            QUICK_ROUNDS
+        } else {
+            FULL_ROUNDS
+        };
+        self.rounds.map_or(default, usize::from)
+    }
+
+    /// The upkeep part runs the same columns' binaries (berth once: its fsync setting
+    /// changes nothing a collection or a check does).
+    fn upkeep_plan(&self, columns: &[(Kind, PathBuf)]) -> upkeep::Plan {
+        let binary = |distribution: bool| {
+            columns
+                .iter()
+                .find(|(k, _)| (*k == Kind::Distribution) == distribution)
+                .map(|(_, b)| b.clone())
+        };
+        upkeep::Plan {
+            berth: binary(false),
+            distribution: binary(true),
+            rounds: self.rounds(),
+        }
+    }
 }
 
 fn default_berth() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/berth")
 }
 
+fn main() -> std::process::ExitCode {
+    // Before anything else, so the measuring helper stays small.
+    if let Some(code) = upkeep::helper_main() {
+        return code;
+    }
+    bench_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn bench_main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -129,13 +171,27 @@ async fn run(cli: Cli) -> Result<()> {
             binary.display()
         );
     }
+    let plan = cli.upkeep_plan(&columns);
+    if !cli.only_upkeep {
+        serving(&cli, &columns).await?;
+        // A blank line between the two tables.
+        println!();
+    }
+    let upkeep = tokio::task::spawn_blocking(move || upkeep::run(&plan)).await??;
+    print!("{upkeep}");
+    Ok(())
+}
+
+/// The serving part: every column hosted and as a cache; prints its table as soon as it
+/// is done, so a failure of the upkeep part does not lose it.
+async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<()> {
     // The upstream of the caches is distribution whichever columns run.
     anyhow::ensure!(
         cli.distribution.is_file(),
         "distribution binary (the caches' upstream) not found at {}",
         cli.distribution.display()
     );
-    let bench = Bench::prepare(&cli, columns.len()).await?;
+    let bench = Bench::prepare(cli, columns.len()).await?;
     let mut upstream = Upstream::start(&cli.distribution, &bench.client).await?;
     let mut results = Vec::new();
     for (column, (kind, binary)) in columns.iter().enumerate() {
@@ -175,22 +231,12 @@ struct RoundBlobs {
 
 impl Bench {
     async fn prepare(cli: &Cli, columns: usize) -> Result<Bench> {
-        let (blob_bytes, cache_blob_bytes, load_duration, rounds) = if cli.quick {
-            (
-                QUICK_BLOB_BYTES,
-                QUICK_CACHE_BLOB_BYTES,
-                QUICK_LOAD,
-                QUICK_ROUNDS,
-            )
+        let (blob_bytes, cache_blob_bytes, load_duration) = if cli.quick {
+            (QUICK_BLOB_BYTES, QUICK_CACHE_BLOB_BYTES, QUICK_LOAD)
         } else {
-            (
-                FULL_BLOB_BYTES,
-                FULL_CACHE_BLOB_BYTES,
-                FULL_LOAD,
-                FULL_ROUNDS,
-            )
+            (FULL_BLOB_BYTES, FULL_CACHE_BLOB_BYTES, FULL_LOAD)
         };
-        let rounds = cli.rounds.map_or(rounds, usize::from);
+        let rounds = cli.rounds();
         let generator = Generator::choose(cli.generator)?;
         progress(
             "bench",

@@ -1,7 +1,8 @@
 //! The results of one server and the markdown table that sets all servers side by side,
 //! with a berth/distribution ratio column per berth configuration. Cache measurements
 //! may fail without stopping the run (distribution's proxy mode is allowed to); their
-//! cells then say how.
+//! cells then say how. The upkeep table (see `upkeep`) formats its cells and ratios with
+//! the same helpers.
 
 use crate::server::Kind;
 use std::fmt::Write as _;
@@ -89,14 +90,14 @@ pub struct Results {
 
 /// Median, smallest and largest of some numbers (NaN for none).
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Spread {
-    median: f64,
+pub(crate) struct Spread {
+    pub(crate) median: f64,
     min: f64,
     max: f64,
 }
 
 impl Spread {
-    fn of(mut v: Vec<f64>) -> Spread {
+    pub(crate) fn of(mut v: Vec<f64>) -> Spread {
         v.sort_by(f64::total_cmp);
         let median = match v.len() {
             0 => f64::NAN,
@@ -107,6 +108,16 @@ impl Spread {
             median,
             min: v.first().copied().unwrap_or(f64::NAN),
             max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `median` with `decimals` decimals, then `(min–max)` when they differ.
+    pub(crate) fn cell(&self, decimals: usize) -> String {
+        let d = decimals;
+        if self.min == self.max {
+            format!("{:.d$}", self.median)
+        } else {
+            format!("{:.d$} ({:.d$}–{:.d$})", self.median, self.min, self.max)
         }
     }
 }
@@ -164,13 +175,7 @@ impl Row {
         if failed == samples.len() {
             return format!("failed: {why}");
         }
-        let s = self.spread(r);
-        let d = self.decimals;
-        let numbers = if s.min == s.max {
-            format!("{:.d$}", s.median)
-        } else {
-            format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max)
-        };
+        let numbers = self.spread(r).cell(self.decimals);
         if failed == 0 {
             numbers
         } else {
@@ -416,7 +421,7 @@ pub fn table(columns: &[(Kind, Results)]) -> String {
 
 /// `value / baseline`, or n/a when either is missing (a failed measurement) or the
 /// baseline is zero.
-fn ratio(value: f64, baseline: f64) -> String {
+pub(crate) fn ratio(value: f64, baseline: f64) -> String {
     if baseline > 0.0 && value.is_finite() {
         format!("{:.2}×", value / baseline)
     } else {
@@ -424,7 +429,7 @@ fn ratio(value: f64, baseline: f64) -> String {
     }
 }
 
-fn push_line(out: &mut String, cells: &[String]) {
+pub(crate) fn push_line(out: &mut String, cells: &[String]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 

@@ -1,0 +1,777 @@
+//! The upkeep rows: garbage collection and integrity checking of one generated store (see
+//! `corpus`) by `berth gc`, `berth fsck`, `berth fsck --deep` and distribution's
+//! `garbage-collect --delete-untagged`. Each runs as a child process, timed from spawn to
+//! exit by a small helper process that reads its peak memory and CPU time from `wait4`;
+//! what it printed and what it left on disk are checked; the results make the second
+//! markdown table (see docs/bench.md).
+
+use crate::corpus::{Corpus, Expected, Fate, Layout, Shape};
+use crate::report::{Spread, push_line, ratio};
+use crate::{progress, server};
+use anyhow::{Context, Result, bail, ensure};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// berth's `[gc] grace` for the runs: its default, as a deployment runs it.
+const GRACE: &str = "1h";
+/// How far back the berth store's files are dated: past `GRACE`, so the grace protects
+/// none of the garbage (as in a store whose garbage has waited since the last collection).
+const AGE: Duration = Duration::from_secs(2 * 60 * 60);
+/// The issue's time target for one collection or one check of this store, on the 2-core
+/// reference machine.
+const TARGET_SECONDS: f64 = 30.0;
+/// The issue's peak memory target for the same, in MiB.
+const TARGET_PEAK_MIB: f64 = 200.0;
+/// A child running this long is hung, not slow (20× the time target): it is killed and
+/// the run fails.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause between checks for a child's exit. Wall times run late by at most this much:
+/// noise next to runs of a second or more, and 500 cheap syscalls a second.
+const REAP_POLL: Duration = Duration::from_millis(2);
+/// Bytes of a child's output quoted in an error about it.
+const OUTPUT_TAIL_BYTES: usize = 4000;
+/// Memory is shown in binary mebibytes, as the server rows show it.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Labels of the progress lines of each column.
+const BERTH: &str = "berth upkeep";
+const DISTRIBUTION: &str = "distribution upkeep";
+
+/// What to run: the binaries of the columns measured (`None`: column left out).
+pub struct Plan {
+    pub berth: Option<PathBuf>,
+    pub distribution: Option<PathBuf>,
+    pub rounds: usize,
+}
+
+/// One child process run to its end.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// From just before the spawn until it was reaped.
+    pub wall_seconds: f64,
+    /// User plus system CPU time, all its threads.
+    pub cpu_seconds: f64,
+    /// `ru_maxrss`: the high-water mark of its resident memory, mapped file pages
+    /// included (what VmHWM shows for a running process). It is never below the
+    /// measuring helper's own size, about 3 MiB (see [`helper_main`]).
+    pub peak_rss_bytes: u64,
+}
+
+/// One round against berth: a collection of the fresh store, then both checks of the
+/// collected store.
+#[derive(Clone, Copy, Debug)]
+pub struct BerthRound {
+    pub gc: Measured,
+    pub fsck: Measured,
+    pub fsck_deep: Measured,
+}
+
+/// Every round of both columns; an empty column was not measured.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub berth: Vec<BerthRound>,
+    /// distribution's `garbage-collect --delete-untagged`, per round.
+    pub distribution: Vec<Measured>,
+}
+
+/// Generate the store, run every round of the planned columns, and return the line that
+/// says what was measured followed by the table.
+pub fn run(plan: &Plan) -> Result<String> {
+    let shape = Shape::ISSUE;
+    let started = Instant::now();
+    let corpus = Corpus::generate(shape);
+    let expected = corpus.expected();
+    progress(
+        "upkeep",
+        format!(
+            "generated {} manifests and {} blobs in {} repositories, garbage {} manifests and \
+             {} blobs, in {:.1} s",
+            expected.manifests,
+            expected.blobs,
+            expected.repositories,
+            expected.garbage_manifests,
+            expected.garbage_blob_links,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    let mut results = Results::default();
+    for round in 0..plan.rounds {
+        let of = format!("round {} of {}", round + 1, plan.rounds);
+        if let Some(berth) = &plan.berth {
+            progress(BERTH, &of);
+            results.berth.push(berth_round(berth, &corpus, &expected)?);
+        }
+        if let Some(distribution) = &plan.distribution {
+            progress(DISTRIBUTION, &of);
+            results
+                .distribution
+                .push(distribution_round(distribution, &corpus, &expected)?);
+        }
+    }
+    Ok(summary(&results, shape, &expected))
+}
+
+/// A fresh directory for one round's store, its configuration and the children's output.
+fn round_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("berth-bench-upkeep-")
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+fn write_store(label: &str, corpus: &Corpus, layout: Layout, root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let modified = match layout {
+        Layout::Berth => Some(SystemTime::now() - AGE),
+        // Its collection looks at no file times.
+        Layout::Distribution => None,
+    };
+    corpus.write(layout, root, modified)?;
+    progress(
+        label,
+        format!(
+            "store written in {:.1} s; syncing",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    // Not one measured run waits on writing back what the generator wrote.
+    server::sync_disks()
+}
+
+/// `berth gc`, then `berth fsck` and `berth fsck --deep`, on a fresh store.
+fn berth_round(binary: &Path, corpus: &Corpus, expected: &Expected) -> Result<BerthRound> {
+    let dir = round_dir()?;
+    let data = dir.path().join("data");
+    write_store(BERTH, corpus, Layout::Berth, &data)?;
+    let config = dir.path().join("config.toml");
+    // No `[[upstream]]`: every repository is hosted. fsync changes nothing here, as
+    // neither job fsyncs (a collection only deletes, a check only reads).
+    fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\nfsync = false\n\n[gc]\ngrace = \"{GRACE}\"\n",
+            data.display()
+        ),
+    )?;
+    let berth = |args: &[&str]| {
+        let mut cmd = Command::new(binary);
+        cmd.args(args).arg("--config").arg(&config);
+        cmd
+    };
+
+    let gc = Finished::run(BERTH, "gc", dir.path(), berth(&["gc"]))?;
+    gc.require_success()?;
+    let e = expected;
+    for (before, after, want) in [
+        ("marked", "manifests", e.manifests),
+        ("manifests and", "blobs", e.blobs),
+        ("deleted", "manifests", e.garbage_manifests),
+        ("deleted", "blob links", e.garbage_blob_links),
+        ("deleted", "blobs", e.garbage_objects),
+    ] {
+        gc.expect_count(before, after, want)?;
+    }
+    check_files(BERTH, corpus, Layout::Berth, &data)?;
+
+    // Both checks exit 0 only when the store is clean.
+    let mut checks = Vec::new();
+    for (name, args) in [
+        ("fsck", &["fsck"][..]),
+        ("fsck --deep", &["fsck", "--deep"][..]),
+    ] {
+        let fsck = Finished::run(BERTH, name, dir.path(), berth(args))?;
+        fsck.require_success()?;
+        for (before, after, want) in [
+            ("checked", "repositories", e.repositories),
+            ("repositories", "tags", e.manifests),
+            ("tags", "manifests", e.manifests),
+            ("manifests", "blobs", e.blobs),
+        ] {
+            fsck.expect_count(before, after, want)?;
+        }
+        checks.push(fsck.measured);
+    }
+    Ok(BerthRound {
+        gc: gc.measured,
+        fsck: checks[0],
+        fsck_deep: checks[1],
+    })
+}
+
+/// distribution's `garbage-collect --delete-untagged` on a fresh store.
+fn distribution_round(binary: &Path, corpus: &Corpus, expected: &Expected) -> Result<Measured> {
+    let dir = round_dir()?;
+    let data = dir.path().join("data");
+    write_store(DISTRIBUTION, corpus, Layout::Distribution, &data)?;
+    let config = dir.path().join("config.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+            data.display()
+        ),
+    )?;
+    let mut cmd = Command::new(binary);
+    cmd.args(["garbage-collect", "--delete-untagged"])
+        .arg(&config);
+    let gc = Finished::run(DISTRIBUTION, "garbage-collect", dir.path(), cmd)?;
+    gc.require_success()?;
+    // "110000 blobs marked, 2400 blobs and 200 manifests eligible for deletion": it marks
+    // manifests as blobs, and its blobs to delete include the manifests' bytes.
+    let e = expected;
+    for (before, after, want) in [
+        ("", "blobs marked", e.manifests + e.blobs),
+        ("marked", "blobs and", e.garbage_objects),
+        ("and", "manifests eligible", e.garbage_manifests),
+    ] {
+        gc.expect_count(before, after, want)?;
+    }
+    check_files(DISTRIBUTION, corpus, Layout::Distribution, &data)?;
+    Ok(gc.measured)
+}
+
+/// Every garbage file the collection must remove is gone, and every file of a tagged
+/// image is still there.
+fn check_files(label: &str, corpus: &Corpus, layout: Layout, root: &Path) -> Result<()> {
+    let garbage = corpus.paths(layout, root, Fate::Collected);
+    let left: Vec<&PathBuf> = garbage.iter().filter(|p| p.exists()).collect();
+    if let Some(first) = left.first() {
+        bail!(
+            "{label}: {} of {} garbage files are still there after the collection, such as {}",
+            left.len(),
+            garbage.len(),
+            first.display()
+        );
+    }
+    let kept = corpus.paths(layout, root, Fate::Kept);
+    let lost: Vec<&PathBuf> = kept.iter().filter(|p| !p.exists()).collect();
+    if let Some(first) = lost.first() {
+        bail!(
+            "{label}: the collection deleted {} of the {} files of tagged images, such as {}",
+            lost.len(),
+            kept.len(),
+            first.display()
+        );
+    }
+    progress(
+        label,
+        format!(
+            "checked: {} garbage files gone, {} files of tagged images kept",
+            garbage.len(),
+            kept.len()
+        ),
+    );
+    Ok(())
+}
+
+/// A child process that ran to its end, with its measurements and what it printed.
+struct Finished {
+    label: &'static str,
+    name: &'static str,
+    status: ExitStatus,
+    measured: Measured,
+    stdout: String,
+    stderr_path: PathBuf,
+}
+
+impl Finished {
+    /// Run `cmd` (named `name` in progress lines and errors) through the measuring helper
+    /// (see [`helper_main`]), with its output in files in `dir`, after a `sync`.
+    fn run(label: &'static str, name: &'static str, dir: &Path, cmd: Command) -> Result<Self> {
+        let file = name.replace(' ', "");
+        let stdout_path = dir.join(format!("{file}.out"));
+        let stderr_path = dir.join(format!("{file}.err"));
+        let stats_path = dir.join(format!("{file}.rusage"));
+        let mut helper = Command::new(std::env::current_exe()?);
+        helper
+            .arg(HELPER_ARG)
+            .arg(&stats_path)
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path)?)
+            .stderr(File::create(&stderr_path)?);
+        server::sync_disks()?;
+        let helped = helper
+            .status()
+            .with_context(|| format!("{label}: cannot start the helper for {name}"))?;
+        let stdout = String::from_utf8_lossy(&fs::read(&stdout_path)?).into_owned();
+        let stats = fs::read_to_string(&stats_path).unwrap_or_default();
+        let Some((status, measured)) = parse_stats(&stats) else {
+            let stderr = fs::read(&stderr_path).unwrap_or_default();
+            bail!(
+                "{label}: measuring {name} failed ({helped}){}",
+                tail(&String::from_utf8_lossy(&stderr))
+            );
+        };
+        progress(
+            label,
+            format!(
+                "{name}: {:.2} s, CPU {:.2} s, peak RSS {:.1} MiB, {status}",
+                measured.wall_seconds,
+                measured.cpu_seconds,
+                measured.peak_rss_bytes as f64 / MIB
+            ),
+        );
+        Ok(Finished {
+            label,
+            name,
+            status,
+            measured,
+            stdout,
+            stderr_path,
+        })
+    }
+
+    fn require_success(&self) -> Result<()> {
+        ensure!(
+            self.status.success(),
+            "{}: {} failed ({}){}",
+            self.label,
+            self.name,
+            self.status,
+            self.output_tail()
+        );
+        Ok(())
+    }
+
+    /// Its output says `before N after` with N = `want`.
+    fn expect_count(&self, before: &str, after: &str, want: u64) -> Result<()> {
+        match count(&self.stdout, before, after) {
+            Some(n) if n == want => Ok(()),
+            Some(n) => bail!(
+                "{}: {} printed `{before} {n} {after}`, expected {want}{}",
+                self.label,
+                self.name,
+                self.output_tail()
+            ),
+            None => bail!(
+                "{}: {} printed no `{before} N {after}`{}",
+                self.label,
+                self.name,
+                self.output_tail()
+            ),
+        }
+    }
+
+    fn output_tail(&self) -> String {
+        let stderr = fs::read(&self.stderr_path).unwrap_or_default();
+        format!(
+            "\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            tail(&self.stdout),
+            tail(&String::from_utf8_lossy(&stderr))
+        )
+    }
+}
+
+fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(OUTPUT_TAIL_BYTES);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[start..]
+}
+
+/// The first argument that makes the bench binary the measuring helper.
+const HELPER_ARG: &str = "__upkeep-measure";
+
+/// When the process was started as `bench __upkeep-measure STATS PROGRAM ARGS...`: run
+/// PROGRAM with this process's stdio, write its measurements to the file STATS, and
+/// return the helper's exit code; otherwise `None`. Called first thing in `main`.
+///
+/// The helper exists for the peak memory. Linux keeps a process's RSS high-water mark
+/// across `exec`, taken from the memory it had before, so a child spawned straight from
+/// the harness (which holds the generated store, over 100 MiB) would report at least the
+/// harness's size. Spawned from this small, fresh process instead, it reports at least
+/// the helper's size, a few MiB.
+pub fn helper_main() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != HELPER_ARG {
+        return None;
+    }
+    let helped = (|| -> Result<()> {
+        let stats = PathBuf::from(args.next().context("no statistics file")?);
+        let mut cmd = Command::new(args.next().context("no program")?);
+        cmd.args(args);
+        let (status, m) = run_and_reap(cmd)?;
+        fs::write(
+            stats,
+            format!(
+                "{} {} {} {}\n",
+                status.into_raw(),
+                m.wall_seconds,
+                m.cpu_seconds,
+                m.peak_rss_bytes
+            ),
+        )?;
+        Ok(())
+    })();
+    Some(match helped {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench measuring helper: {e:#}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// What the helper wrote: the raw wait status, then the measurements.
+fn parse_stats(text: &str) -> Option<(ExitStatus, Measured)> {
+    let mut fields = text.split_whitespace();
+    let status = ExitStatus::from_raw(fields.next()?.parse().ok()?);
+    let measured = Measured {
+        wall_seconds: fields.next()?.parse().ok()?,
+        cpu_seconds: fields.next()?.parse().ok()?,
+        peak_rss_bytes: fields.next()?.parse().ok()?,
+    };
+    Some((status, measured))
+}
+
+/// Spawn `cmd` and wait for it, at most `CHILD_TIMEOUT`: its exit status and its wall
+/// time, CPU time and peak RSS from `wait4`.
+fn run_and_reap(mut cmd: Command) -> Result<(ExitStatus, Measured)> {
+    let started = Instant::now();
+    let child = cmd.spawn().context("cannot start it")?;
+    let pid = libc::pid_t::try_from(child.id())?;
+    let (status, usage) = loop {
+        if let Some(done) = reap(pid, libc::WNOHANG)? {
+            break done;
+        }
+        if started.elapsed() > CHILD_TIMEOUT {
+            // Not reaped yet, so the pid is still this child's.
+            let mut child = child;
+            let _ = child.kill();
+            reap(pid, 0)?;
+            bail!("still running after {CHILD_TIMEOUT:?}; killed");
+        }
+        std::thread::sleep(REAP_POLL);
+    };
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok((
+        status,
+        Measured {
+            wall_seconds,
+            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            // Linux reports it in KiB.
+            peak_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        },
+    ))
+}
+
+/// Wait for child `pid` (`flags`: `WNOHANG` or 0), returning its exit status and its
+/// resource usage once it has exited; `None` while it runs with `WNOHANG`.
+#[allow(unsafe_code)] // reason: std's Child::wait drops the child's rusage and nothing safe gives it for one pid; both out-pointers are locals and pid is our own unreaped child
+fn reap(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<(ExitStatus, libc::rusage)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is a struct of integers, for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes for the whole call.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        if r == pid {
+            return Ok(Some((ExitStatus::from_raw(status), usage)));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The number N of the first `before N after` in `text`, compared word by word without
+/// the punctuation that ends a word (an empty `before` matches anything before N).
+fn count(text: &str, before: &str, after: &str) -> Option<u64> {
+    let words = |s: &str| -> Vec<String> {
+        s.split_whitespace()
+            .map(|w| w.trim_end_matches([',', ':', ';']).to_owned())
+            .collect()
+    };
+    let (before, after) = (words(before), words(after));
+    text.lines().find_map(|line| {
+        let words = words(line);
+        (0..words.len()).find_map(|i| {
+            let n = words[i].parse().ok()?;
+            let fits = words[..i].ends_with(&before) && words[i + 1..].starts_with(&after);
+            fits.then_some(n)
+        })
+    })
+}
+
+/// One job of the table and how each column ran it.
+struct Job {
+    name: &'static str,
+    berth: fn(&BerthRound) -> Measured,
+    /// Whether distribution has the job (it has no fsck).
+    distribution: bool,
+}
+
+const JOBS: &[Job] = &[
+    Job {
+        name: "garbage collection",
+        berth: |r| r.gc,
+        distribution: true,
+    },
+    Job {
+        name: "fsck",
+        berth: |r| r.fsck,
+        distribution: false,
+    },
+    Job {
+        name: "fsck --deep (re-hash every blob)",
+        berth: |r| r.fsck_deep,
+        distribution: false,
+    },
+];
+
+/// One measurement of a job: its label, how to read it, its unit and its target (in that
+/// unit, with how the table shows it).
+struct Metric {
+    label: &'static str,
+    value: fn(&Measured) -> f64,
+    unit: f64,
+    decimals: usize,
+    target: Option<(f64, &'static str)>,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        label: "wall time (s)",
+        value: |m| m.wall_seconds,
+        unit: 1.0,
+        decimals: 2,
+        target: Some((TARGET_SECONDS, "< 30 s")),
+    },
+    Metric {
+        label: "peak RSS, ru_maxrss (MiB)",
+        value: |m| m.peak_rss_bytes as f64,
+        unit: MIB,
+        decimals: 1,
+        target: Some((TARGET_PEAK_MIB, "< 200 MiB")),
+    },
+    Metric {
+        label: "CPU time, user + system (s)",
+        value: |m| m.cpu_seconds,
+        unit: 1.0,
+        decimals: 2,
+        target: None,
+    },
+];
+
+/// The line saying what was measured and how, then the table.
+fn summary(results: &Results, shape: Shape, e: &Expected) -> String {
+    let rounds = results.berth.len().max(results.distribution.len());
+    format!(
+        "Upkeep: one generated store, written fresh for every round and tool: {} repositories \
+         × {} tagged OCI images of 1 config + {} layers ({}–{} random bytes each) = {} \
+         manifests and {} blobs, plus garbage in 1 repository in {}: {} untagged images and \
+         {} unreferenced blob links ({} stored objects, {:.1} KiB). Median of {rounds} \
+         round(s); each job is a child process on a synced store with a warm page cache, \
+         timed from spawn to exit by a small helper process that takes its peak RSS \
+         (ru_maxrss) and CPU time from wait4. berth: `berth gc`, \
+         then `berth fsck` and `berth fsck --deep` of the collected store, `[gc] grace = \
+         \"{GRACE}\"`, files dated {} h back. distribution: `garbage-collect \
+         --delete-untagged`. Checked every round: each collection deleted {} manifests and \
+         {} stored objects and no file of a tagged image{}.\n\n{}",
+        shape.repositories,
+        shape.tags_per_repository,
+        shape.layers_per_image,
+        crate::corpus::BLOB_MIN_BYTES,
+        crate::corpus::BLOB_MAX_BYTES,
+        e.manifests,
+        e.blobs,
+        shape.garbage_every,
+        e.garbage_manifests,
+        e.stray_blobs,
+        e.garbage_objects,
+        e.garbage_bytes as f64 / 1024.0,
+        AGE.as_secs() / 3600,
+        e.garbage_manifests,
+        e.garbage_objects,
+        if results.berth.is_empty() {
+            ""
+        } else {
+            ", and both of berth's checks were clean"
+        },
+        table(results)
+    )
+}
+
+/// The markdown table: a row per job and metric; a column for each tool measured, then
+/// `berth / distribution` of the medians when both were, the target, and whether every
+/// berth round met it.
+pub fn table(results: &Results) -> String {
+    let (berth, distribution) = (!results.berth.is_empty(), !results.distribution.is_empty());
+    let mut header = vec!["measurement".to_owned()];
+    if berth {
+        header.push("berth".to_owned());
+    }
+    if distribution {
+        header.push("distribution".to_owned());
+    }
+    if berth && distribution {
+        header.push("berth / distribution".to_owned());
+    }
+    header.push("target".to_owned());
+    if berth {
+        header.push("berth within target (every round)".to_owned());
+    }
+    let mut rule = vec!["---".to_owned()];
+    rule.resize(header.len(), "---:".to_owned());
+    let mut out = String::new();
+    push_line(&mut out, &header);
+    push_line(&mut out, &rule);
+    for job in JOBS {
+        for metric in METRICS {
+            let values = |measured: Vec<Measured>| -> Vec<f64> {
+                measured
+                    .iter()
+                    .map(|m| (metric.value)(m) / metric.unit)
+                    .collect()
+            };
+            let b = values(results.berth.iter().map(job.berth).collect());
+            let d = values(if job.distribution {
+                results.distribution.clone()
+            } else {
+                Vec::new()
+            });
+            let mut cells = vec![format!("{}, {}", job.name, metric.label)];
+            if berth {
+                cells.push(Spread::of(b.clone()).cell(metric.decimals));
+            }
+            if distribution {
+                cells.push(if job.distribution {
+                    Spread::of(d.clone()).cell(metric.decimals)
+                } else {
+                    "n/a".to_owned()
+                });
+            }
+            if berth && distribution {
+                cells.push(ratio(Spread::of(b.clone()).median, Spread::of(d).median));
+            }
+            cells.push(metric.target.map_or("–", |(_, text)| text).to_owned());
+            if berth {
+                cells.push(match metric.target {
+                    None => "–".to_owned(),
+                    Some((target, _)) => {
+                        let over = b.iter().filter(|v| **v >= target).count();
+                        if over == 0 {
+                            "yes".to_owned()
+                        } else {
+                            format!("no ({over} of {} over)", b.len())
+                        }
+                    }
+                });
+            }
+            push_line(&mut out, &cells);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_word_by_word() {
+        let gc = "garbage collection over 2000 repositories (grace 3600s): marked 10000 manifests and 100000 blobs\n  deleted 200 manifests\n  deleted 2200 blob links\n  deleted 2400 blobs (617.2 KiB)\n";
+        assert_eq!(count(gc, "marked", "manifests"), Some(10_000));
+        assert_eq!(count(gc, "manifests and", "blobs"), Some(100_000));
+        assert_eq!(count(gc, "deleted", "blob links"), Some(2200));
+        assert_eq!(count(gc, "deleted", "blobs"), Some(2400));
+        assert_eq!(count(gc, "deleted", "referrer links"), None);
+        let dist = "x: marking blob sha256:ab\n\n110000 blobs marked, 2400 blobs and 200 manifests eligible for deletion\n";
+        assert_eq!(count(dist, "", "blobs marked"), Some(110_000));
+        assert_eq!(count(dist, "marked", "blobs and"), Some(2400));
+        assert_eq!(count(dist, "and", "manifests eligible"), Some(200));
+        let deep = "checked 2000 repositories, 10000 tags, 10000 manifests, 100000 blobs (21.4 MiB re-hashed): clean\n";
+        assert_eq!(count(deep, "checked", "repositories"), Some(2000));
+        assert_eq!(count(deep, "tags", "manifests"), Some(10_000));
+        assert_eq!(count(deep, "manifests", "blobs"), Some(100_000));
+        let shallow =
+            "checked 2000 repositories, 10000 tags, 10000 manifests, 100000 blobs: clean\n";
+        assert_eq!(count(shallow, "manifests", "blobs"), Some(100_000));
+    }
+
+    fn measured(seconds: f64, mib: f64) -> Measured {
+        Measured {
+            wall_seconds: seconds,
+            cpu_seconds: seconds / 2.0,
+            peak_rss_bytes: (mib * MIB) as u64,
+        }
+    }
+
+    #[test]
+    fn table_sets_the_tools_side_by_side_with_targets() {
+        let round = |s: f64| BerthRound {
+            gc: measured(s, 50.0),
+            fsck: measured(s / 2.0, 40.0),
+            fsck_deep: measured(40.0, 250.0),
+        };
+        let t = table(&Results {
+            berth: vec![round(2.0), round(4.0), round(3.0)],
+            distribution: vec![measured(6.0, 100.0)],
+        });
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + JOBS.len() * METRICS.len());
+        assert_eq!(
+            lines[0],
+            "| measurement | berth | distribution | berth / distribution | target | berth within target (every round) |"
+        );
+        assert_eq!(
+            lines[2],
+            "| garbage collection, wall time (s) | 3.00 (2.00–4.00) | 6.00 | 0.50× | < 30 s | yes |"
+        );
+        assert_eq!(
+            lines[3],
+            "| garbage collection, peak RSS, ru_maxrss (MiB) | 50.0 | 100.0 | 0.50× | < 200 MiB | yes |"
+        );
+        assert!(
+            t.contains("| fsck, wall time (s) | 1.50 (1.00–2.00) | n/a | n/a | < 30 s | yes |")
+        );
+        assert!(t.contains(
+            "| fsck --deep (re-hash every blob), peak RSS, ru_maxrss (MiB) | 250.0 | n/a | n/a | < 200 MiB | no (3 of 3 over) |"
+        ));
+        assert!(t.contains(
+            "| fsck, CPU time, user + system (s) | 0.75 (0.50–1.00) | n/a | n/a | – | – |"
+        ));
+    }
+
+    #[test]
+    fn table_of_one_tool_has_only_its_column() {
+        let t = table(&Results {
+            berth: Vec::new(),
+            distribution: vec![measured(6.0, 100.0)],
+        });
+        assert!(t.starts_with("| measurement | distribution | target |\n"));
+        assert!(t.contains("| fsck, wall time (s) | n/a | < 30 s |"));
+    }
+
+    #[test]
+    fn reap_reports_exit_status_and_usage() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        let (status, m) = run_and_reap(cmd).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(m.peak_rss_bytes > 0 && m.wall_seconds > 0.0);
+        let line = format!(
+            "{} {} {} {}\n",
+            status.into_raw(),
+            m.wall_seconds,
+            m.cpu_seconds,
+            m.peak_rss_bytes
+        );
+        let (back, n) = parse_stats(&line).unwrap();
+        assert_eq!((back, n.peak_rss_bytes), (status, m.peak_rss_bytes));
+        assert!(parse_stats("").is_none());
+    }
+}
