@@ -27,6 +27,12 @@ pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// fraction of a disk's bandwidth, so the scrub never starves requests.
 pub const DEFAULT_SCRUB_RATE: u64 = 64 * 1024 * 1024;
 
+/// Blobs up to this size are re-hashed from one whole read instead of a stream: for the
+/// many tiny configs and layers of a real store, the per-stream setup (a mapping, a
+/// channel, thread hand-offs) cost twenty times the hashing (about 95 µs per blob in the
+/// benchmark's store of 100,000 small blobs).
+const WHOLE_READ_MAX: u64 = 1024 * 1024;
+
 /// Where corrupt bytes are moved by `--repair`.
 pub const QUARANTINE: &str = "quarantine";
 
@@ -394,6 +400,17 @@ impl Checker<'_> {
         let key = layout::blob(d)?;
         let size = self.stored.get(d).map_or(0, |m| m.size);
         let mut h = Hasher::new(d.algorithm());
+        if size <= WHOLE_READ_MAX {
+            let Some(bytes) = self.registry.store().get(&key).await? else {
+                return Ok(true); // deleted meanwhile
+            };
+            h.update(&bytes);
+            self.report.bytes_hashed += bytes.len() as u64;
+            self.throttle.account(bytes.len() as u64).await;
+            let ok = h.finish() == *d;
+            self.hashed.insert(d.clone(), ok);
+            return Ok(ok);
+        }
         let ok = match self.registry.store().read(&key, 0..size).await {
             Ok(mut s) => {
                 let mut good = true;
