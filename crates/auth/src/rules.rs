@@ -1,0 +1,291 @@
+//! Access rules: `[[access]]` entries matched in order against a repository name; the
+//! first rule whose pattern matches decides, and no match means no access.
+
+use crate::Subject;
+use oci::RepoName;
+use std::collections::HashMap;
+use std::fmt;
+
+/// One thing a client may do to a repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Action::Pull => 1,
+            Action::Push => 2,
+            Action::Delete => 4,
+        }
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Action, String> {
+        match s {
+            "pull" => Ok(Action::Pull),
+            "push" => Ok(Action::Push),
+            "delete" => Ok(Action::Delete),
+            other => Err(format!(
+                "unknown action {other:?}: use \"pull\", \"push\" or \"delete\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of actions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    pub const NONE: ActionSet = ActionSet(0);
+
+    pub fn of(actions: &[Action]) -> ActionSet {
+        ActionSet(actions.iter().fold(0, |acc, a| acc | a.bit()))
+    }
+
+    pub fn contains(self, a: Action) -> bool {
+        self.0 & a.bit() != 0
+    }
+
+    /// The actions of both sets.
+    pub fn intersect(self, other: ActionSet) -> ActionSet {
+        ActionSet(self.0 & other.0)
+    }
+
+    /// The actions in the set, in a fixed order (pull, push, delete).
+    pub fn iter(self) -> impl Iterator<Item = Action> {
+        [Action::Pull, Action::Push, Action::Delete]
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+}
+
+/// Whom a rule grants to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// Clients without credentials (and, since they could drop them, everyone).
+    Anonymous,
+    /// Any user with verified credentials.
+    Authenticated,
+    /// One named user.
+    User(String),
+    /// Every member of a group defined in `[auth.groups]`.
+    Group(String),
+}
+
+impl std::str::FromStr for Principal {
+    type Err = String;
+    /// `anonymous`, `authenticated`, `@group`, or a user name.
+    fn from_str(s: &str) -> Result<Principal, String> {
+        match s {
+            "" => Err("empty user name in an access rule".into()),
+            "anonymous" => Ok(Principal::Anonymous),
+            "authenticated" => Ok(Principal::Authenticated),
+            g if g.starts_with('@') && g.len() > 1 => Ok(Principal::Group(g[1..].to_owned())),
+            u if u.contains(':') || u.chars().any(char::is_whitespace) => {
+                Err(format!("invalid user name {u:?} in an access rule"))
+            }
+            u => Ok(Principal::User(u.to_owned())),
+        }
+    }
+}
+
+/// One `[[access]]` entry.
+#[derive(Clone, Debug)]
+pub struct AccessRule {
+    /// The pattern as written, for messages.
+    pub repositories: String,
+    matcher: globset::GlobMatcher,
+    pub principals: Vec<Principal>,
+    pub allow: ActionSet,
+}
+
+impl AccessRule {
+    /// Compile a rule; the error says what is wrong.
+    pub fn new(
+        repositories: &str,
+        principals: Vec<Principal>,
+        allow: ActionSet,
+    ) -> Result<AccessRule, String> {
+        let matcher = globset::GlobBuilder::new(repositories)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("invalid repositories pattern {repositories:?}: {e}"))?
+            .compile_matcher();
+        if principals.is_empty() {
+            return Err(format!(
+                "the access rule for {repositories:?} names no users"
+            ));
+        }
+        Ok(AccessRule {
+            repositories: repositories.to_owned(),
+            matcher,
+            principals,
+            allow,
+        })
+    }
+
+    fn matches(&self, repo: &str) -> bool {
+        self.matcher.is_match(repo)
+    }
+}
+
+/// The ordered rules and the groups they may name.
+#[derive(Clone, Debug, Default)]
+pub struct AccessRules {
+    rules: Vec<AccessRule>,
+    groups: HashMap<String, Vec<String>>,
+}
+
+impl AccessRules {
+    /// Rules in order of precedence; every group a rule names must be in `groups`.
+    pub fn new(
+        rules: Vec<AccessRule>,
+        groups: HashMap<String, Vec<String>>,
+    ) -> Result<AccessRules, String> {
+        for r in &rules {
+            for p in &r.principals {
+                if let Principal::Group(g) = p
+                    && !groups.contains_key(g)
+                {
+                    return Err(format!(
+                        "the access rule for {:?} names group @{g}, which [auth.groups] does not define",
+                        r.repositories
+                    ));
+                }
+            }
+        }
+        Ok(AccessRules { rules, groups })
+    }
+
+    fn applies_to(&self, p: &Principal, who: &Subject) -> bool {
+        match (p, who) {
+            (Principal::Anonymous, _) => true,
+            (Principal::Authenticated, Subject::User(_)) => true,
+            (Principal::User(u), Subject::User(name)) => u == name,
+            (Principal::Group(g), Subject::User(name)) => self
+                .groups
+                .get(g)
+                .is_some_and(|members| members.iter().any(|m| m == name)),
+            _ => false,
+        }
+    }
+
+    /// What `who` may do to `repo`: the grants of the first rule whose pattern matches
+    /// (from each of its principals that applies), or nothing when no rule matches.
+    pub fn allowed(&self, who: &Subject, repo: &RepoName) -> ActionSet {
+        let Some(rule) = self.rules.iter().find(|r| r.matches(repo.as_str())) else {
+            return ActionSet::NONE;
+        };
+        if rule.principals.iter().any(|p| self.applies_to(p, who)) {
+            rule.allow
+        } else {
+            ActionSet::NONE
+        }
+    }
+
+    /// May `who` do `action` to `repo`?
+    pub fn permits(&self, who: &Subject, repo: &RepoName, action: Action) -> bool {
+        self.allowed(who, repo).contains(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str, users: &[&str], allow: &[Action]) -> AccessRule {
+        AccessRule::new(
+            pattern,
+            users.iter().map(|u| u.parse().unwrap()).collect(),
+            ActionSet::of(allow),
+        )
+        .unwrap()
+    }
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn first_matching_rule_decides_and_no_match_means_nothing() {
+        use Action::*;
+        let groups = HashMap::from([("admins".to_owned(), vec!["root".to_owned()])]);
+        let rules = AccessRules::new(
+            vec![
+                rule("team/**", &["alice", "@admins"], &[Pull, Push]),
+                rule("docker.io/**", &["anonymous"], &[Pull]),
+                rule("**", &["authenticated"], &[Pull]),
+            ],
+            groups,
+        )
+        .unwrap();
+        let alice = Subject::User("alice".into());
+        let bob = Subject::User("bob".into());
+        let root = Subject::User("root".into());
+        let anon = Subject::Anonymous;
+        assert_eq!(
+            rules.allowed(&alice, &repo("team/app")),
+            ActionSet::of(&[Pull, Push])
+        );
+        assert_eq!(
+            rules.allowed(&root, &repo("team/a/b")),
+            ActionSet::of(&[Pull, Push])
+        );
+        // bob matches the first rule's pattern but not its users: the later `**` does
+        // not rescue him.
+        assert_eq!(rules.allowed(&bob, &repo("team/app")), ActionSet::NONE);
+        assert!(rules.permits(&anon, &repo("docker.io/library/nginx"), Pull));
+        assert!(!rules.permits(&anon, &repo("docker.io/library/nginx"), Push));
+        assert!(!rules.permits(&anon, &repo("other/x"), Pull));
+        assert!(rules.permits(&bob, &repo("other/x"), Pull));
+        assert!(!rules.permits(&alice, &repo("other/x"), Push));
+        // `*` stays within one component.
+        let one =
+            AccessRules::new(vec![rule("team/*", &["alice"], &[Pull])], HashMap::new()).unwrap();
+        assert!(one.permits(&alice, &repo("team/app"), Pull));
+        assert!(!one.permits(&alice, &repo("team/a/b"), Pull));
+        assert_eq!(
+            AccessRules::default().allowed(&alice, &repo("x")),
+            ActionSet::NONE
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_reason() {
+        assert!("push!".parse::<Action>().unwrap_err().contains("push!"));
+        assert!("a:b".parse::<Principal>().is_err());
+        assert!(AccessRule::new("a/[", vec![Principal::Anonymous], ActionSet::NONE).is_err());
+        assert!(
+            AccessRule::new("a/**", vec![], ActionSet::NONE)
+                .unwrap_err()
+                .contains("names no users")
+        );
+        let e = AccessRules::new(
+            vec![rule("**", &["@ghosts"], &[Action::Pull])],
+            HashMap::new(),
+        )
+        .unwrap_err();
+        assert!(e.contains("@ghosts"), "{e}");
+    }
+}
