@@ -1,5 +1,7 @@
-//! Access rules: `[[access]]` entries matched in order against a repository name; the
-//! first rule whose pattern matches decides, and no match means no access.
+//! Access rules: `[[access]]` entries tried in order; the first rule whose pattern matches
+//! the repository *and* whose users include the caller decides, and no match means no
+//! access. So `**` for `authenticated` (pull, push) followed by `**` for `anonymous`
+//! (pull) gives users push and everyone else pull, as a firewall's rule list would.
 
 use crate::Subject;
 use oci::RepoName;
@@ -191,17 +193,15 @@ impl AccessRules {
         }
     }
 
-    /// What `who` may do to `repo`: the grants of the first rule whose pattern matches
-    /// (from each of its principals that applies), or nothing when no rule matches.
+    /// What `who` may do to `repo`: the grants of the first rule that matches both, or
+    /// nothing when none does.
     pub fn allowed(&self, who: &Subject, repo: &RepoName) -> ActionSet {
-        let Some(rule) = self.rules.iter().find(|r| r.matches(repo.as_str())) else {
-            return ActionSet::NONE;
-        };
-        if rule.principals.iter().any(|p| self.applies_to(p, who)) {
-            rule.allow
-        } else {
-            ActionSet::NONE
-        }
+        self.rules
+            .iter()
+            .find(|r| {
+                r.matches(repo.as_str()) && r.principals.iter().any(|p| self.applies_to(p, who))
+            })
+            .map_or(ActionSet::NONE, |r| r.allow)
     }
 
     /// May `who` do `action` to `repo`?
@@ -252,9 +252,22 @@ mod tests {
             rules.allowed(&root, &repo("team/a/b")),
             ActionSet::of(&[Pull, Push])
         );
-        // bob matches the first rule's pattern but not its users: the later `**` does
-        // not rescue him.
-        assert_eq!(rules.allowed(&bob, &repo("team/app")), ActionSet::NONE);
+        // bob is not among the first rule's users: the later `**` decides for him.
+        assert_eq!(
+            rules.allowed(&bob, &repo("team/app")),
+            ActionSet::of(&[Pull])
+        );
+        // An earlier rule wins over a later, broader one for the same caller.
+        let ordered = AccessRules::new(
+            vec![
+                rule("team/secret", &["authenticated"], &[]),
+                rule("team/**", &["authenticated"], &[Pull]),
+            ],
+            HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(ordered.allowed(&bob, &repo("team/secret")), ActionSet::NONE);
+        assert!(ordered.permits(&bob, &repo("team/open"), Pull));
         assert!(rules.permits(&anon, &repo("docker.io/library/nginx"), Pull));
         assert!(!rules.permits(&anon, &repo("docker.io/library/nginx"), Push));
         assert!(!rules.permits(&anon, &repo("other/x"), Pull));
