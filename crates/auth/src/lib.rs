@@ -4,6 +4,7 @@
 //! [`rules::AccessRules::allowed`] before every repository operation.
 
 pub mod rules;
+pub mod token;
 pub mod users;
 
 pub use rules::{AccessRule, AccessRules, Action, ActionSet, Principal};

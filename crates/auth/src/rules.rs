@@ -69,6 +69,11 @@ impl ActionSet {
         self.0 & a.bit() != 0
     }
 
+    /// The actions of either set.
+    pub fn union(self, other: ActionSet) -> ActionSet {
+        ActionSet(self.0 | other.0)
+    }
+
     /// The actions of both sets.
     pub fn intersect(self, other: ActionSet) -> ActionSet {
         ActionSet(self.0 & other.0)
