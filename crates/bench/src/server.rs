@@ -60,7 +60,9 @@ impl Kind {
             Kind::Berth { fsync } => {
                 let mut toml = format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
-                     [storage]\nkind = \"fs\"\npath = \"{data}\"\nfsync = {fsync}\n"
+                     [storage]\nkind = \"fs\"\npath = \"{data}\"\nfsync = {fsync}\n\n\
+                     [[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\n\
+                     allow = [\"pull\", \"push\", \"delete\"]\n"
                 );
                 if let Role::Cache { upstream } = role {
                     toml.push_str(&format!(

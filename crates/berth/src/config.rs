@@ -30,6 +30,54 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub scrub: ScrubConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[[access]]` rules, tried in order; see [`Config::access_rules`].
+    #[serde(default)]
+    pub access: Vec<AccessConfig>,
+}
+
+/// `[auth]`: where users come from.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
+    pub htpasswd: Option<PathBuf>,
+    /// Groups access rules can name as `@group`: `admins = ["alice"]`.
+    #[serde(default)]
+    pub groups: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// `[[access]]`: what some users may do to some repositories.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Repository glob: `*` within one component, `**` across (`"team/**"`, `"**"`).
+    pub repositories: String,
+    /// `"anonymous"` (everyone), `"authenticated"`, user names, or `"@group"`.
+    pub users: Vec<String>,
+    /// Any of `"pull"`, `"push"`, `"delete"`.
+    pub allow: Vec<String>,
+}
+
+impl AccessConfig {
+    fn compile(&self) -> Result<auth::AccessRule, String> {
+        let principals = self
+            .users
+            .iter()
+            .map(|u| u.parse())
+            .collect::<Result<Vec<auth::Principal>, _>>()?;
+        let actions = self
+            .allow
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<auth::Action>, _>>()?;
+        auth::AccessRule::new(
+            &self.repositories,
+            principals,
+            auth::ActionSet::of(&actions),
+        )
+    }
 }
 
 /// `[gc]`: garbage collection.
@@ -451,6 +499,16 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The rules in force when the file has no `[[access]]`: everyone may pull (hosted and
+/// cached repositories); users from `[auth] htpasswd` may also push. Deleting needs an
+/// explicit rule. Without users nobody can push: configure users, or a rule such as
+/// `{ repositories = "**", users = ["anonymous"], allow = ["pull", "push"] }` on a
+/// trusted network.
+pub const DEFAULT_ACCESS: [(&str, &str, &[&str]); 2] = [
+    ("**", "authenticated", &["pull", "push"]),
+    ("**", "anonymous", &["pull"]),
+];
+
 impl GcConfig {
     /// How old needed content may get before an operation renews it: a quarter of the
     /// grace period, so content a client checked stays protected for at least three
@@ -491,6 +549,10 @@ impl Config {
                 ));
             }
         }
+        self.access_rules()?;
+        if let Some(h) = &self.auth.htpasswd {
+            auth::Users::load(h).map_err(|e| format!("[auth] htpasswd: {e}"))?;
+        }
         if self.scrub.rate == 0 {
             return Err("[scrub] rate must be more than 0 bytes per second".into());
         }
@@ -509,6 +571,33 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The access rules in force: the `[[access]]` tables, or [`DEFAULT_ACCESS`].
+    pub fn access_rules(&self) -> Result<auth::AccessRules, String> {
+        let defaults: Vec<AccessConfig>;
+        let tables = if self.access.is_empty() {
+            defaults = DEFAULT_ACCESS
+                .iter()
+                .map(|(r, u, a)| AccessConfig {
+                    repositories: (*r).to_owned(),
+                    users: vec![(*u).to_owned()],
+                    allow: a.iter().map(|s| (*s).to_owned()).collect(),
+                })
+                .collect();
+            &defaults
+        } else {
+            &self.access
+        };
+        let rules = tables
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.compile()
+                    .map_err(|e| format!("[[access]] #{}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        auth::AccessRules::new(rules, self.auth.groups.clone())
     }
 
     /// Load from a file, or the embedded default when `path` is `None`.

@@ -63,10 +63,20 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     );
     let cache = cache::Cache::new(registry.clone(), upstream_specs(config)?)
         .map_err(|e| anyhow::anyhow!("cannot set up upstream clients: {e}"))?;
+    let users = match &config.auth.htpasswd {
+        Some(path) => {
+            Some(auth::Users::load(path).map_err(|e| anyhow::anyhow!("[auth] htpasswd: {e}"))?)
+        }
+        None => None,
+    };
+    let rules = config
+        .access_rules()
+        .map_err(|e| anyhow::anyhow!("invalid access rules: {e}"))?;
     Ok(Arc::new(server::AppState {
         registry,
         cache: Arc::new(cache),
         upkeep: Arc::default(),
+        access: Arc::new(server::Access { users, rules }),
     }))
 }
 

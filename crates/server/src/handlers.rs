@@ -87,18 +87,23 @@ pub(crate) async fn dispatch(
         Err(_) => "invalid",
     };
     let mut resp = match target {
-        Ok(cached::Target {
-            route,
-            upstream: Some(up),
-        }) => cached::handle(app, &up, route, &method, &uri, &headers)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
-        Ok(cached::Target {
-            route,
-            upstream: None,
-        }) => handle(app, route, &method, &uri, &headers, body)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
+        Ok(t) => match authorize(app, &t, &method, &headers).await {
+            Err(refusal) => refusal,
+            Ok(who) => match t {
+                cached::Target {
+                    route,
+                    upstream: Some(up),
+                } => cached::handle(app, &up, route, &method, &uri, &headers)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
+                cached::Target {
+                    route,
+                    upstream: None,
+                } => handle(app, &who, route, &method, &uri, &headers, body)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
+            },
+        },
         Err(cached::TargetError::UnknownUpstream(ns)) => ApiError::new(
             StatusCode::NOT_FOUND,
             "NAME_UNKNOWN",
@@ -148,8 +153,50 @@ fn route_error(e: RouteError, method: &Method) -> Response {
     }
 }
 
+/// The caller, if it may make this request; else the refusal. Cached repositories are
+/// checked under their name in the store (`docker.io/library/nginx`).
+async fn authorize(
+    app: &App,
+    t: &cached::Target,
+    method: &Method,
+    headers: &HeaderMap,
+) -> std::result::Result<auth::Subject, Response> {
+    let access = &app.access;
+    let who = access.subject(headers).await?;
+    let repo = match &t.route {
+        Route::Base => {
+            if access.login_required(&who) {
+                return Err(access.challenge("log in to use this registry"));
+            }
+            return Ok(who);
+        }
+        // Filtered to what the caller may pull.
+        Route::Catalog => return Ok(who),
+        Route::Tags(r)
+        | Route::Manifest(r, _)
+        | Route::Blob(r, _)
+        | Route::UploadStart(r)
+        | Route::Upload(r, _)
+        | Route::Referrers(r, _) => r,
+    };
+    let local = match &t.upstream {
+        Some(up) => up
+            .local(&up.normalize(repo.clone()))
+            .unwrap_or_else(|_| repo.clone()),
+        None => repo.clone(),
+    };
+    let content_delete = matches!(t.route, Route::Manifest(..) | Route::Blob(..));
+    access.check(
+        &who,
+        &local,
+        crate::access::action_for(method, content_delete),
+    )?;
+    Ok(who)
+}
+
 async fn handle(
     app: &App,
+    who: &auth::Subject,
     route: Route,
     method: &Method,
     uri: &Uri,
@@ -163,7 +210,7 @@ async fn handle(
             if *method == Method::HEAD { "" } else { "{}" },
         )
             .into_response()),
-        (Route::Catalog, Method::GET) => catalog(app, uri).await,
+        (Route::Catalog, Method::GET) => catalog(app, who, uri).await,
         (Route::Tags(repo), Method::GET) => tags(app, &repo, uri).await,
         (Route::Manifest(repo, r), Method::GET) => get_manifest(app, &repo, &r, false).await,
         (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, &repo, &r, true).await,
@@ -181,7 +228,7 @@ async fn handle(
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Route::UploadStart(repo), Method::POST) => {
-            start_upload(app, &repo, uri, headers, body).await
+            start_upload(app, who, &repo, uri, headers, body).await
         }
         (Route::Upload(repo, id), Method::GET) => {
             let state = app.registry.upload_status(&repo, &id).await?;
@@ -249,9 +296,18 @@ fn json_response(
     resp
 }
 
-async fn catalog(app: &App, uri: &Uri) -> Result<Response> {
+async fn catalog(app: &App, who: &auth::Subject, uri: &Uri) -> Result<Response> {
     let page = page_of(uri)?;
-    let (repos, more) = app.registry.catalog(&page).await?;
+    // Only what the caller may pull, filtered before the page is cut.
+    let visible: Vec<String> = app
+        .registry
+        .all_repositories()
+        .await?
+        .into_iter()
+        .filter(|r| app.access.rules.permits(who, r, auth::Action::Pull))
+        .map(|r| r.to_string())
+        .collect();
+    let (repos, more) = page.apply(visible);
     let link = more
         .then(|| repos.last().map(|l| link_next("/v2/_catalog", page.n, l)))
         .flatten();
@@ -430,6 +486,7 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
 
 async fn start_upload(
     app: &App,
+    who: &auth::Subject,
     repo: &RepoName,
     uri: &Uri,
     headers: &HeaderMap,
@@ -445,8 +502,8 @@ async fn start_upload(
             ),
             None => None,
         };
-        // Access rules arrive with authentication; until then every repository is readable.
-        let may_read = |_: &RepoName| true;
+        // Mounting reads the source: only from repositories the caller may pull.
+        let may_read = |r: &RepoName| app.access.rules.permits(who, r, auth::Action::Pull);
         if app
             .registry
             .mount_blob(repo, &digest, from.as_ref(), &may_read)

@@ -5,6 +5,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0
 //! and run the server in-process.
 
+mod access;
 mod cached;
 mod error;
 mod handlers;
@@ -18,6 +19,7 @@ use registry::Registry;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use access::Access;
 pub use error::ApiError;
 
 /// Everything a request handler can reach.
@@ -27,6 +29,8 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// Results of the background jobs (gc, retention, scrub).
     pub upkeep: Arc<upkeep::Status>,
+    /// Users and access rules.
+    pub access: Arc<Access>,
 }
 
 /// Shared state handed to every handler.

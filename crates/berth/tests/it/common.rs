@@ -43,6 +43,8 @@ impl TestServer {
         let mut config = Config::load(None).unwrap();
         config.storage.path = dir.path().join("data");
         config.storage.fsync = false; // tests do not need power-loss durability
+        // Tests push anonymously unless they configure users and rules themselves.
+        config.access = vec![anyone_may_do_anything()];
         f(&mut config);
         let app = berth::build_app(&config).await.unwrap();
         let background = berth::start_background(&config, &app).unwrap();
@@ -92,6 +94,15 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// An `[[access]]` rule letting anyone pull, push and delete everywhere.
+pub fn anyone_may_do_anything() -> berth::config::AccessConfig {
+    berth::config::AccessConfig {
+        repositories: "**".into(),
+        users: vec!["anonymous".into()],
+        allow: vec!["pull".into(), "push".into(), "delete".into()],
     }
 }
 

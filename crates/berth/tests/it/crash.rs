@@ -153,7 +153,7 @@ impl Berth {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\nkind = \"fs\"\npath = {:?}\nfsync = true\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\nkind = \"fs\"\npath = {:?}\nfsync = true\n\n[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\", \"push\", \"delete\"]\n",
                 dir.join("data").to_str().unwrap()
             ),
         )

@@ -2,6 +2,7 @@
 //! in-process on port 0 (see `common`), except where a test needs a real process to
 //! kill or a real client (skopeo) to talk to.
 
+mod access;
 mod api;
 mod cache;
 mod cache_faults;

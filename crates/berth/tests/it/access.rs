@@ -1,0 +1,198 @@
+//! Users and access rules as clients meet them: Basic credentials checked against an
+//! htpasswd file, `[[access]]` rules deciding pull, push and delete per repository, the
+//! catalog filtered to what the caller may pull, and cross-repository mounts that need
+//! pull access to their source.
+
+use crate::common::*;
+use berth::config::AccessConfig;
+
+fn rule(repos: &str, users: &[&str], allow: &[&str]) -> AccessConfig {
+    AccessConfig {
+        repositories: repos.into(),
+        users: users.iter().map(|s| (*s).to_owned()).collect(),
+        allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn server() -> TestServer {
+    // The file outlives the test's scope like a real one would (it is tiny).
+    let dir = tempfile::tempdir().unwrap().keep();
+    let htpasswd = dir.join("htpasswd");
+    let mut lines = String::new();
+    for (u, p) in [("alice", "alice-pw"), ("carol", "carol-pw")] {
+        lines.push_str(&format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()));
+    }
+    std::fs::write(&htpasswd, lines).unwrap();
+    TestServer::start_with(move |c| {
+        c.auth.htpasswd = Some(htpasswd);
+        c.access = vec![
+            rule("team/**", &["alice"], &["pull", "push"]),
+            rule("secret/**", &["carol"], &["pull", "push", "delete"]),
+            rule("secret/**", &["anonymous"], &[]),
+            rule("**", &["anonymous"], &["pull"]),
+        ];
+    })
+    .await
+}
+
+fn as_user(r: reqwest::RequestBuilder, user: &str, pw: &str) -> reqwest::RequestBuilder {
+    r.basic_auth(user, Some(pw))
+}
+
+async fn push_blob_as(
+    s: &TestServer,
+    repo: &str,
+    bytes: &[u8],
+    creds: Option<(&str, &str)>,
+) -> reqwest::Response {
+    let d = digest_of(bytes);
+    let mut r = client()
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(bytes.to_vec());
+    if let Some((u, p)) = creds {
+        r = as_user(r, u, p);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushing_needs_the_right_credentials_and_rules() {
+    let s = server().await;
+    // No credentials: 401 with a challenge.
+    let r = push_blob_as(&s, "team/app", b"x", None).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    assert_eq!(error_code(r).await, "UNAUTHORIZED");
+    // Wrong password: 401.
+    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "nope"))).await;
+    assert_eq!(r.status(), 401);
+    // Unknown user: 401 as well.
+    let r = push_blob_as(&s, "team/app", b"x", Some(("mallory", "alice-pw"))).await;
+    assert_eq!(r.status(), 401);
+    // alice may push team/**, but not other/x.
+    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
+    assert_eq!(r.status(), 201);
+    let r = push_blob_as(&s, "other/x", b"x", Some(("alice", "alice-pw"))).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(r).await, "DENIED");
+    // Nor delete in team/** (no delete right).
+    let d = digest_of(b"x");
+    let r = as_user(
+        client().delete(s.url(&format!("/v2/team/app/blobs/{d}"))),
+        "alice",
+        "alice-pw",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    // Anonymous pull of team/** works; of secret/** it does not.
+    let r = client()
+        .get(s.url(&format!("/v2/team/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = push_blob_as(&s, "secret/x", b"hidden", Some(("carol", "carol-pw"))).await;
+    assert_eq!(r.status(), 201);
+    let hidden = digest_of(b"hidden");
+    let r = client()
+        .get(s.url(&format!("/v2/secret/x/blobs/{hidden}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_catalog_and_mount_respect_the_rules() {
+    let s = server().await;
+    // /v2/ challenges anonymous callers once users exist (docker login relies on it).
+    let r = client().get(s.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = as_user(client().get(s.url("/v2/")), "alice", "alice-pw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = as_user(client().get(s.url("/v2/")), "alice", "carol-pw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = push_blob_as(&s, "secret/x", b"secret layer", Some(("carol", "carol-pw"))).await;
+    assert_eq!(r.status(), 201);
+    let r = push_blob_as(&s, "team/app", b"team layer", Some(("alice", "alice-pw"))).await;
+    assert_eq!(r.status(), 201);
+
+    // alice can not mount carol's blob: the mount falls back to a fresh upload (202).
+    let d = digest_of(b"secret layer");
+    for from in ["&from=secret/x", ""] {
+        let r = as_user(
+            client().post(s.url(&format!("/v2/team/app/blobs/uploads/?mount={d}{from}"))),
+            "alice",
+            "alice-pw",
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202, "mount{from}");
+    }
+    let r = as_user(
+        client().head(s.url(&format!("/v2/team/app/blobs/{d}"))),
+        "alice",
+        "alice-pw",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404, "nothing was linked");
+
+    // The catalog lists only what the caller may pull.
+    let anon: serde_json::Value = client()
+        .get(s.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anon["repositories"], serde_json::json!(["team/app"]));
+    let carol: serde_json::Value =
+        as_user(client().get(s.url("/v2/_catalog")), "carol", "carol-pw")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        carol["repositories"],
+        serde_json::json!(["secret/x", "team/app"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_rules_allow_anonymous_pull_and_refuse_anonymous_push() {
+    let s = TestServer::start_with(|c| c.access.clear()).await;
+    let r = push_blob_as(&s, "any/repo", b"x", None).await;
+    assert_eq!(r.status(), 401);
+    let r = client().get(s.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "no users configured: nothing to log in to");
+    let r = client()
+        .get(s.url("/v2/any/repo/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "pull is allowed; the tag just is not there"
+    );
+}
