@@ -1,6 +1,6 @@
-//! Who may do what: users from an htpasswd file ([`users`]) and first-match access rules
-//! per repository pattern ([`rules`]). It decides; it never sees HTTP requests, tokens on
-//! the wire, or the store. The server turns credentials into a [`Subject`] here and asks
+//! Who may do what: users from an htpasswd file ([`users`]), first-match access rules per
+//! repository pattern ([`rules`]), and signed bearer tokens ([`token`]). It decides; it
+//! never sees HTTP requests or the store. The server turns credentials into a [`Subject`] here and asks
 //! [`rules::AccessRules::allowed`] before every repository operation.
 
 pub mod rules;
@@ -8,6 +8,7 @@ pub mod token;
 pub mod users;
 
 pub use rules::{AccessRule, AccessRules, Action, ActionSet, Principal};
+pub use token::{Claims, Scope, TokenError, TokenSigner};
 pub use users::{HtpasswdError, Users};
 
 /// Who is asking.

@@ -43,6 +43,9 @@ pub struct Config {
 pub struct AuthConfig {
     /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
     pub htpasswd: Option<PathBuf>,
+    /// File holding the bearer-token signing key (64 hex digits); default `token.key` in
+    /// the storage directory, created on first start.
+    pub token_key: Option<PathBuf>,
     /// Groups access rules can name as `@group`: `admins = ["alice"]`.
     #[serde(default)]
     pub groups: std::collections::HashMap<String, Vec<String>>,

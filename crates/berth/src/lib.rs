@@ -76,8 +76,75 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
         registry,
         cache: Arc::new(cache),
         upkeep: Arc::default(),
-        access: Arc::new(server::Access { users, rules }),
+        access: Arc::new(server::Access {
+            tokens: match &users {
+                Some(_) => Some(auth::TokenSigner::new(token_key(config)?)),
+                None => None,
+            },
+            users,
+            rules,
+        }),
     }))
+}
+
+/// The bearer-token signing key: `[auth] token_key`, or `token.key` in the data directory,
+/// created (readable by the owner only) on first start. Replicas sharing a store must
+/// share the key, so it lives with the data.
+fn token_key(config: &Config) -> anyhow::Result<[u8; auth::token::KEY_BYTES]> {
+    let path = config
+        .auth
+        .token_key
+        .clone()
+        .unwrap_or_else(|| config.storage.path.join("token.key"));
+    let parse = |text: &str| -> anyhow::Result<[u8; auth::token::KEY_BYTES]> {
+        let mut key = [0u8; auth::token::KEY_BYTES];
+        let t = text.trim();
+        if t.len() != key.len() * 2 {
+            anyhow::bail!(
+                "token key {} must hold {} hex digits",
+                path.display(),
+                key.len() * 2
+            );
+        }
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
+                .map_err(|_| anyhow::anyhow!("token key {} is not hex", path.display()))?;
+        }
+        Ok(key)
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.auth.token_key.is_none() => {
+            let key = auth::TokenSigner::generate_key();
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::create_dir_all(&config.storage.path)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(format!("{hex}\n").as_bytes())?;
+                    f.sync_all()?;
+                    tracing::info!(path = %path.display(), "created the token signing key");
+                    Ok(key)
+                }
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    parse(&std::fs::read_to_string(&path)?)
+                }
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot create token key {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read token key {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 /// The first path components of cached repositories, one per upstream.

@@ -1,7 +1,9 @@
 //! Who is calling and whether they may: credentials from the `Authorization` header
-//! (Basic, checked against the htpasswd users), and the access rules asked for every
-//! repository operation. Refusals are the spec's `UNAUTHORIZED` (401, with a challenge)
-//! for callers without credentials and `DENIED` (403) for users who lack the right.
+//! (Basic, checked against the htpasswd users, or a Bearer token from `GET /token`), and
+//! the access rules asked for every repository operation. Refusals are the spec's
+//! `UNAUTHORIZED` (401, with a challenge naming the scope needed) for callers without
+//! credentials or with a token that lacks the scope, and `DENIED` (403) for users who
+//! lack the right.
 
 #![allow(clippy::result_large_err)] // reason: a refusal is the HTTP response itself, built once per refused request
 
@@ -17,6 +19,31 @@ pub struct Access {
     /// `None`: no users are configured; every caller is anonymous.
     pub users: Option<auth::Users>,
     pub rules: auth::AccessRules,
+    /// Signs and checks bearer tokens; `None` turns the token flow off (Basic only).
+    pub tokens: Option<auth::TokenSigner>,
+}
+
+/// The `service` named in challenges and expected at `/token`.
+pub const SERVICE: &str = "berth";
+
+/// A caller as the request identifies it.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Anonymous or a Basic-authenticated user: the rules decide.
+    Subject(Subject),
+    /// A bearer token: its granted scopes decide.
+    Token(auth::Claims),
+}
+
+impl Caller {
+    /// The subject the rules know (a token's user).
+    pub fn subject(&self) -> Subject {
+        match self {
+            Caller::Subject(s) => s.clone(),
+            Caller::Token(c) if c.subject.is_empty() => Subject::Anonymous,
+            Caller::Token(c) => Subject::User(c.subject.clone()),
+        }
+    }
 }
 
 impl Access {
@@ -27,59 +54,223 @@ impl Access {
             .unwrap_or_else(|_| unreachable!("a fixed valid rule"));
         Access {
             users: None,
+            tokens: None,
             rules: auth::AccessRules::new(vec![rule], Default::default())
                 .unwrap_or_else(|_| unreachable!("no groups named")),
         }
     }
 
     /// The caller named by `headers`: anonymous without credentials; a 401 for
-    /// credentials that do not verify (never logged).
-    pub async fn subject(&self, headers: &HeaderMap) -> Result<Subject, Response> {
+    /// credentials or tokens that do not verify (never logged).
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Response> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller::Subject(Subject::Anonymous));
+        };
+        if let (Some(signer), Some(token)) = (&self.tokens, bearer_token(value)) {
+            return match signer.verify(token, std::time::SystemTime::now()) {
+                Ok(claims) => Ok(Caller::Token(claims)),
+                Err(e) => Err(self.challenge(headers, None, &format!("{e}"), false)),
+            };
+        }
+        Ok(Caller::Subject(self.basic_subject(headers).await?))
+    }
+
+    /// The subject of Basic credentials (anonymous without any), or a 401.
+    pub async fn basic_subject(&self, headers: &HeaderMap) -> Result<Subject, Response> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Subject::Anonymous);
         };
         let Some((user, password)) = basic_credentials(value) else {
-            return Err(self.challenge("unsupported or malformed Authorization header"));
+            return Err(self.challenge(
+                headers,
+                None,
+                "unsupported or malformed Authorization header",
+                false,
+            ));
         };
         match &self.users {
             Some(users) if users.verify(&user, &password).await => Ok(Subject::User(user)),
             _ => {
                 tracing::info!(user = %user, "login failed");
-                Err(self.challenge("invalid username or password"))
+                Err(self.challenge(headers, None, "invalid username or password", false))
             }
         }
     }
 
-    /// A 401 asking for credentials.
-    pub fn challenge(&self, message: &str) -> Response {
+    /// A 401 asking for credentials: a Bearer challenge naming the token endpoint and
+    /// `scope` when tokens are on, else Basic.
+    pub fn challenge(
+        &self,
+        headers: &HeaderMap,
+        scope: Option<&auth::Scope>,
+        message: &str,
+        insufficient: bool,
+    ) -> Response {
         let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message.to_owned())
             .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"berth\""),
-        );
+        let value = if self.tokens.is_some() {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| h.chars().all(|c| c.is_ascii_graphic() && c != '"'))
+                .unwrap_or("localhost");
+            let scheme = if headers
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes() == b"https")
+            {
+                "https"
+            } else {
+                "http"
+            };
+            let mut v = format!("Bearer realm=\"{scheme}://{host}/token\",service=\"{SERVICE}\"");
+            if let Some(s) = scope {
+                v.push_str(&format!(",scope=\"{s}\""));
+            }
+            if insufficient {
+                v.push_str(",error=\"insufficient_scope\"");
+            }
+            v
+        } else {
+            "Basic realm=\"berth\"".to_owned()
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
         r
     }
 
     /// Does a caller without credentials have to log in before `/v2/` answers? Only when
     /// users exist: then `docker login` must see its credentials checked.
-    pub fn login_required(&self, who: &Subject) -> bool {
-        *who == Subject::Anonymous && self.users.as_ref().is_some_and(|u| !u.is_empty())
+    pub fn login_required(&self, who: &Caller) -> bool {
+        matches!(who, Caller::Subject(Subject::Anonymous))
+            && self.users.as_ref().is_some_and(|u| !u.is_empty())
+    }
+
+    /// What `who` may do to `repo`.
+    pub fn allowed(&self, who: &Caller, repo: &RepoName) -> auth::ActionSet {
+        match who {
+            Caller::Subject(s) => self.rules.allowed(s, repo),
+            Caller::Token(c) => c.granted(repo),
+        }
     }
 
     /// Allow `action` on `repo`, or the refusal to send.
-    pub fn check(&self, who: &Subject, repo: &RepoName, action: Action) -> Result<(), Response> {
-        if self.rules.permits(who, repo, action) {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        who: &Caller,
+        repo: &RepoName,
+        action: Action,
+    ) -> Result<(), Response> {
+        if self.allowed(who, repo).contains(action) {
             return Ok(());
         }
         let message = format!("{action} access to {repo} is not granted");
+        let scope = auth::Scope {
+            resource: auth::token::Resource::Repository(repo.clone()),
+            actions: auth::ActionSet::of(&[action]),
+        };
         Err(match who {
-            Subject::Anonymous => self.challenge(&message),
-            Subject::User(_) => {
+            Caller::Subject(Subject::Anonymous) => {
+                self.challenge(headers, Some(&scope), &message, false)
+            }
+            Caller::Token(_) => self.challenge(headers, Some(&scope), &message, true),
+            Caller::Subject(Subject::User(_)) => {
                 ApiError::new(StatusCode::FORBIDDEN, "DENIED", message).into_response()
             }
         })
     }
+
+    /// `GET /token`: a token for the subset of the requested scopes the caller is
+    /// granted (none requested or none granted: a token granting nothing, as clients
+    /// expect for anonymous pulls of public content).
+    pub async fn token(&self, headers: &HeaderMap, scopes: &[String]) -> Response {
+        let Some(signer) = &self.tokens else {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "the token flow is not enabled",
+            )
+            .into_response();
+        };
+        let who = match self.basic_subject(headers).await {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        let mut granted = Vec::new();
+        for raw in scopes
+            .iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+        {
+            let scope: auth::Scope = match raw.parse() {
+                Ok(s) => s,
+                Err(e) => {
+                    return ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", e)
+                        .into_response();
+                }
+            };
+            let allowed = match &scope.resource {
+                auth::token::Resource::Repository(r) => {
+                    self.rules.allowed(&who, r).intersect(scope.actions)
+                }
+                auth::token::Resource::Catalog => scope.actions,
+            };
+            if allowed != auth::ActionSet::NONE {
+                granted.push(auth::Scope {
+                    resource: scope.resource,
+                    actions: allowed,
+                });
+            }
+        }
+        let now = std::time::SystemTime::now();
+        let (token, claims) = signer.issue(
+            who.user().unwrap_or_default(),
+            &granted,
+            now,
+            auth::token::TOKEN_TTL,
+        );
+        let body = serde_json::json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": claims.expires_at - claims.issued_at,
+            "issued_at": rfc3339(claims.issued_at),
+        });
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response()
+    }
+}
+
+/// `Bearer <token>`.
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let v = value.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// Seconds since the epoch as `2026-11-24T02:30:00Z`.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The action a request needs on its repository.
@@ -104,4 +295,14 @@ fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_487_400), "2026-11-24T02:30:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
 }

@@ -2,6 +2,7 @@
 //! for the route and method. Handlers translate between HTTP (headers, bodies, status
 //! codes) and registry calls; they make no content decisions of their own.
 
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::range::{self, RangeRequest};
 use crate::route::{Route, RouteError};
@@ -67,6 +68,15 @@ fn parse_digest(s: &str) -> Result<Digest> {
 }
 
 /// Fallback for paths outside `/v2`.
+/// `GET /token`: the token endpoint of the Docker token flow.
+pub(crate) async fn token(State(ctx): State<Ctx>, uri: Uri, headers: HeaderMap) -> Response {
+    let scopes: Vec<String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    ctx.app.access.token(&headers, &scopes).await
+}
+
 pub async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint").into_response()
 }
@@ -160,18 +170,33 @@ async fn authorize(
     t: &cached::Target,
     method: &Method,
     headers: &HeaderMap,
-) -> std::result::Result<auth::Subject, Response> {
+) -> std::result::Result<Caller, Response> {
     let access = &app.access;
-    let who = access.subject(headers).await?;
+    let who = access.caller(headers).await?;
     let repo = match &t.route {
         Route::Base => {
             if access.login_required(&who) {
-                return Err(access.challenge("log in to use this registry"));
+                return Err(access.challenge(headers, None, "log in to use this registry", false));
             }
             return Ok(who);
         }
-        // Filtered to what the caller may pull.
-        Route::Catalog => return Ok(who),
+        // Filtered to what the caller may pull; a token must carry the catalog scope.
+        Route::Catalog => {
+            if let Caller::Token(c) = &who
+                && !c.catalog()
+            {
+                let scope: auth::Scope = "registry:catalog:*"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!("a fixed valid scope"));
+                return Err(access.challenge(
+                    headers,
+                    Some(&scope),
+                    "the token does not grant the catalog",
+                    true,
+                ));
+            }
+            return Ok(who);
+        }
         Route::Tags(r)
         | Route::Manifest(r, _)
         | Route::Blob(r, _)
@@ -187,6 +212,7 @@ async fn authorize(
     };
     let content_delete = matches!(t.route, Route::Manifest(..) | Route::Blob(..));
     access.check(
+        headers,
         &who,
         &local,
         crate::access::action_for(method, content_delete),
@@ -196,7 +222,7 @@ async fn authorize(
 
 async fn handle(
     app: &App,
-    who: &auth::Subject,
+    who: &Caller,
     route: Route,
     method: &Method,
     uri: &Uri,
@@ -296,7 +322,7 @@ fn json_response(
     resp
 }
 
-async fn catalog(app: &App, who: &auth::Subject, uri: &Uri) -> Result<Response> {
+async fn catalog(app: &App, who: &Caller, uri: &Uri) -> Result<Response> {
     let page = page_of(uri)?;
     // Only what the caller may pull, filtered before the page is cut.
     let visible: Vec<String> = app
@@ -304,7 +330,7 @@ async fn catalog(app: &App, who: &auth::Subject, uri: &Uri) -> Result<Response> 
         .all_repositories()
         .await?
         .into_iter()
-        .filter(|r| app.access.rules.permits(who, r, auth::Action::Pull))
+        .filter(|r| app.access.allowed(who, r).contains(auth::Action::Pull))
         .map(|r| r.to_string())
         .collect();
     let (repos, more) = page.apply(visible);
@@ -486,7 +512,7 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
 
 async fn start_upload(
     app: &App,
-    who: &auth::Subject,
+    who: &Caller,
     repo: &RepoName,
     uri: &Uri,
     headers: &HeaderMap,
@@ -503,7 +529,7 @@ async fn start_upload(
             None => None,
         };
         // Mounting reads the source: only from repositories the caller may pull.
-        let may_read = |r: &RepoName| app.access.rules.permits(who, r, auth::Action::Pull);
+        let may_read = |r: &RepoName| app.access.allowed(who, r).contains(auth::Action::Pull);
         if app
             .registry
             .mount_blob(repo, &digest, from.as_ref(), &may_read)

@@ -50,6 +50,7 @@ fn router_with(state: ListenerState) -> Router {
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
+        .route("/token", axum::routing::get(handlers::token))
         .fallback(handlers::not_found)
         .with_state(Arc::new(state))
 }

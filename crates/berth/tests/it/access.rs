@@ -61,11 +61,13 @@ async fn pushing_needs_the_right_credentials_and_rules() {
     // No credentials: 401 with a challenge.
     let r = push_blob_as(&s, "team/app", b"x", None).await;
     assert_eq!(r.status(), 401);
-    assert!(
-        r.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Basic")
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer realm=\"http://{}/token\",service=\"berth\",scope=\"repository:team/app:push\"",
+            s.addr
+        )
     );
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
     // Wrong password: 401.
@@ -195,4 +197,163 @@ async fn the_default_rules_allow_anonymous_pull_and_refuse_anonymous_push() {
         404,
         "pull is allowed; the tag just is not there"
     );
+}
+
+async fn token(s: &TestServer, scopes: &[&str], creds: Option<(&str, &str)>) -> reqwest::Response {
+    let q: Vec<(&str, &str)> = std::iter::once(("service", "berth"))
+        .chain(scopes.iter().map(|sc| ("scope", *sc)))
+        .collect();
+    let mut r = client().get(s.url("/token")).query(&q);
+    if let Some((u, p)) = creds {
+        r = as_user(r, u, p);
+    }
+    r.send().await.unwrap()
+}
+
+async fn token_string(s: &TestServer, scopes: &[&str], creds: Option<(&str, &str)>) -> String {
+    let r = token(s, scopes, creds).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["token"], v["access_token"]);
+    assert_eq!(v["expires_in"], 300);
+    assert!(v["issued_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn push_with_token(
+    s: &TestServer,
+    repo: &str,
+    bytes: &[u8],
+    token: &str,
+) -> reqwest::Response {
+    let d = digest_of(bytes);
+    client()
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .bearer_auth(token)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_flow_grants_the_allowed_subset_and_nothing_else() {
+    let s = server().await;
+    // alice asks for push on her repository and on one she may not push to.
+    let t = token_string(
+        &s,
+        &[
+            "repository:team/app:pull,push",
+            "repository:other/x:pull,push",
+        ],
+        Some(("alice", "alice-pw")),
+    )
+    .await;
+    assert_eq!(
+        push_with_token(&s, "team/app", b"t", &t).await.status(),
+        201
+    );
+    // The token carries pull but not push on other/x: insufficient scope.
+    let r = push_with_token(&s, "other/x", b"t", &t).await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"repository:other/x:push\""),
+        "{challenge}"
+    );
+    // A token for one repository is not one for another.
+    let only_team = token_string(
+        &s,
+        &["repository:team/app:pull,push"],
+        Some(("alice", "alice-pw")),
+    )
+    .await;
+    let r = client()
+        .get(s.url(&format!("/v2/team/other/blobs/{}", digest_of(b"t"))))
+        .bearer_auth(&only_team)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Anonymous tokens carry what anonymous may do: pull, not push.
+    let anon = token_string(&s, &["repository:team/app:pull,push"], None).await;
+    let r = client()
+        .get(s.url(&format!("/v2/team/app/blobs/{}", digest_of(b"t"))))
+        .bearer_auth(&anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        push_with_token(&s, "team/app", b"u", &anon).await.status(),
+        401
+    );
+
+    // Wrong password at the token endpoint, tampered and foreign tokens, bad scopes.
+    assert_eq!(
+        token(&s, &["repository:team/app:pull"], Some(("alice", "x")))
+            .await
+            .status(),
+        401
+    );
+    // One character of the signed payload changed.
+    let dot = t.find('.').unwrap() + 5;
+    let mut tampered = t.clone().into_bytes();
+    tampered[dot] = if tampered[dot] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(
+        push_with_token(&s, "team/app", b"v", &tampered)
+            .await
+            .status(),
+        401
+    );
+    let foreign = auth::TokenSigner::new(auth::TokenSigner::generate_key())
+        .issue(
+            "alice",
+            &["repository:team/app:pull,push".parse().unwrap()],
+            std::time::SystemTime::now(),
+            auth::token::TOKEN_TTL,
+        )
+        .0;
+    assert_eq!(
+        push_with_token(&s, "team/app", b"v", &foreign)
+            .await
+            .status(),
+        401
+    );
+    for bad in [
+        "repository:../etc:pull",
+        "repository:team/app:own",
+        "registry:x:*",
+    ] {
+        assert_eq!(
+            token(&s, &[bad], Some(("alice", "alice-pw")))
+                .await
+                .status(),
+            400,
+            "{bad}"
+        );
+    }
+
+    // The catalog needs its scope; the listing is what the user may pull.
+    let cat = token_string(&s, &["registry:catalog:*"], Some(("carol", "carol-pw"))).await;
+    let r = client()
+        .get(s.url("/v2/_catalog"))
+        .bearer_auth(&cat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(s.url("/v2/_catalog"))
+        .bearer_auth(&only_team)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token without registry:catalog:*");
 }
