@@ -83,6 +83,7 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
             },
             users,
             rules,
+            failed: Default::default(),
         }),
     }))
 }

@@ -21,6 +21,55 @@ pub struct Access {
     pub rules: auth::AccessRules,
     /// Signs and checks bearer tokens; `None` turns the token flow off (Basic only).
     pub tokens: Option<auth::TokenSigner>,
+    /// Failed logins per client address.
+    pub failed: FailedLogins,
+}
+
+/// Failed logins one client address may make per [`LOGIN_WINDOW`] before further
+/// attempts are refused unchecked: plenty for a person mistyping, far too few to guess
+/// a password (and it caps the bcrypt work an attacker can make us do).
+pub const MAX_FAILED_LOGINS: u32 = 10;
+/// The window over which failed logins are counted.
+pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Failed logins per client address in the current window.
+#[derive(Default)]
+pub struct FailedLogins {
+    by_addr:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl FailedLogins {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>) -> T,
+    ) -> T {
+        let mut m = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget old windows so the map can not grow without bound.
+        if m.len() > 10_000 {
+            m.retain(|_, (_, at)| at.elapsed() < LOGIN_WINDOW);
+        }
+        f(&mut m)
+    }
+
+    /// Is `addr` over its limit right now?
+    pub fn blocked(&self, addr: std::net::IpAddr) -> bool {
+        self.with(|m| {
+            m.get(&addr)
+                .is_some_and(|(n, at)| at.elapsed() < LOGIN_WINDOW && *n >= MAX_FAILED_LOGINS)
+        })
+    }
+
+    /// Count a failed login from `addr`.
+    pub fn failed(&self, addr: std::net::IpAddr) {
+        self.with(|m| {
+            let e = m.entry(addr).or_insert((0, std::time::Instant::now()));
+            if e.1.elapsed() >= LOGIN_WINDOW {
+                *e = (0, std::time::Instant::now());
+            }
+            e.0 += 1;
+        });
+    }
 }
 
 /// The `service` named in challenges and expected at `/token`.
@@ -55,6 +104,7 @@ impl Access {
         Access {
             users: None,
             tokens: None,
+            failed: FailedLogins::default(),
             rules: auth::AccessRules::new(vec![rule], Default::default())
                 .unwrap_or_else(|_| unreachable!("no groups named")),
         }
@@ -62,7 +112,11 @@ impl Access {
 
     /// The caller named by `headers`: anonymous without credentials; a 401 for
     /// credentials or tokens that do not verify (never logged).
-    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Response> {
+    pub async fn caller(
+        &self,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Caller, Response> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Caller::Subject(Subject::Anonymous));
         };
@@ -72,11 +126,15 @@ impl Access {
                 Err(e) => Err(self.challenge(headers, None, &format!("{e}"), false)),
             };
         }
-        Ok(Caller::Subject(self.basic_subject(headers).await?))
+        Ok(Caller::Subject(self.basic_subject(headers, client).await?))
     }
 
     /// The subject of Basic credentials (anonymous without any), or a 401.
-    pub async fn basic_subject(&self, headers: &HeaderMap) -> Result<Subject, Response> {
+    pub async fn basic_subject(
+        &self,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Subject, Response> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Subject::Anonymous);
         };
@@ -88,10 +146,30 @@ impl Access {
                 false,
             ));
         };
+        if let Some(addr) = client
+            && self.failed.blocked(addr)
+        {
+            tracing::warn!(client = %addr, "too many failed logins; refused unchecked");
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "too many failed logins from this address; try again later",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(LOGIN_WINDOW.as_secs()),
+            );
+            return Err(r);
+        }
         match &self.users {
             Some(users) if users.verify(&user, &password).await => Ok(Subject::User(user)),
             _ => {
-                tracing::info!(user = %user, "login failed");
+                if let Some(addr) = client {
+                    self.failed.failed(addr);
+                }
+                // The user name only: passwords and headers are never logged.
+                tracing::info!(user = %user, client = ?client, "login failed");
                 Err(self.challenge(headers, None, "invalid username or password", false))
             }
         }
@@ -184,7 +262,12 @@ impl Access {
     /// `GET /token`: a token for the subset of the requested scopes the caller is
     /// granted (none requested or none granted: a token granting nothing, as clients
     /// expect for anonymous pulls of public content).
-    pub async fn token(&self, headers: &HeaderMap, scopes: &[String]) -> Response {
+    pub async fn token(
+        &self,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+        scopes: &[String],
+    ) -> Response {
         let Some(signer) = &self.tokens else {
             return ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -193,7 +276,7 @@ impl Access {
             )
             .into_response();
         };
-        let who = match self.basic_subject(headers).await {
+        let who = match self.basic_subject(headers, client).await {
             Ok(w) => w,
             Err(r) => return r,
         };

@@ -8,6 +8,7 @@ use crate::range::{self, RangeRequest};
 use crate::route::{Route, RouteError};
 use crate::{App, Ctx, cached};
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -69,12 +70,20 @@ fn parse_digest(s: &str) -> Result<Digest> {
 
 /// Fallback for paths outside `/v2`.
 /// `GET /token`: the token endpoint of the Docker token flow.
-pub(crate) async fn token(State(ctx): State<Ctx>, uri: Uri, headers: HeaderMap) -> Response {
+pub(crate) async fn token(
+    State(ctx): State<Ctx>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let scopes: Vec<String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.into_owned())
         .collect();
-    ctx.app.access.token(&headers, &scopes).await
+    ctx.app
+        .access
+        .token(&headers, Some(client.ip()), &scopes)
+        .await
 }
 
 pub async fn not_found() -> Response {
@@ -84,6 +93,7 @@ pub async fn not_found() -> Response {
 /// Entry point for every `/v2` request.
 pub(crate) async fn dispatch(
     State(ctx): State<Ctx>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -97,7 +107,7 @@ pub(crate) async fn dispatch(
         Err(_) => "invalid",
     };
     let mut resp = match target {
-        Ok(t) => match authorize(app, &t, &method, &headers).await {
+        Ok(t) => match authorize(app, &t, &method, &headers, client.ip()).await {
             Err(refusal) => refusal,
             Ok(who) => match t {
                 cached::Target {
@@ -170,9 +180,10 @@ async fn authorize(
     t: &cached::Target,
     method: &Method,
     headers: &HeaderMap,
+    client: std::net::IpAddr,
 ) -> std::result::Result<Caller, Response> {
     let access = &app.access;
-    let who = access.caller(headers).await?;
+    let who = access.caller(headers, Some(client)).await?;
     let repo = match &t.route {
         Route::Base => {
             if access.login_required(&who) {

@@ -5,7 +5,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0
 //! and run the server in-process.
 
-mod access;
+pub mod access;
 mod cached;
 mod error;
 mod handlers;
@@ -87,7 +87,11 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Client addresses reach the handlers (failed-login limits are per address).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -208,6 +208,16 @@ fn not_found(e: &io::Error) -> bool {
     )
 }
 
+/// An entry's type; `None` when it vanished since the folder was read (a concurrent
+/// delete), which listings treat as never there.
+fn file_type(entry: &fs::DirEntry) -> io::Result<Option<fs::FileType>> {
+    match entry.file_type() {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The entries of `dir` that are part of the store: UTF-8 names not starting with `.`
 /// (temporary and upload folders). A folder that is gone (pruned by a concurrent delete)
 /// or never existed has none.
@@ -445,7 +455,10 @@ impl ObjectLister for FsStore {
         blocking(move || {
             let mut out = Vec::new();
             for (name, entry) in visible_entries(&path)? {
-                if entry.file_type()?.is_dir() {
+                let Some(ft) = file_type(&entry)? else {
+                    continue;
+                };
+                if ft.is_dir() {
                     out.push(Entry::Prefix(name));
                 } else {
                     out.push(Entry::Object(name));
@@ -470,7 +483,9 @@ impl ObjectLister for FsStore {
                     } else {
                         format!("{rel}/{name}")
                     };
-                    let ft = entry.file_type()?;
+                    let Some(ft) = file_type(&entry)? else {
+                        continue;
+                    };
                     if ft.is_dir() {
                         stack.push((entry.path(), child));
                     } else {
@@ -662,7 +677,12 @@ impl UploadStore for FsStore {
                 else {
                     continue;
                 };
-                out.push((id, meta_of(&entry.metadata()?)));
+                match entry.metadata() {
+                    Ok(m) => out.push((id, meta_of(&m))),
+                    // Committed or aborted while we listed: no longer in progress.
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
             out.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(out)

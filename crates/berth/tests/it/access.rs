@@ -357,3 +357,31 @@ async fn the_token_flow_grants_the_allowed_subset_and_nothing_else() {
         .unwrap();
     assert_eq!(r.status(), 401, "a token without registry:catalog:*");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_failed_logins_from_one_address_are_refused_unchecked() {
+    let s = server().await;
+    for _ in 0..server::access::MAX_FAILED_LOGINS {
+        let r = token(&s, &["repository:team/app:pull"], Some(("alice", "guess"))).await;
+        assert_eq!(r.status(), 401);
+    }
+    // Now even the right password is refused for a while, without a bcrypt check.
+    let r = token(
+        &s,
+        &["repository:team/app:pull"],
+        Some(("alice", "alice-pw")),
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    // Anonymous pulls are not logins and still work.
+    let r = client()
+        .get(s.url("/v2/team/app/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -24,7 +24,7 @@ async fn gc_now(s: &TestServer, grace: Duration) -> upkeep::gc::GcReport {
     };
     upkeep::gc::run_once(&s.app.registry, &opts, &upkeep::Quiet)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("garbage collection failed: {e}"))
 }
 
 /// Run fsck in-process.
