@@ -218,6 +218,15 @@ fn file_type(entry: &fs::DirEntry) -> io::Result<Option<fs::FileType>> {
     }
 }
 
+/// An entry's size and time; `None` when it vanished since the folder was read.
+fn entry_meta(entry: &fs::DirEntry) -> io::Result<Option<ObjectMeta>> {
+    match entry.metadata() {
+        Ok(m) => Ok(Some(meta_of(&m))),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The entries of `dir` that are part of the store: UTF-8 names not starting with `.`
 /// (temporary and upload folders). A folder that is gone (pruned by a concurrent delete)
 /// or never existed has none.
@@ -489,10 +498,8 @@ impl ObjectLister for FsStore {
                     if ft.is_dir() {
                         stack.push((entry.path(), child));
                     } else {
-                        match entry.metadata() {
-                            Ok(m) => out.push((child, meta_of(&m))),
-                            Err(e) if not_found(&e) => {}
-                            Err(e) => return Err(e),
+                        if let Some(m) = entry_meta(&entry)? {
+                            out.push((child, m));
                         }
                     }
                 }
@@ -677,11 +684,9 @@ impl UploadStore for FsStore {
                 else {
                     continue;
                 };
-                match entry.metadata() {
-                    Ok(m) => out.push((id, meta_of(&m))),
-                    // Committed or aborted while we listed: no longer in progress.
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(e),
+                // None: committed or aborted while we listed, so no longer in progress.
+                if let Some(m) = entry_meta(&entry)? {
+                    out.push((id, m));
                 }
             }
             out.sort_by(|a, b| a.0.cmp(&b.0));
