@@ -96,20 +96,6 @@ impl Caller {
 }
 
 impl Access {
-    /// Everyone may do everything (tests, and embedding without auth).
-    pub fn open() -> Access {
-        let all = auth::ActionSet::of(&[Action::Pull, Action::Push, Action::Delete]);
-        let rule = auth::AccessRule::new("**", vec![auth::Principal::Anonymous], all)
-            .unwrap_or_else(|_| unreachable!("a fixed valid rule"));
-        Access {
-            users: None,
-            tokens: None,
-            failed: FailedLogins::default(),
-            rules: auth::AccessRules::new(vec![rule], Default::default())
-                .unwrap_or_else(|_| unreachable!("no groups named")),
-        }
-    }
-
     /// The caller named by `headers`: anonymous without credentials; a 401 for
     /// credentials or tokens that do not verify (never logged).
     pub async fn caller(

@@ -216,9 +216,8 @@ async fn authorize(
         | Route::Referrers(r, _) => r,
     };
     let local = match &t.upstream {
-        Some(up) => up
-            .local(&up.normalize(repo.clone()))
-            .unwrap_or_else(|_| repo.clone()),
+        // The route is already normalised (`library/` added) by `cached::target`.
+        Some(up) => up.local(repo).unwrap_or_else(|_| repo.clone()),
         None => repo.clone(),
     };
     let content_delete = matches!(t.route, Route::Manifest(..) | Route::Blob(..));

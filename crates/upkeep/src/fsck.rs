@@ -74,18 +74,6 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    /// Every kind, for metrics that list all of them.
-    pub const ALL: [ProblemKind; 8] = [
-        ProblemKind::DanglingTag,
-        ProblemKind::MissingManifest,
-        ProblemKind::ManifestDigestMismatch,
-        ProblemKind::UnreadableManifest,
-        ProblemKind::OrphanedIndexChild,
-        ProblemKind::MissingBlob,
-        ProblemKind::BlobDigestMismatch,
-        ProblemKind::DanglingLink,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             ProblemKind::DanglingTag => "dangling_tag",
@@ -133,15 +121,6 @@ impl FsckReport {
     pub fn is_clean(&self) -> bool {
         self.problems.iter().all(|p| p.repaired.is_some())
     }
-
-    /// Problems left unrepaired, by kind.
-    pub fn counts(&self) -> HashMap<ProblemKind, u64> {
-        let mut out = HashMap::new();
-        for p in self.problems.iter().filter(|p| p.repaired.is_none()) {
-            *out.entry(p.kind).or_default() += 1;
-        }
-        out
-    }
 }
 
 /// Why a manifest is being checked: it decides what a missing one means.
@@ -161,7 +140,6 @@ struct Checker<'a> {
     hashed: HashMap<Digest, bool>,
     report: FsckReport,
     throttle: Throttle,
-    progress: &'a dyn Progress,
 }
 
 /// Paces hashing to a byte rate.
@@ -420,7 +398,6 @@ impl Checker<'_> {
                             h.update(&c);
                             self.report.bytes_hashed += c.len() as u64;
                             self.throttle.account(c.len() as u64).await;
-                            self.progress.advance(0);
                         }
                         Err(_) => {
                             good = false;
@@ -599,7 +576,6 @@ pub async fn run_once(
             start: Instant::now(),
             bytes: 0,
         },
-        progress,
     };
     progress.phase("checking", repos.len() as u64);
     for repo in repos.values() {

@@ -292,7 +292,11 @@ pub async fn run_once(
                 doomed.push(Doomed::ManifestLink(repo.name.clone(), d.clone()));
             }
         }
-        for (s, r, meta) in &repo.referrers {
+        for (s, r, meta) in repo
+            .referrers
+            .iter()
+            .flat_map(|(s, rs)| rs.iter().map(move |(r, m)| (s, r, m)))
+        {
             let referrer_goes = !marked.manifests.contains(r)
                 && repo.manifests.get(r).is_none_or(|m| m.modified < cutoff);
             if referrer_goes && meta.modified < cutoff {

@@ -15,8 +15,8 @@ pub struct RepoIndex {
     pub tags: Vec<(Tag, ObjectMeta)>,
     pub manifests: HashMap<Digest, ObjectMeta>,
     pub blobs: HashMap<Digest, ObjectMeta>,
-    /// (subject, referrer, time of the referrer link).
-    pub referrers: Vec<(Digest, Digest, ObjectMeta)>,
+    /// Referrer links by subject: (referrer, time of the link).
+    pub referrers: HashMap<Digest, Vec<(Digest, ObjectMeta)>>,
     /// Upload ids with a marker in this repository.
     pub uploads: Vec<(String, ObjectMeta)>,
 }
@@ -28,17 +28,18 @@ impl RepoIndex {
             tags: Vec::new(),
             manifests: HashMap::new(),
             blobs: HashMap::new(),
-            referrers: Vec::new(),
+            referrers: HashMap::new(),
             uploads: Vec::new(),
         }
     }
 
     /// Referrers of `subject` in this repository.
-    pub fn referrers_of<'a>(&'a self, subject: &'a Digest) -> impl Iterator<Item = &'a Digest> {
+    pub fn referrers_of<'a>(&'a self, subject: &Digest) -> impl Iterator<Item = &'a Digest> {
         self.referrers
-            .iter()
-            .filter(move |(s, _, _)| s == subject)
-            .map(|(_, r, _)| r)
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .map(|(r, _)| r)
     }
 }
 
@@ -74,7 +75,7 @@ pub async fn scan(store: &dyn Store) -> Result<BTreeMap<RepoName, RepoIndex>> {
                 .is_some(),
             ["_referrers", algo, hex, r] => match (digest(algo, hex), r.split_once('-')) {
                 (Some(s), Some((ra, rh))) => digest(ra, rh)
-                    .map(|r| repo.referrers.push((s, r, meta)))
+                    .map(|r| repo.referrers.entry(s).or_default().push((r, meta)))
                     .is_some(),
                 _ => false,
             },

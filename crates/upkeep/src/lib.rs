@@ -42,19 +42,6 @@ impl Status {
     pub fn last_scrub(&self) -> Option<fsck::FsckReport> {
         self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-
-    /// The last garbage collection's report, if one ran.
-    pub fn last_gc(&self) -> Option<gc::GcReport> {
-        self.gc.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The last retention run's report, if one ran.
-    pub fn last_retention(&self) -> Option<retention::RetentionReport> {
-        self.retention
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 /// What went wrong in an upkeep job.
