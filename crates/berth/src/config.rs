@@ -427,12 +427,47 @@ pub struct ServerConfig {
     /// Address and port of the registry listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, every listener serves HTTPS (HTTP/2 and
+    /// HTTP/1.1). Reloaded when the files change and on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a client may stay silent while it owes bytes (TLS handshake, request
+    /// headers, each gap in a request body); also closes idle keep-alive connections.
+    #[serde(default = "default_client_timeout", deserialize_with = "de_duration")]
+    pub client_timeout: std::time::Duration,
+    /// Largest blob a client may upload (`"20GiB"`); no limit when absent.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_blob_size: Option<u64>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            client_timeout: default_client_timeout(),
+            max_blob_size: None,
+        }
+    }
+}
+
+fn default_client_timeout() -> std::time::Duration {
+    server::CLIENT_TIMEOUT
+}
+
+impl ServerConfig {
+    /// The TLS files, when both are configured.
+    pub fn tls_files(&self) -> Result<Option<server::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("[server] tls_cert needs tls_key".into()),
+            (None, Some(_)) => Err("[server] tls_key needs tls_cert".into()),
         }
     }
 }
@@ -538,6 +573,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.server.tls_files()?;
+        if self.server.client_timeout.is_zero() {
+            return Err("[server] client_timeout must be above zero".into());
+        }
         if self.dns.servers.is_empty() && !self.dns.fallback.is_empty() {
             return Err("[dns] fallback needs servers: the fallback is asked only after the primary servers".into());
         }

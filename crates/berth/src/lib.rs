@@ -58,6 +58,7 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
         store,
         RegistryOptions {
             touch_after: config.gc.touch_after(),
+            max_blob_bytes: config.server.max_blob_size,
             ..RegistryOptions::default()
         },
     );
@@ -316,6 +317,42 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
 /// not hold a restart hostage.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How listeners serve connections under `config`: its client timeout and, when
+/// configured, its TLS certificates (loaded now, so a bad file fails the start).
+pub fn serve_options(config: &Config) -> anyhow::Result<server::ServeOptions> {
+    let tls = match config.server.tls_files().map_err(anyhow::Error::msg)? {
+        Some(files) => {
+            Some(server::TlsCerts::load(files).map_err(|e| anyhow::anyhow!("[server] tls: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(server::ServeOptions {
+        tls,
+        client_timeout: config.server.client_timeout,
+    })
+}
+
+/// Start watching the TLS certificate files of `options` for changes (when TLS is on);
+/// the watch ends when the handle is aborted.
+pub fn watch_certificates(options: &server::ServeOptions) -> Option<tokio::task::JoinHandle<()>> {
+    options
+        .tls
+        .as_ref()
+        .map(|tls| tokio::spawn(tls.clone().watch()))
+}
+
+/// Reload what SIGHUP reloads: the TLS certificates, for now.
+fn on_hangup(options: &server::ServeOptions) {
+    if let Some(tls) = &options.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: new TLS certificate refused; the old one stays")
+            }
+        }
+    }
+}
+
 /// Bind the configured listener and serve until `shutdown` completes (then at most
 /// [`SHUTDOWN_GRACE`] longer for in-flight requests).
 pub async fn run_server(
@@ -323,15 +360,26 @@ pub async fn run_server(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = build_app(config).await?;
+    let options = serve_options(config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = options.tls.is_some(),
         storage = %config.storage.path.display(),
         upstreams = config.upstreams.len(),
         "berth is serving"
     );
+    let mut helpers: Vec<_> = watch_certificates(&options).into_iter().collect();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch for SIGHUP")?;
+    let on_hup = options.clone();
+    helpers.push(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            on_hangup(&on_hup);
+        }
+    }));
     // Dedicated upstream listeners stop with the main one.
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     for u in &config.upstreams {
@@ -343,11 +391,12 @@ pub async fn run_server(
             .ok_or_else(|| anyhow::anyhow!("upstream {} vanished", u.name))?;
         let mut stop = stop_tx.subscribe();
         tracing::info!(listen = %addr, upstream = %u.name, "dedicated upstream listener");
+        let options = options.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.recv().await;
             };
-            if let Err(e) = server::serve_router(l, router, stopped).await {
+            if let Err(e) = server::transport::serve(l, router, stopped, options).await {
                 tracing::error!(error = %e, "upstream listener failed");
             }
         });
@@ -357,13 +406,16 @@ pub async fn run_server(
         shutdown.await;
         let _ = stop_tx.send(());
         drop(background);
+        for h in helpers {
+            h.abort();
+        }
     };
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let serving = server::serve(listener, app, signal);
+    let serving = server::serve(listener, app, signal, options);
     tokio::pin!(serving);
     tokio::select! {
         r = &mut serving => r?,

@@ -255,6 +255,12 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<HashWorker> {
+        let max = self.options.max_blob_bytes;
+        if let (Some(max), Some(len)) = (max, len)
+            && offset.saturating_add(len) > max
+        {
+            return Err(RegistryError::BlobTooLarge { limit: max });
+        }
         let tx = worker.feeder();
         let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = seen.clone();
@@ -267,6 +273,12 @@ impl Registry {
                     counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
                 if len.is_some_and(|len| total > len) {
                     return Err(short_or_long("body longer than announced"));
+                }
+                if max.is_some_and(|max| offset.saturating_add(total) > max) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        "blob too large",
+                    ));
                 }
                 tx.send(chunk.clone())
                     .await
@@ -290,9 +302,19 @@ impl Registry {
                 worker.offset = size;
                 Ok(worker)
             }
-            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Err(RegistryError::SizeInvalid)
-            }
+            Err(StoreError::Io(e)) => Err(match e.kind() {
+                std::io::ErrorKind::InvalidData => RegistryError::SizeInvalid,
+                std::io::ErrorKind::FileTooLarge => RegistryError::BlobTooLarge {
+                    limit: max.unwrap_or(u64::MAX),
+                },
+                // The client stopped sending (hung up, or went silent past the
+                // server's timeout): its bytes are rolled back, nothing is wrong here.
+                std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::UnexpectedEof => RegistryError::BodyInterrupted(e),
+                _ => RegistryError::Storage(StoreError::Io(e)),
+            }),
             Err(StoreError::OffsetMismatch { current }) => {
                 Err(RegistryError::RangeInvalid { current })
             }

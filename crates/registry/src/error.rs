@@ -35,6 +35,10 @@ pub enum RegistryError {
     RangeInvalid { current: u64 },
     #[error("provided length did not match content length")]
     SizeInvalid,
+    #[error("blob exceeds the limit of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
+    #[error("request body interrupted: {0}")]
+    BodyInterrupted(std::io::Error),
     #[error("{0}")]
     Unsupported(String),
     #[error("storage error: {0}")]
@@ -61,7 +65,8 @@ impl RegistryError {
             NameInvalid(NameError::Tag(_)) => "TAG_INVALID",
             NameInvalid(NameError::Name(_)) => "NAME_INVALID",
             NameUnknown => "NAME_UNKNOWN",
-            SizeInvalid => "SIZE_INVALID",
+            SizeInvalid | BlobTooLarge { .. } => "SIZE_INVALID",
+            BodyInterrupted(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) => "UNSUPPORTED",
             Storage(_) => "INTERNAL_ERROR",
         }

@@ -54,6 +54,8 @@ pub struct RegistryOptions {
     pub cache_ttl: Duration,
     /// Renew the modification time of needed content older than this.
     pub touch_after: Duration,
+    /// Largest blob an upload may grow to, in bytes; `None` for no limit.
+    pub max_blob_bytes: Option<u64>,
 }
 
 impl Default for RegistryOptions {
@@ -62,6 +64,7 @@ impl Default for RegistryOptions {
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             cache_ttl: METADATA_CACHE_TTL,
             touch_after: DEFAULT_TOUCH_AFTER,
+            max_blob_bytes: None,
         }
     }
 }

@@ -46,7 +46,10 @@ impl From<RegistryError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ManifestTooLarge { .. } | BlobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyInterrupted(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };

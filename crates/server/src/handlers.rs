@@ -51,7 +51,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 fn body_stream(body: Body) -> ByteStream {
     body.into_data_stream()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()))
+        .map_err(|e| {
+            let e = e.into_inner();
+            let kind = if e.is::<crate::transport::BodyTimedOut>() {
+                std::io::ErrorKind::TimedOut
+            } else {
+                std::io::ErrorKind::ConnectionAborted
+            };
+            std::io::Error::new(kind, e.to_string())
+        })
         .boxed()
 }
 

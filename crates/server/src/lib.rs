@@ -2,8 +2,8 @@
 //! codes, error bodies and the translation of request bodies into byte streams; every
 //! decision about content is the registry core's. It is the only crate that sees axum.
 //!
-//! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0
-//! and run the server in-process.
+//! [`serve`] takes an already-bound listener, a shutdown future and [`ServeOptions`]
+//! (TLS, client timeouts), so tests bind port 0 and run the server in-process.
 
 pub mod access;
 mod cached;
@@ -11,6 +11,8 @@ mod error;
 mod handlers;
 mod range;
 pub mod route;
+pub mod tls;
+pub mod transport;
 
 use axum::Router;
 use axum::routing::any;
@@ -21,6 +23,8 @@ use std::sync::Arc;
 
 pub use access::Access;
 pub use error::ApiError;
+pub use tls::{TlsCerts, TlsFiles};
+pub use transport::{CLIENT_TIMEOUT, ServeOptions};
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -77,21 +81,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
-    serve_router(listener, router(app), shutdown).await
-}
-
-/// Serve `router` on `listener` until `shutdown` completes.
-pub async fn serve_router(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Client addresses reach the handlers (failed-login limits are per address).
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    transport::serve(listener, router(app), shutdown, options).await
 }

@@ -385,3 +385,94 @@ async fn repeated_failed_logins_from_one_address_are_refused_unchecked() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A real `berth serve` logging everything it can (`BERTH_LOG=trace`) through failed and
+/// successful logins, a token and a push: its log never holds a password, the Basic
+/// header's encoded credentials or a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_and_tokens_never_reach_the_log() {
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "pw-Xq7rT9-secret";
+    let htpasswd = tmp.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash(password, 4).unwrap()),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = {:?}\n[auth]\nhtpasswd = {:?}\n",
+            tmp.path().join("data").to_str().unwrap(),
+            htpasswd.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("BERTH_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client().get(format!("{base}/v2/")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "berth serve never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let wrong = client()
+        .get(format!("{base}/v2/"))
+        .basic_auth("alice", Some("pw-Xq7rT9-wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let r = client()
+        .get(format!(
+            "{base}/token?service=berth&scope=repository:team/app:pull,push"
+        ))
+        .basic_auth("alice", Some(password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = b"logged?";
+    let r = client()
+        .post(format!(
+            "{base}/v2/team/app/blobs/uploads/?digest={}",
+            digest_of(blob)
+        ))
+        .bearer_auth(&token)
+        .body(&blob[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("login failed"), "the log is empty?\n{text}");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+    for secret in [password, "pw-Xq7rT9-wrong", basic.as_str(), token.as_str()] {
+        assert!(!text.contains(secret), "{secret} is in the log");
+    }
+    // The token's signature alone must not leak either.
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature));
+}

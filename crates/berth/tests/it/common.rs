@@ -49,20 +49,35 @@ impl TestServer {
         let app = berth::build_app(&config).await.unwrap();
         let background = berth::start_background(&config, &app).unwrap();
         let served = app.clone();
+        let options = berth::serve_options(&config).unwrap();
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let watch = berth::watch_certificates(&options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::serve(listener, served, async {
-                let _ = rx.await;
-            })
+            server::serve(
+                listener,
+                served,
+                async {
+                    let _ = rx.await;
+                },
+                options,
+            )
             .await
             .unwrap();
+            if let Some(w) = watch {
+                w.abort();
+            }
         });
         TestServer {
             addr,
             app,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             dir,
             config,
             _background: background,
@@ -248,10 +263,11 @@ pub async fn dedicated_listener(s: &TestServer, name: &str) -> SocketAddr {
     let router = server::upstream_router(s.app.clone(), name).expect("upstream configured");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_router(
+    tokio::spawn(server::transport::serve(
         listener,
         router,
         std::future::pending(),
+        server::ServeOptions::default(),
     ));
     addr
 }

@@ -11,3 +11,4 @@ mod common;
 mod crash;
 mod gc_fsck;
 mod skopeo;
+mod transport;

@@ -1,0 +1,262 @@
+//! Connections: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown
+//! and the timeouts that keep a slow or silent client from holding resources. It hands
+//! each request to the router and never looks inside one.
+
+use crate::tls::TlsCerts;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tower::Service;
+
+/// How long a client may stay silent while it owes the server bytes: the TLS
+/// handshake, the request line and headers (which also bounds an idle keep-alive
+/// connection), and each gap within a request body. A minute covers a congested link
+/// or a client pausing between chunks; a slowloris holding thousands of connections
+/// open gets each one closed after it.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long to back off after `accept` fails (out of file descriptors, usually), so
+/// the loop does not spin while connections drain.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often an HTTP/2 connection is pinged, and how long a ping may go unanswered
+/// before the connection is dropped: dead peers are found without waiting for TCP.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// The start of every HTTP/2 connection with prior knowledge (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a listener serves its connections.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Serve TLS with these certificates; plain HTTP when `None`.
+    pub tls: Option<Arc<TlsCerts>>,
+    /// See [`CLIENT_TIMEOUT`].
+    pub client_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls: None,
+            client_timeout: CLIENT_TIMEOUT,
+        }
+    }
+}
+
+/// The error a request body gives when its client went silent for longer than the
+/// client timeout.
+#[derive(Debug)]
+pub struct BodyTimedOut(Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client sent nothing for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with [`BodyTimedOut`] when no data arrives for the
+    /// timeout while it is being read. Time the reader spends elsewhere (a slow disk)
+    /// does not count: data already arrived is always delivered first.
+    struct IdleTimeout<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        sleep: Option<Sleep>,
+        timeout: Duration,
+    }
+}
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            this.sleep.set(None);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyTimedOut(*this.timeout).into()))),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` completes; then stop accepting, let
+/// in-flight requests finish and return.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let tls = options
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
+    let options = Arc::new(options);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let router = router.clone();
+        let tls = tls.clone();
+        let options = options.clone();
+        tokio::spawn(async move {
+            let timeout = options.client_timeout;
+            let conn = async {
+                match tls {
+                    Some(acceptor) => {
+                        let stream = tokio::time::timeout(timeout, acceptor.accept(stream))
+                            .await
+                            .map_err(|_| "TLS handshake timed out".to_owned())?
+                            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        Ok(serve_conn(stream, true, h2, peer, router, &options, watcher).await)
+                    }
+                    None => {
+                        let h2 = tokio::time::timeout(timeout, sniff_h2(&stream))
+                            .await
+                            .map_err(|_| "client sent nothing".to_owned())?
+                            .map_err(|e| e.to_string())?;
+                        Ok(serve_conn(stream, false, h2, peer, router, &options, watcher).await)
+                    }
+                }
+            };
+            let result: Result<Result<(), hyper::Error>, String> = conn.await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                Err(e) => tracing::debug!(%peer, error = %e, "connection refused"),
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Whether the client opens with the HTTP/2 preface (plain-text HTTP/2 with prior
+/// knowledge); waits until the first bytes tell.
+async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Make a request look the same whichever protocol carried it: HTTP/2 names the host
+/// in `:authority` rather than `Host`, and the scheme comes from the connection (a
+/// client cannot claim plain HTTP on a TLS connection). Handlers read both to build
+/// absolute URLs such as the token realm.
+fn normalise<B>(req: &mut hyper::Request<B>, tls: bool) {
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    if tls {
+        req.headers_mut()
+            .insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+    }
+}
+
+async fn serve_conn<S>(
+    stream: S,
+    tls: bool,
+    h2: bool,
+    peer: SocketAddr,
+    router: Router,
+    options: &ServeOptions,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = options.client_timeout;
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(|body| {
+            axum::body::Body::new(IdleTimeout {
+                body,
+                sleep: None,
+                timeout,
+            })
+        });
+        // Handlers see the client's address (failed-login limits are per address).
+        req.extensions_mut().insert(ConnectInfo(peer));
+        normalise(&mut req, tls);
+        router.clone().call(req)
+    });
+    let io = TokioIo::new(stream);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(H2_KEEPALIVE);
+        watcher.watch(builder.serve_connection(io, service)).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+        watcher.watch(builder.serve_connection(io, service)).await
+    }
+}
