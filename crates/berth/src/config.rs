@@ -19,6 +19,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[[upstream]]` tables: registries berth caches.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -420,6 +422,14 @@ impl UpstreamConfig {
     }
 }
 
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` only on this address (plain HTTP) instead of beside the API.
+    pub listen: Option<SocketAddr>,
+}
+
 /// `[server]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -574,6 +584,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.server.tls_files()?;
+        if self.metrics.listen == Some(self.server.listen) {
+            return Err(format!(
+                "[metrics] listen {} is the main [server] listen address; leave it out to serve /metrics there",
+                self.server.listen
+            ));
+        }
         if self.server.client_timeout.is_zero() {
             return Err("[server] client_timeout must be above zero".into());
         }

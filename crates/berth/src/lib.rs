@@ -3,6 +3,7 @@
 //! storage logic live in their own crates and are only assembled here.
 
 pub mod config;
+pub mod hosts;
 pub mod tools;
 
 use anyhow::Context;
@@ -86,6 +87,11 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
             rules,
             failed: Default::default(),
         }),
+        metrics: Arc::default(),
+        metrics_at: match config.metrics.listen {
+            Some(_) => server::MetricsAt::OwnListener,
+            None => server::MetricsAt::Api,
+        },
     }))
 }
 
@@ -240,7 +246,10 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     tasks.extend(every(config.gc.interval, move || {
         let (a, gc) = (a.clone(), gc.clone());
         async move {
-            match upkeep::gc::run_once(&a.registry, &gc, &upkeep::Quiet).await {
+            let started = std::time::Instant::now();
+            let result = upkeep::gc::run_once(&a.registry, &gc, &upkeep::Quiet).await;
+            let mut record = a.upkeep.gc.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
                 Ok(r) => {
                     tracing::info!(
                         manifests_deleted = r.manifests_deleted,
@@ -250,9 +259,18 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
                         seconds = r.duration_seconds,
                         "garbage collection done"
                     );
-                    *a.upkeep.gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    let removed = r.manifests_deleted
+                        + r.blob_links_deleted
+                        + r.referrer_links_deleted
+                        + r.blobs_deleted
+                        + r.uploads_deleted;
+                    let freed = r.bytes_freed;
+                    record.succeeded(r, started.elapsed(), removed, freed);
                 }
-                Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "garbage collection failed");
+                    record.failed(e.to_string(), started.elapsed());
+                }
             }
         }
     }));
@@ -262,17 +280,23 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
         tasks.extend(every(config.retention.interval, move || {
             let (a, rules) = (a.clone(), rules.clone());
             async move {
+                let started = std::time::Instant::now();
                 let done = async {
                     let plan = upkeep::retention::plan(&a.registry, &rules, &upkeep::Quiet).await?;
                     upkeep::retention::apply(&a.registry, &plan).await
                 }
                 .await;
+                let mut record = a.upkeep.retention.lock().unwrap_or_else(|p| p.into_inner());
                 match done {
                     Ok(r) => {
                         tracing::info!(tags_deleted = r.tags_deleted, "retention done");
-                        *a.upkeep.retention.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                        let removed = r.tags_deleted;
+                        record.succeeded(r, started.elapsed(), removed, 0);
                     }
-                    Err(e) => tracing::error!(error = %e, "retention failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "retention failed");
+                        record.failed(e.to_string(), started.elapsed());
+                    }
                 }
             }
         }));
@@ -288,7 +312,10 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     tasks.extend(every(config.scrub.interval, move || {
         let (a, scrub) = (a.clone(), scrub.clone());
         async move {
-            match upkeep::fsck::run_once(&a.registry, &scrub, &upkeep::Quiet).await {
+            let started = std::time::Instant::now();
+            let result = upkeep::fsck::run_once(&a.registry, &scrub, &upkeep::Quiet).await;
+            let mut record = a.upkeep.scrub.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
                 Ok(r) => {
                     let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();
                     if open > 0 {
@@ -303,9 +330,12 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
                             "scrub clean"
                         );
                     }
-                    *a.upkeep.scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    record.succeeded(r, started.elapsed(), 0, 0);
                 }
-                Err(e) => tracing::error!(error = %e, "scrub failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "scrub failed");
+                    record.failed(e.to_string(), started.elapsed());
+                }
             }
         }
     }));
@@ -398,6 +428,27 @@ pub async fn run_server(
             };
             if let Err(e) = server::transport::serve(l, router, stopped, options).await {
                 tracing::error!(error = %e, "upstream listener failed");
+            }
+        });
+    }
+    if let Some(addr) = config.metrics.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for [metrics]"))?;
+        tracing::info!(listen = %addr, "metrics listener");
+        let router = server::metrics_router(app.clone());
+        let mut stop = stop_tx.subscribe();
+        // Plain HTTP: scrapers on a management network rarely carry the registry's CA.
+        let options = server::ServeOptions {
+            tls: None,
+            ..options.clone()
+        };
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.recv().await;
+            };
+            if let Err(e) = server::transport::serve(l, router, stopped, options).await {
+                tracing::error!(error = %e, "metrics listener failed");
             }
         });
     }

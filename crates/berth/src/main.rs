@@ -73,6 +73,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write containerd hosts.toml files so nodes pull every upstream through berth.
+    ///
+    /// Writes OUT/<upstream>/hosts.toml for each [[upstream]]: berth as a mirror with the
+    /// pull and resolve capabilities, the upstream's own URL as fallback. Point containerd's
+    /// `config_path` (or `ctr --hosts-dir`) at OUT.
+    HostsToml {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory to write into (e.g. /etc/containerd/certs.d).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// berth's URL as the nodes reach it (default: from [server] listen and TLS).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// CA certificate (PEM) the nodes should trust for the endpoint.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -181,6 +200,24 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let config = tool_config(config.as_deref())?;
             let args = berth::tools::FsckArgs { deep, repair, json };
             runtime()?.block_on(berth::tools::fsck(&config, args, &mut out))
+        }
+        Command::HostsToml {
+            config,
+            out: dir,
+            endpoint,
+            ca,
+        } => {
+            let config = tool_config(config.as_deref())?;
+            let opts = berth::hosts::HostsOptions {
+                out: dir,
+                endpoint,
+                ca,
+            };
+            for f in berth::hosts::write_hosts(&config, &opts)? {
+                use std::io::Write;
+                writeln!(out, "{}", f.display())?;
+            }
+            Ok(true)
         }
     }
 }

@@ -129,16 +129,17 @@ async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, 
         return Ok(size);
     }
     up.stats.upstream_blob_gets.fetch_add(1, Ordering::Relaxed);
-    let fetch = up
-        .client
-        .get_blob(job.upstream_repo.as_str(), &job.digest)
-        .await
-        .map_err(|e| {
-            (
-                matches!(e, upstream::UpstreamError::NotFound),
-                e.to_string(),
-            )
-        })?;
+    let fetch = crate::timed(
+        &up.stats.upstream_latency,
+        up.client.get_blob(job.upstream_repo.as_str(), &job.digest),
+    )
+    .await
+    .map_err(|e| {
+        (
+            matches!(e, upstream::UpstreamError::NotFound),
+            e.to_string(),
+        )
+    })?;
     let id = job
         .registry
         .start_upload(&job.repo)
@@ -157,7 +158,10 @@ async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, 
             .finish_upload(&job.repo, &id, &job.digest, None)
             .await
         {
-            Ok(()) => Ok(written),
+            Ok(()) => {
+                up.stats.fetched_bytes.fetch_add(written, Ordering::Relaxed);
+                Ok(written)
+            }
             // finish_upload discards the upload on a mismatch.
             Err(e) => Err((false, format!("upstream blob rejected: {e}"))),
         },

@@ -53,6 +53,20 @@ pub struct Stats {
     pub upstream_blob_gets: AtomicU64,
     /// Upstream requests that failed (outage or error answer).
     pub upstream_errors: AtomicU64,
+    /// Time until the upstream answered (headers of a blob, whole small manifests).
+    pub upstream_latency: meter::Histogram,
+    /// Blob bytes downloaded from the upstream into the store.
+    pub fetched_bytes: AtomicU64,
+    /// Blob bytes sent to clients straight from the store: traffic the upstream was spared.
+    pub served_bytes: AtomicU64,
+}
+
+/// Await `f`, recording how long it took in `h`.
+async fn timed<F: std::future::Future>(h: &meter::Histogram, f: F) -> F::Output {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    h.observe(started.elapsed());
+    out
 }
 
 /// An upstream with its client, settings and counters.
@@ -224,7 +238,11 @@ impl Cache {
         }
         // Revalidate with a HEAD: it does not count against Docker Hub's rate limit.
         match (
-            up.client.head_manifest(repo.as_str(), tag.as_str()).await,
+            timed(
+                &up.stats.upstream_latency,
+                up.client.head_manifest(repo.as_str(), tag.as_str()),
+            )
+            .await,
             cached,
         ) {
             (Ok(head), Some(m)) if head.digest == m.digest => {
@@ -271,7 +289,12 @@ impl Cache {
         reference: &str,
     ) -> Result<Manifest, CacheError> {
         let max = self.registry.options().max_manifest_bytes;
-        let fetched = match up.client.get_manifest(repo.as_str(), reference, max).await {
+        let fetched = match timed(
+            &up.stats.upstream_latency,
+            up.client.get_manifest(repo.as_str(), reference, max),
+        )
+        .await
+        {
             Ok(f) => f,
             Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
             Err(e) => {

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use oci::RepoName;
+use std::sync::Arc;
 
 /// Users and rules of one server.
 pub struct Access {
@@ -21,8 +22,8 @@ pub struct Access {
     pub rules: auth::AccessRules,
     /// Signs and checks bearer tokens; `None` turns the token flow off (Basic only).
     pub tokens: Option<auth::TokenSigner>,
-    /// Failed logins per client address.
-    pub failed: FailedLogins,
+    /// Failed logins per client address; kept across configuration reloads.
+    pub failed: Arc<FailedLogins>,
 }
 
 /// Failed logins one client address may make per [`LOGIN_WINDOW`] before further
@@ -35,6 +36,8 @@ pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60)
 /// Failed logins per client address in the current window.
 #[derive(Default)]
 pub struct FailedLogins {
+    /// Refused credentials and tokens, by reason (for metrics).
+    pub refusals: meter::Family<(&'static str,), meter::Counter>,
     by_addr:
         std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
 }
@@ -109,7 +112,10 @@ impl Access {
         if let (Some(signer), Some(token)) = (&self.tokens, bearer_token(value)) {
             return match signer.verify(token, std::time::SystemTime::now()) {
                 Ok(claims) => Ok(Caller::Token(claims)),
-                Err(e) => Err(self.challenge(headers, None, &format!("{e}"), false)),
+                Err(e) => {
+                    self.failed.refusals.get(&("token",)).inc();
+                    Err(self.challenge(headers, None, &format!("{e}"), false))
+                }
             };
         }
         Ok(Caller::Subject(self.basic_subject(headers, client).await?))
@@ -125,6 +131,7 @@ impl Access {
             return Ok(Subject::Anonymous);
         };
         let Some((user, password)) = basic_credentials(value) else {
+            self.failed.refusals.get(&("malformed",)).inc();
             return Err(self.challenge(
                 headers,
                 None,
@@ -136,6 +143,7 @@ impl Access {
             && self.failed.blocked(addr)
         {
             tracing::warn!(client = %addr, "too many failed logins; refused unchecked");
+            self.failed.refusals.get(&("rate_limited",)).inc();
             let mut r = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOOMANYREQUESTS",
@@ -154,6 +162,7 @@ impl Access {
                 if let Some(addr) = client {
                     self.failed.failed(addr);
                 }
+                self.failed.refusals.get(&("credentials",)).inc();
                 // The user name only: passwords and headers are never logged.
                 tracing::info!(user = %user, client = ?client, "login failed");
                 Err(self.challenge(headers, None, "invalid username or password", false))

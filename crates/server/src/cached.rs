@@ -158,7 +158,12 @@ async fn blob(
         .await
         .map_err(|e| cache_error(e, "BLOB_UNKNOWN"))?;
     let mut reader = match source {
-        BlobSource::Local(_) => {
+        BlobSource::Local(size) => {
+            if !head && !headers.contains_key(header::RANGE) {
+                up.stats
+                    .served_bytes
+                    .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            }
             return handlers::get_blob(app, &local, digest, headers, head).await;
         }
         BlobSource::Filling(reader) => reader,

@@ -52,8 +52,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 fn body_stream(body: Body) -> ByteStream {
     body.into_data_stream()
         .map_err(|e| {
-            let e = e.into_inner();
-            let kind = if e.is::<crate::transport::BodyTimedOut>() {
+            // The timeout may be wrapped by the body layers above the transport.
+            let mut timed_out = false;
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                timed_out |= c.is::<crate::transport::BodyTimedOut>();
+                cause = c.source();
+            }
+            let kind = if timed_out {
                 std::io::ErrorKind::TimedOut
             } else {
                 std::io::ErrorKind::ConnectionAborted
@@ -94,6 +100,19 @@ pub(crate) async fn token(
         .await
 }
 
+/// `GET /metrics`: every meter in the Prometheus text format.
+pub(crate) async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let text = crate::metrics::render(&ctx.app);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 pub async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint").into_response()
 }
@@ -114,6 +133,7 @@ pub(crate) async fn dispatch(
         Ok(t) => t.route.class(),
         Err(_) => "invalid",
     };
+    let body = app.metrics.count_received(class, body);
     let mut resp = match target {
         Ok(t) => match authorize(app, &t, &method, &headers, client.ip()).await {
             Err(refusal) => refusal,
@@ -150,15 +170,18 @@ pub(crate) async fn dispatch(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
+    let took = started.elapsed();
+    app.metrics
+        .request(class, &method, resp.status().as_u16(), took);
     tracing::debug!(
         method = %method,
         path = uri.path(),
         route = class,
         status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = took.as_micros() as u64,
         "request"
     );
-    resp
+    resp.map(|b| app.metrics.count_sent(class, b))
 }
 
 fn route_error(e: RouteError, method: &Method) -> Response {

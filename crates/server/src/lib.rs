@@ -9,6 +9,7 @@ pub mod access;
 mod cached;
 mod error;
 mod handlers;
+pub mod metrics;
 mod range;
 pub mod route;
 pub mod tls;
@@ -35,6 +36,19 @@ pub struct AppState {
     pub upkeep: Arc<upkeep::Status>,
     /// Users and access rules.
     pub access: Arc<Access>,
+    /// The HTTP layer's meters (requests, bytes, reloads).
+    pub metrics: Arc<metrics::Metrics>,
+    /// Where `/metrics` is served.
+    pub metrics_at: MetricsAt,
+}
+
+/// Where `/metrics` is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// On the registry's listeners, beside the API.
+    Api,
+    /// Only on its own listener ([`metrics_router`]).
+    OwnListener,
 }
 
 /// Shared state handed to every handler.
@@ -50,18 +64,28 @@ pub(crate) struct ListenerState {
 pub(crate) type Ctx = Arc<ListenerState>;
 
 fn router_with(state: ListenerState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
-        .route("/token", axum::routing::get(handlers::token))
-        .fallback(handlers::not_found)
-        .with_state(Arc::new(state))
+        .route("/token", axum::routing::get(handlers::token));
+    if state.app.metrics_at == MetricsAt::Api {
+        r = r.route("/metrics", axum::routing::get(handlers::metrics));
+    }
+    r.fallback(handlers::not_found).with_state(Arc::new(state))
 }
 
 /// The axum router for the whole API.
 pub fn router(app: App) -> Router {
     router_with(ListenerState { app, fixed: None })
+}
+
+/// The router of a dedicated metrics listener (`[metrics] listen`): `/metrics` only.
+pub fn metrics_router(app: App) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .with_state(Arc::new(ListenerState { app, fixed: None }))
 }
 
 /// The router of a dedicated listener for upstream `name`: every repository on it

@@ -701,6 +701,14 @@ impl Store for FsStore {
     fn kind(&self) -> &'static str {
         "fs"
     }
+
+    fn space(&self) -> Option<crate::Space> {
+        let st = rustix::fs::statvfs(&self.inner.root).ok()?;
+        Some(crate::Space {
+            total: st.f_blocks.saturating_mul(st.f_frsize),
+            available: st.f_bavail.saturating_mul(st.f_frsize),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -149,4 +149,18 @@ pub trait Store:
 {
     /// A short name for logs ("fs", "memory").
     fn kind(&self) -> &'static str;
+
+    /// Size and free space of the filesystem holding the store, where that means
+    /// something (not for object storage).
+    fn space(&self) -> Option<Space> {
+        None
+    }
+}
+
+/// Capacity of the filesystem under a store, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    /// What an unprivileged writer can still use.
+    pub available: u64,
 }

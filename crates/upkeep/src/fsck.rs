@@ -74,6 +74,18 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// Every kind, for reports that list zero counts too.
+    pub const ALL: [ProblemKind; 8] = [
+        ProblemKind::DanglingTag,
+        ProblemKind::MissingManifest,
+        ProblemKind::ManifestDigestMismatch,
+        ProblemKind::UnreadableManifest,
+        ProblemKind::OrphanedIndexChild,
+        ProblemKind::MissingBlob,
+        ProblemKind::BlobDigestMismatch,
+        ProblemKind::DanglingLink,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProblemKind::DanglingTag => "dangling_tag",
@@ -113,6 +125,11 @@ pub struct FsckReport {
     pub manifests_checked: u64,
     pub blobs_checked: u64,
     pub bytes_hashed: u64,
+    /// Blobs in the store (manifests included), and their bytes.
+    pub stored_blobs: u64,
+    pub stored_bytes: u64,
+    /// Distinct manifests linked from any repository.
+    pub stored_manifests: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -577,6 +594,13 @@ pub async fn run_once(
             bytes: 0,
         },
     };
+    c.report.stored_blobs = c.stored.len() as u64;
+    c.report.stored_bytes = c.stored.values().map(|m| m.size).sum();
+    c.report.stored_manifests = repos
+        .values()
+        .flat_map(|r| r.manifests.keys())
+        .collect::<HashSet<_>>()
+        .len() as u64;
     progress.phase("checking", repos.len() as u64);
     for repo in repos.values() {
         let first = repo.name.as_str().split('/').next().unwrap_or_default();

@@ -12,6 +12,7 @@ pub mod retention;
 pub use index::RepoIndex;
 
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 /// Told how far a long job has come; the CLI draws a progress bar with it.
 pub trait Progress: Send + Sync {
@@ -29,18 +30,77 @@ impl Progress for Quiet {
     fn advance(&self, _: u64) {}
 }
 
-/// The last result of each background job, for logs, metrics and the web page.
+/// The record of each background job, for logs, metrics and the web page.
 #[derive(Default)]
 pub struct Status {
-    pub gc: Mutex<Option<gc::GcReport>>,
-    pub retention: Mutex<Option<retention::RetentionReport>>,
-    pub scrub: Mutex<Option<fsck::FsckReport>>,
+    pub gc: Mutex<JobRecord<gc::GcReport>>,
+    pub retention: Mutex<JobRecord<retention::RetentionReport>>,
+    pub scrub: Mutex<JobRecord<fsck::FsckReport>>,
 }
 
 impl Status {
     /// The last scrub's report, if one ran.
     pub fn last_scrub(&self) -> Option<fsck::FsckReport> {
-        self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.scrub
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last
+            .clone()
+    }
+}
+
+/// What one background job has done since the process started.
+#[derive(Clone, Debug)]
+pub struct JobRecord<R> {
+    /// The report of the last run that succeeded.
+    pub last: Option<R>,
+    /// When the last run that succeeded ended.
+    pub last_success_at: Option<SystemTime>,
+    /// How long the last run took, successful or not.
+    pub last_duration: Duration,
+    /// The error of the last run, when it failed.
+    pub last_error: Option<String>,
+    pub successes: u64,
+    pub failures: u64,
+    /// Objects removed over all runs (deleted manifests, blobs, links, uploads or tags).
+    pub removed: u64,
+    /// Bytes freed over all runs.
+    pub freed_bytes: u64,
+}
+
+impl<R> Default for JobRecord<R> {
+    fn default() -> Self {
+        JobRecord {
+            last: None,
+            last_success_at: None,
+            last_duration: Duration::ZERO,
+            last_error: None,
+            successes: 0,
+            failures: 0,
+            removed: 0,
+            freed_bytes: 0,
+        }
+    }
+}
+
+impl<R> JobRecord<R> {
+    /// A run that succeeded with `report`, having removed `removed` objects and freed
+    /// `freed_bytes` bytes.
+    pub fn succeeded(&mut self, report: R, took: Duration, removed: u64, freed_bytes: u64) {
+        self.last = Some(report);
+        self.last_success_at = Some(SystemTime::now());
+        self.last_duration = took;
+        self.last_error = None;
+        self.successes += 1;
+        self.removed += removed;
+        self.freed_bytes += freed_bytes;
+    }
+
+    /// A run that failed.
+    pub fn failed(&mut self, error: String, took: Duration) {
+        self.last_duration = took;
+        self.last_error = Some(error);
+        self.failures += 1;
     }
 }
 

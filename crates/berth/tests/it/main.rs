@@ -10,5 +10,6 @@ mod cli;
 mod common;
 mod crash;
 mod gc_fsck;
+mod ops;
 mod skopeo;
 mod transport;

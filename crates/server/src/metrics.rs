@@ -1,0 +1,476 @@
+//! `/metrics`: the HTTP layer's own meters (requests, durations, bytes, auth failures,
+//! config reloads) and the writing out of every crate's meters in the Prometheus text
+//! format at scrape time. It reads the cache's counters and the upkeep records; it never
+//! changes them, and a scrape never touches the store beyond one `statvfs`.
+
+use crate::App;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use meter::{Counter, Exposition, Family, Histogram, Kind};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+/// Route class, method, status code.
+type RequestKey = (&'static str, &'static str, u16);
+
+/// The HTTP layer's meters, shared by every listener of one app.
+pub struct Metrics {
+    requests: Family<RequestKey, Counter>,
+    durations: Family<(&'static str,), Histogram>,
+    received: Family<(&'static str,), Counter>,
+    sent: Family<(&'static str,), Counter>,
+    /// Outcomes of configuration reloads.
+    pub reloads: Reloads,
+    started: SystemTime,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            durations: Family::default(),
+            received: Family::default(),
+            sent: Family::default(),
+            reloads: Reloads::default(),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// What configuration reloads did.
+#[derive(Default)]
+pub struct Reloads {
+    pub successes: Counter,
+    pub failures: Counter,
+    /// When a reload last succeeded, and whether the latest attempt failed.
+    pub state: Mutex<(Option<SystemTime>, bool)>,
+}
+
+impl Reloads {
+    /// Record the outcome of one reload attempt.
+    pub fn record(&self, ok: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            self.successes.inc();
+            *s = (Some(SystemTime::now()), false);
+        } else {
+            self.failures.inc();
+            s.1 = true;
+        }
+    }
+}
+
+/// Methods as labels: a fixed set, so a client can not grow the label space.
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::PUT => "PUT",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// Count one answered request; `took` is the time until its response head.
+    pub(crate) fn request(
+        &self,
+        route: &'static str,
+        method: &http::Method,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        self.requests
+            .get(&(route, method_label(method), status))
+            .inc();
+        self.durations.get(&(route,)).observe(took);
+    }
+
+    /// A request body that counts its bytes as they are read.
+    pub(crate) fn count_received(&self, route: &'static str, body: Body) -> Body {
+        Body::new(Counted {
+            body,
+            counter: self.received.get(&(route,)),
+        })
+    }
+
+    /// A response body that counts its bytes as they are sent.
+    pub(crate) fn count_sent(&self, route: &'static str, body: Body) -> Body {
+        Body::new(Counted {
+            body,
+            counter: self.sent.get(&(route,)),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Counted<B> {
+        #[pin]
+        body: B,
+        counter: Arc<Counter>,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.counter.add(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write one upkeep job's record as `berth_<job>_*` families.
+fn job<R>(
+    e: &mut Exposition,
+    job: &str,
+    what: &str,
+    record: &upkeep::JobRecord<R>,
+    removed: Option<(&str, &str)>,
+) {
+    let runs = format!("berth_{job}_runs_total");
+    e.family(&runs, Kind::Counter, &format!("{what} runs by result."));
+    e.sample(&runs, &[("result", "success")], record.successes as f64);
+    e.sample(&runs, &[("result", "failure")], record.failures as f64);
+    let took = format!("berth_{job}_last_duration_seconds");
+    e.family(
+        &took,
+        Kind::Gauge,
+        &format!("How long the last {what} run took."),
+    );
+    e.sample(&took, &[], record.last_duration.as_secs_f64());
+    if let Some(at) = record.last_success_at {
+        let name = format!("berth_{job}_last_success_timestamp_seconds");
+        e.family(
+            &name,
+            Kind::Gauge,
+            &format!("When the last successful {what} run ended (Unix time)."),
+        );
+        e.sample(&name, &[], unix(at));
+    }
+    if let Some((name, help)) = removed {
+        e.family(name, Kind::Counter, help);
+        e.sample(name, &[], record.removed as f64);
+    }
+}
+
+/// A per-upstream counter: name, help, and how to read it from the cache's stats.
+type UpstreamCounter = (&'static str, &'static str, fn(&cache::Stats) -> u64);
+
+/// The whole scrape.
+pub fn render(app: &App) -> String {
+    let m = &app.metrics;
+    let mut e = Exposition::default();
+    e.family("berth_build_info", Kind::Gauge, "berth's version.");
+    e.sample(
+        "berth_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    e.family(
+        "berth_process_start_time_seconds",
+        Kind::Gauge,
+        "When this berth process started (Unix time).",
+    );
+    e.sample("berth_process_start_time_seconds", &[], unix(m.started));
+
+    // HTTP.
+    let name = "berth_http_requests_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "HTTP requests answered, by route class, method and status code.",
+    );
+    for ((route, method, code), c) in m.requests.snapshot() {
+        let code = code.to_string();
+        e.sample(
+            name,
+            &[("route", route), ("method", method), ("code", &code)],
+            c.get() as f64,
+        );
+    }
+    let name = "berth_http_request_duration_seconds";
+    e.family(
+        name,
+        Kind::Histogram,
+        "Time until the response head was ready, by route class.",
+    );
+    for ((route,), h) in m.durations.snapshot() {
+        e.histogram(name, &[("route", route)], &h);
+    }
+    for (name, family, help) in [
+        (
+            "berth_http_request_bytes_total",
+            &m.received,
+            "Request body bytes received, by route class.",
+        ),
+        (
+            "berth_http_response_bytes_total",
+            &m.sent,
+            "Response body bytes sent, by route class.",
+        ),
+    ] {
+        e.family(name, Kind::Counter, help);
+        for ((route,), c) in family.snapshot() {
+            e.sample(name, &[("route", route)], c.get() as f64);
+        }
+    }
+    let name = "berth_auth_failures_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Refused credentials or tokens, by reason.",
+    );
+    for ((reason,), c) in app.access.failed.refusals.snapshot() {
+        e.sample(name, &[("reason", reason)], c.get() as f64);
+    }
+
+    // Cache, per upstream.
+    let upstreams: Vec<_> = app.cache.upstreams().cloned().collect();
+    let counters: [UpstreamCounter; 7] = [
+        (
+            "berth_cache_hits_total",
+            "Cached requests answered from the store.",
+            |s| s.hits.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_cache_misses_total",
+            "Cached requests that had to go upstream.",
+            |s| s.misses.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_cache_stale_serves_total",
+            "Tags served from the store because the upstream failed.",
+            |s| s.stale_serves.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_cache_singleflight_joins_total",
+            "Clients that joined an upstream blob download already under way.",
+            |s| s.joins.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_upstream_errors_total",
+            "Upstream requests that failed (unreachable, or an error answer).",
+            |s| s.upstream_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_upstream_fetched_bytes_total",
+            "Blob bytes downloaded from the upstream into the store.",
+            |s| s.fetched_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "berth_cache_served_bytes_total",
+            "Blob bytes sent to clients from the store without going upstream.",
+            |s| s.served_bytes.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        e.family(name, Kind::Counter, help);
+        for up in &upstreams {
+            e.sample(name, &[("upstream", &up.name)], get(&up.stats) as f64);
+        }
+    }
+    let name = "berth_upstream_request_duration_seconds";
+    e.family(
+        name,
+        Kind::Histogram,
+        "Time until the upstream answered a manifest or blob request.",
+    );
+    for up in &upstreams {
+        e.histogram(name, &[("upstream", &up.name)], &up.stats.upstream_latency);
+    }
+
+    // Storage.
+    if let Some(space) = app.registry.store().space() {
+        e.family(
+            "berth_storage_filesystem_size_bytes",
+            Kind::Gauge,
+            "Size of the filesystem holding the store.",
+        );
+        e.sample(
+            "berth_storage_filesystem_size_bytes",
+            &[],
+            space.total as f64,
+        );
+        e.family(
+            "berth_storage_filesystem_avail_bytes",
+            Kind::Gauge,
+            "Free space on the filesystem holding the store.",
+        );
+        e.sample(
+            "berth_storage_filesystem_avail_bytes",
+            &[],
+            space.available as f64,
+        );
+    }
+
+    // Upkeep.
+    let scrub = lock(&app.upkeep.scrub).clone();
+    if let Some(r) = &scrub.last {
+        for (name, help, v) in [
+            (
+                "berth_storage_bytes",
+                "Bytes of all blobs in the store, as of the last scrub.",
+                r.stored_bytes,
+            ),
+            (
+                "berth_storage_blobs",
+                "Blobs in the store (manifests included), as of the last scrub.",
+                r.stored_blobs,
+            ),
+            (
+                "berth_storage_manifests",
+                "Distinct manifests linked from repositories, as of the last scrub.",
+                r.stored_manifests,
+            ),
+        ] {
+            e.family(name, Kind::Gauge, help);
+            e.sample(name, &[], v as f64);
+        }
+    }
+    let gc = lock(&app.upkeep.gc).clone();
+    job(
+        &mut e,
+        "gc",
+        "garbage collection",
+        &gc,
+        Some((
+            "berth_gc_removed_objects_total",
+            "Manifests, blobs, links and abandoned uploads garbage collection removed.",
+        )),
+    );
+    e.family(
+        "berth_gc_freed_bytes_total",
+        Kind::Counter,
+        "Blob bytes garbage collection freed.",
+    );
+    e.sample("berth_gc_freed_bytes_total", &[], gc.freed_bytes as f64);
+    let retention = lock(&app.upkeep.retention).clone();
+    job(
+        &mut e,
+        "retention",
+        "retention",
+        &retention,
+        Some((
+            "berth_retention_deleted_tags_total",
+            "Tags retention rules deleted.",
+        )),
+    );
+    job(&mut e, "scrub", "integrity scrub", &scrub, None);
+    if let Some(at) = scrub.last_success_at {
+        e.family(
+            "berth_scrub_last_completion_timestamp_seconds",
+            Kind::Gauge,
+            "When the last integrity scrub completed (Unix time).",
+        );
+        e.sample(
+            "berth_scrub_last_completion_timestamp_seconds",
+            &[],
+            unix(at),
+        );
+    }
+    if let Some(r) = &scrub.last {
+        let name = "berth_scrub_problems";
+        e.family(
+            name,
+            Kind::Gauge,
+            "Unrepaired problems the last scrub found, by kind.",
+        );
+        for kind in upkeep::fsck::ProblemKind::ALL {
+            let n = r
+                .problems
+                .iter()
+                .filter(|p| p.kind == kind && p.repaired.is_none())
+                .count();
+            e.sample(name, &[("kind", kind.as_str())], n as f64);
+        }
+        for (name, help, v) in [
+            (
+                "berth_scrub_manifests_checked",
+                "Manifests the last scrub checked.",
+                r.manifests_checked,
+            ),
+            (
+                "berth_scrub_blobs_checked",
+                "Blobs the last scrub checked.",
+                r.blobs_checked,
+            ),
+        ] {
+            e.family(name, Kind::Gauge, help);
+            e.sample(name, &[], v as f64);
+        }
+    }
+
+    // Configuration.
+    let (last_ok, failing) = *lock(&m.reloads.state);
+    let name = "berth_config_reloads_total";
+    e.family(name, Kind::Counter, "Configuration reloads by result.");
+    e.sample(
+        name,
+        &[("result", "success")],
+        m.reloads.successes.get() as f64,
+    );
+    e.sample(
+        name,
+        &[("result", "failure")],
+        m.reloads.failures.get() as f64,
+    );
+    e.family(
+        "berth_config_last_reload_successful",
+        Kind::Gauge,
+        "1 unless the latest configuration reload was refused.",
+    );
+    e.sample(
+        "berth_config_last_reload_successful",
+        &[],
+        if failing { 0.0 } else { 1.0 },
+    );
+    if let Some(at) = last_ok {
+        e.family(
+            "berth_config_last_reload_success_timestamp_seconds",
+            Kind::Gauge,
+            "When the configuration was last reloaded successfully (Unix time).",
+        );
+        e.sample(
+            "berth_config_last_reload_success_timestamp_seconds",
+            &[],
+            unix(at),
+        );
+    }
+    e.finish()
+}
