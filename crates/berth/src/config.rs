@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// `[auth]`: where users come from.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
@@ -54,7 +54,7 @@ pub struct AuthConfig {
 }
 
 /// `[[access]]`: what some users may do to some repositories.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// Repository glob: `*` within one component, `**` across (`"team/**"`, `"**"`).
@@ -86,7 +86,7 @@ impl AccessConfig {
 }
 
 /// `[gc]`: garbage collection.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// How often `serve` collects; `"0s"` turns the schedule off (`berth gc` still works).
@@ -120,7 +120,7 @@ fn default_gc_grace() -> std::time::Duration {
 }
 
 /// `[retention]`: when rules run, and the rules (`[[retention.rule]]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// How often `serve` applies the rules; `"0s"` turns the schedule off.
@@ -147,7 +147,7 @@ fn default_retention_interval() -> std::time::Duration {
 }
 
 /// `[[retention.rule]]`: which tags of matching repositories to keep.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionRuleConfig {
     /// Repository glob: `*` within one path component, `**` across (`"team/**"`).
@@ -174,7 +174,7 @@ impl RetentionRuleConfig {
 }
 
 /// `[scrub]`: the integrity check `serve` runs in the background.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScrubConfig {
     /// How often; `"0s"` turns it off.
@@ -213,7 +213,7 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 /// `[dns]`: the DNS servers upstream names are resolved with (the system resolver when
 /// `servers` is empty).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Primary servers, `"IP"` or `"IP:PORT"`.
@@ -243,7 +243,7 @@ fn de_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>,
 }
 
 /// `[[upstream]]`: one registry berth is a pull-through cache for.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The registry host as users write it: `docker.io`, `ghcr.io`, `127.0.0.1:5000`.
@@ -431,7 +431,7 @@ pub struct MetricsConfig {
 }
 
 /// `[server]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port of the registry listener.
@@ -494,7 +494,7 @@ pub enum StorageKind {
 }
 
 /// `[storage]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default = "default_kind")]
@@ -540,7 +540,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod hosts;
+pub mod reload;
 pub mod tools;
 
 use anyhow::Context;
@@ -65,6 +66,26 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     );
     let cache = cache::Cache::new(registry.clone(), upstream_specs(config)?)
         .map_err(|e| anyhow::anyhow!("cannot set up upstream clients: {e}"))?;
+    let access = build_access(config, Arc::default())?;
+    Ok(Arc::new(server::AppState {
+        registry,
+        cache: Arc::new(cache),
+        upkeep: Arc::default(),
+        access: std::sync::RwLock::new(Arc::new(access)),
+        metrics: Arc::default(),
+        metrics_at: match config.metrics.listen {
+            Some(_) => server::MetricsAt::OwnListener,
+            None => server::MetricsAt::Api,
+        },
+    }))
+}
+
+/// Users, rules and the token signer of a configuration; `failed` carries the failed-login
+/// counts over from the access it replaces.
+pub fn build_access(
+    config: &Config,
+    failed: Arc<server::access::FailedLogins>,
+) -> anyhow::Result<server::Access> {
     let users = match &config.auth.htpasswd {
         Some(path) => {
             Some(auth::Users::load(path).map_err(|e| anyhow::anyhow!("[auth] htpasswd: {e}"))?)
@@ -74,25 +95,15 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     let rules = config
         .access_rules()
         .map_err(|e| anyhow::anyhow!("invalid access rules: {e}"))?;
-    Ok(Arc::new(server::AppState {
-        registry,
-        cache: Arc::new(cache),
-        upkeep: Arc::default(),
-        access: Arc::new(server::Access {
-            tokens: match &users {
-                Some(_) => Some(auth::TokenSigner::new(token_key(config)?)),
-                None => None,
-            },
-            users,
-            rules,
-            failed: Default::default(),
-        }),
-        metrics: Arc::default(),
-        metrics_at: match config.metrics.listen {
-            Some(_) => server::MetricsAt::OwnListener,
-            None => server::MetricsAt::Api,
+    Ok(server::Access {
+        tokens: match &users {
+            Some(_) => Some(auth::TokenSigner::new(token_key(config)?)),
+            None => None,
         },
-    }))
+        users,
+        rules,
+        failed,
+    })
 }
 
 /// The bearer-token signing key: `[auth] token_key`, or `token.key` in the data directory,
@@ -241,7 +252,10 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     if !limits.is_empty() {
         tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
     }
-    let gc = gc_options(config, false);
+    let mut gc = gc_options(config, false);
+    // Reads renew on the registry's schedule, fixed at start; a reloaded [gc] grace must
+    // not shrink the slack below it.
+    gc.renewal_slack = gc.renewal_slack.max(app.registry.options().touch_after);
     let a = app.clone();
     tasks.extend(every(config.gc.interval, move || {
         let (a, gc) = (a.clone(), gc.clone());
@@ -371,7 +385,8 @@ pub fn watch_certificates(options: &server::ServeOptions) -> Option<tokio::task:
         .map(|tls| tokio::spawn(tls.clone().watch()))
 }
 
-/// Reload what SIGHUP reloads: the TLS certificates, for now.
+/// What SIGHUP reloads besides the configuration file (which [`reload::Live`] re-reads):
+/// the TLS certificates.
 fn on_hangup(options: &server::ServeOptions) {
     if let Some(tls) = &options.tls {
         match tls.reload() {
@@ -387,6 +402,7 @@ fn on_hangup(options: &server::ServeOptions) {
 /// [`SHUTDOWN_GRACE`] longer for in-flight requests).
 pub async fn run_server(
     config: &Config,
+    path: Option<&std::path::Path>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = build_app(config).await?;
@@ -402,14 +418,6 @@ pub async fn run_server(
         "berth is serving"
     );
     let mut helpers: Vec<_> = watch_certificates(&options).into_iter().collect();
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot watch for SIGHUP")?;
-    let on_hup = options.clone();
-    helpers.push(tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            on_hangup(&on_hup);
-        }
-    }));
     // Dedicated upstream listeners stop with the main one.
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     for u in &config.upstreams {
@@ -453,10 +461,37 @@ pub async fn run_server(
         });
     }
     let background = start_background(config, &app)?;
+    let on_hup = options.clone();
+    let reloads = match path {
+        // The file is watched and re-read on SIGHUP; the background jobs live with it.
+        Some(path) => {
+            let live = Arc::new(reload::Live::new(
+                app.clone(),
+                path.to_owned(),
+                config.clone(),
+                background,
+            ));
+            tokio::spawn(live.watch(move || on_hangup(&on_hup)))
+        }
+        None => {
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot watch for SIGHUP")?;
+            tokio::spawn(async move {
+                let _background = background;
+                while hangup.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP: running on the embedded configuration; nothing to re-read"
+                    );
+                    on_hangup(&on_hup);
+                }
+            })
+        }
+    };
+    helpers.push(reloads);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(());
-        drop(background);
+        // Stops the background jobs with the watcher that owns them.
         for h in helpers {
             h.abort();
         }

@@ -176,9 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Serve { config } => {
-            let config = Config::load(config.as_deref())?;
+            let config_path = config;
+            let config = Config::load(config_path.as_deref())?;
             init_logging(config.log.format);
-            runtime()?.block_on(berth::run_server(&config, shutdown_signal()))?;
+            runtime()?.block_on(berth::run_server(
+                &config,
+                config_path.as_deref(),
+                shutdown_signal(),
+            ))?;
             Ok(true)
         }
         Command::Gc { config, dry_run } => {

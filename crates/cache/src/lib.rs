@@ -15,7 +15,7 @@ use oci::{Digest, Reference, RepoName, Tag};
 use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
@@ -75,11 +75,12 @@ pub struct CachedUpstream {
     /// The first component of its repositories in the store.
     pub key: String,
     pub tag_ttl: Duration,
-    pub stats: Stats,
+    /// Counters, kept across reconfigurations.
+    pub stats: Arc<Stats>,
     client: Upstream,
     /// When clients last used each cached root manifest, by (store repository, digest):
     /// a cache of recent use for eviction, rebuilt from write times after a restart.
-    access: Mutex<HashMap<(RepoName, Digest), SystemTime>>,
+    access: Arc<Mutex<HashMap<(RepoName, Digest), SystemTime>>>,
 }
 
 impl CachedUpstream {
@@ -128,45 +129,81 @@ pub enum BlobSource {
 /// The pull-through cache over a registry.
 pub struct Cache {
     registry: Registry,
-    upstreams: HashMap<String, Arc<CachedUpstream>>,
+    /// Swapped whole by [`Cache::reconfigure`]; requests hold the `Arc` they looked up.
+    upstreams: RwLock<Arc<HashMap<String, Arc<CachedUpstream>>>>,
     fills: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
 }
 
 impl Cache {
     /// A cache over `registry` for `specs` (names must be distinct).
     pub fn new(registry: Registry, specs: Vec<UpstreamSpec>) -> Result<Cache, UpstreamError> {
+        let cache = Cache {
+            registry,
+            upstreams: RwLock::default(),
+            fills: Arc::default(),
+        };
+        cache.reconfigure(specs)?;
+        Ok(cache)
+    }
+
+    /// Replace the configured upstreams with `specs`. Counters and recent-use records
+    /// carry over by name; clients are built anew (new credentials, URLs and TTLs apply to
+    /// the next request). Requests and downloads under way finish with the upstream they
+    /// started with. On error nothing changes.
+    pub fn reconfigure(&self, specs: Vec<UpstreamSpec>) -> Result<(), UpstreamError> {
+        let old = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut upstreams = HashMap::new();
         for spec in specs {
+            let previous = old.get(&spec.name);
             let up = CachedUpstream {
                 key: key_for(&spec.name),
                 name: spec.name.clone(),
                 tag_ttl: spec.tag_ttl,
-                stats: Stats::default(),
+                stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
                 client: Upstream::new(spec.options)?,
-                access: Mutex::default(),
+                access: previous.map(|p| p.access.clone()).unwrap_or_default(),
             };
             upstreams.insert(spec.name, Arc::new(up));
         }
-        Ok(Cache {
-            registry,
-            upstreams,
-            fills: Arc::default(),
-        })
+        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(upstreams);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<HashMap<String, Arc<CachedUpstream>>> {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The upstream configured under `name`.
     pub fn upstream(&self, name: &str) -> Option<Arc<CachedUpstream>> {
-        self.upstreams.get(name).cloned()
+        self.current().get(name).cloned()
     }
 
-    /// Every configured upstream.
-    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<CachedUpstream>> {
-        self.upstreams.values()
+    /// Every configured upstream, by name.
+    pub fn upstreams(&self) -> Vec<Arc<CachedUpstream>> {
+        let mut all: Vec<_> = self.current().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The upstream whose name or store key is `first` (a path's first component).
+    pub fn for_prefix(&self, first: &str) -> Option<Arc<CachedUpstream>> {
+        let current = self.current();
+        current
+            .get(first)
+            .or_else(|| current.values().find(|u| u.key == first))
+            .cloned()
     }
 
     /// Is `first` (a repository's first component) reserved for an upstream's cache?
     pub fn is_reserved(&self, first: &str) -> bool {
-        self.upstreams.values().any(|u| u.key == first)
+        self.current().values().any(|u| u.key == first)
     }
 
     fn outage(&self, up: &CachedUpstream, e: &UpstreamError) {

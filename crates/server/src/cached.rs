@@ -40,7 +40,11 @@ pub(crate) fn target(ctx: &Ctx, uri: &Uri) -> Result<Target, TargetError> {
     let path = uri.path();
     let cache = &ctx.app.cache;
     let (upstream, path) = if let Some(fixed) = &ctx.fixed {
-        (Some(fixed.clone()), path.to_owned())
+        // Looked up per request: a reload may have changed (or removed) the upstream.
+        match cache.upstream(fixed) {
+            Some(up) => (Some(up), path.to_owned()),
+            None => return Err(TargetError::UnknownUpstream(fixed.clone())),
+        }
     } else if let Some(ns) = ns_of(uri).filter(|ns| !ns.is_empty()) {
         match cache.upstream(&ns) {
             Some(up) => (Some(up), path.to_owned()),
@@ -54,12 +58,9 @@ pub(crate) fn target(ctx: &Ctx, uri: &Uri) -> Result<Target, TargetError> {
         }
     } else {
         let rest = path.strip_prefix("/v2/").unwrap_or("");
-        let prefixed = rest.split_once('/').and_then(|(first, tail)| {
-            cache
-                .upstreams()
-                .find(|u| u.name == first || u.key == first)
-                .map(|u| (u.clone(), format!("/v2/{tail}")))
-        });
+        let prefixed = rest
+            .split_once('/')
+            .and_then(|(first, tail)| cache.for_prefix(first).map(|u| (u, format!("/v2/{tail}"))));
         match prefixed {
             Some((up, tail)) => (Some(up), tail),
             None => (None, path.to_owned()),

@@ -95,7 +95,7 @@ pub(crate) async fn token(
         .map(|(_, v)| v.into_owned())
         .collect();
     ctx.app
-        .access
+        .access()
         .token(&headers, Some(client.ip()), &scopes)
         .await
 }
@@ -213,7 +213,7 @@ async fn authorize(
     headers: &HeaderMap,
     client: std::net::IpAddr,
 ) -> std::result::Result<Caller, Response> {
-    let access = &app.access;
+    let access = app.access();
     let who = access.caller(headers, Some(client)).await?;
     let repo = match &t.route {
         Route::Base => {
@@ -366,12 +366,13 @@ fn json_response(
 async fn catalog(app: &App, who: &Caller, uri: &Uri) -> Result<Response> {
     let page = page_of(uri)?;
     // Only what the caller may pull, filtered before the page is cut.
+    let access = app.access();
     let visible: Vec<String> = app
         .registry
         .all_repositories()
         .await?
         .into_iter()
-        .filter(|r| app.access.allowed(who, r).contains(auth::Action::Pull))
+        .filter(|r| access.allowed(who, r).contains(auth::Action::Pull))
         .map(|r| r.to_string())
         .collect();
     let (repos, more) = page.apply(visible);
@@ -570,7 +571,8 @@ async fn start_upload(
             None => None,
         };
         // Mounting reads the source: only from repositories the caller may pull.
-        let may_read = |r: &RepoName| app.access.allowed(who, r).contains(auth::Action::Pull);
+        let access = app.access();
+        let may_read = |r: &RepoName| access.allowed(who, r).contains(auth::Action::Pull);
         if app
             .registry
             .mount_blob(repo, &digest, from.as_ref(), &may_read)

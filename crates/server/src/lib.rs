@@ -17,7 +17,7 @@ pub mod transport;
 
 use axum::Router;
 use axum::routing::any;
-use cache::{Cache, CachedUpstream};
+use cache::Cache;
 use registry::Registry;
 use std::future::Future;
 use std::sync::Arc;
@@ -34,12 +34,28 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// Results of the background jobs (gc, retention, scrub).
     pub upkeep: Arc<upkeep::Status>,
-    /// Users and access rules.
-    pub access: Arc<Access>,
+    /// Users and access rules; swapped whole on a configuration reload (see
+    /// [`AppState::access`]).
+    pub access: std::sync::RwLock<Arc<Access>>,
     /// The HTTP layer's meters (requests, bytes, reloads).
     pub metrics: Arc<metrics::Metrics>,
     /// Where `/metrics` is served.
     pub metrics_at: MetricsAt,
+}
+
+impl AppState {
+    /// The users and access rules in force now.
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put new users and rules in force for the next request.
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+    }
 }
 
 /// Where `/metrics` is served.
@@ -58,7 +74,8 @@ pub type App = Arc<AppState>;
 /// only the cache of one upstream, with repository names as that upstream knows them.
 pub(crate) struct ListenerState {
     pub app: App,
-    pub fixed: Option<Arc<CachedUpstream>>,
+    /// The upstream a dedicated listener serves, by name.
+    pub fixed: Option<String>,
 }
 
 pub(crate) type Ctx = Arc<ListenerState>;
@@ -92,10 +109,10 @@ pub fn metrics_router(app: App) -> Router {
 /// belongs to that upstream (the drop-in layout of one port per upstream). `None` when
 /// no such upstream is configured.
 pub fn upstream_router(app: App, name: &str) -> Option<Router> {
-    let fixed = app.cache.upstream(name)?;
+    app.cache.upstream(name)?;
     Some(router_with(ListenerState {
         app,
-        fixed: Some(fixed),
+        fixed: Some(name.to_owned()),
     }))
 }
 

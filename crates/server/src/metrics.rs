@@ -256,12 +256,12 @@ pub fn render(app: &App) -> String {
         Kind::Counter,
         "Refused credentials or tokens, by reason.",
     );
-    for ((reason,), c) in app.access.failed.refusals.snapshot() {
+    for ((reason,), c) in app.access().failed.refusals.snapshot() {
         e.sample(name, &[("reason", reason)], c.get() as f64);
     }
 
     // Cache, per upstream.
-    let upstreams: Vec<_> = app.cache.upstreams().cloned().collect();
+    let upstreams = app.cache.upstreams();
     let counters: [UpstreamCounter; 7] = [
         (
             "berth_cache_hits_total",

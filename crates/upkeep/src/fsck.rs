@@ -491,7 +491,7 @@ impl Checker<'_> {
     fn upstream_of(&self, repo: &RepoName) -> Option<(Arc<cache::CachedUpstream>, RepoName)> {
         let cache = self.opts.cache.as_ref()?;
         let (first, rest) = repo.as_str().split_once('/')?;
-        let up = cache.upstreams().find(|u| u.key == first)?.clone();
+        let up = cache.upstreams().into_iter().find(|u| u.key == first)?;
         Some((up, rest.parse().ok()?))
     }
 

@@ -438,3 +438,215 @@ async fn containerd_pulls_through_berth_with_generated_hosts_toml() {
             > 256 << 10
     );
 }
+
+/// A real `berth serve` on a configuration file, logging to a file.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    async fn start(config_text: impl Fn(&Path) -> String) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("berth.toml");
+        std::fs::write(&config, config_text(dir.path())).unwrap();
+        let log = dir.path().join("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let listen = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned();
+        let served = Served {
+            child,
+            base: format!("http://{listen}"),
+            config,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client().get(served.url("/v2/")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "berth serve never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        served
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sample(&text, series).unwrap_or(0.0)
+    }
+
+    /// Wait until the reload counter for `result` reaches `n`.
+    async fn reloaded(&self, result: &str, n: f64) {
+        let series = format!("berth_config_reloads_total{{result=\"{result}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.metric(&series).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {result} reload #{n}:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn push_status(base: &str, repo: &str, bytes: &[u8]) -> u16 {
+    client()
+        .post(format!(
+            "{base}/v2/{repo}/blobs/uploads/?digest={}",
+            digest_of(bytes)
+        ))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn configuration_reloads_without_a_restart_and_refuses_a_broken_file() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let head = move |dir: &Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = {:?}\nfsync = false\n",
+            dir.join("data").to_str().unwrap()
+        )
+    };
+    let anonymous = |allow: &str| {
+        format!("[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [{allow}]\n")
+    };
+    let s = Served::start(move |d| format!("{}{}", head(d), anonymous("\"pull\""))).await;
+    let dir = s.config.parent().unwrap().to_owned();
+    let pid = s.child.id();
+
+    // Push is refused; the file changes to allow it; no restart needed.
+    assert_eq!(push_status(&s.base, "team/app", b"first").await, 401);
+    std::fs::write(
+        &s.config,
+        format!("{}{}", head(&dir), anonymous("\"pull\", \"push\"")),
+    )
+    .unwrap();
+    s.reloaded("success", 1.0).await;
+    assert_eq!(push_status(&s.base, "team/app", b"first").await, 201);
+
+    // A download in progress survives a reload that adds an upstream (SIGHUP this time).
+    let big = pseudo_random(5, 32 << 20);
+    assert_eq!(push_status(&s.base, "team/app", &big).await, 201);
+    let mut download = client()
+        .get(s.url(&format!("/v2/team/app/blobs/{}", digest_of(&big))))
+        .send()
+        .await
+        .unwrap();
+    let mut got = download.chunk().await.unwrap().unwrap().to_vec();
+    let upstream = TestServer::start().await;
+    let image = push_image(&upstream, "lib/tool", "v1", "up").await;
+    std::fs::write(
+        &s.config,
+        format!(
+            "{}{}[[upstream]]\nname = \"mirror.test\"\nurl = {:?}\n",
+            head(&dir),
+            anonymous("\"pull\", \"push\""),
+            upstream.base
+        ),
+    )
+    .unwrap();
+    // SAFETY: signalling our own child process.
+    #[allow(unsafe_code)] // reason: libc::kill has no safe wrapper in std
+    let sent = unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    assert_eq!(sent, 0);
+    s.reloaded("success", 2.0).await;
+    while let Some(c) = download.chunk().await.unwrap() {
+        got.extend_from_slice(&c);
+    }
+    assert!(got == big, "the download was cut or changed by the reload");
+    // The new upstream serves at once.
+    let r = client()
+        .get(s.url(&format!("/v2/lib/tool/manifests/{image}?ns=mirror.test")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A broken file is refused; the running configuration keeps serving.
+    std::fs::write(
+        &s.config,
+        head(&dir).replace("[storage]", "lisen = 1\n[storage]"),
+    )
+    .unwrap();
+    s.reloaded("failure", 1.0).await;
+    assert_eq!(s.metric("berth_config_last_reload_successful").await, 0.0);
+    assert_eq!(push_status(&s.base, "team/app", b"still").await, 201);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("configuration refused") && log.contains("lisen"),
+        "{log}"
+    );
+
+    // A listener change is reported as needing a restart; the rest applies, including a
+    // new scrub schedule (the default one would not run for 15 minutes).
+    assert_eq!(
+        s.metric("berth_scrub_runs_total{result=\"success\"}").await,
+        0.0
+    );
+    std::fs::write(
+        &s.config,
+        format!(
+            "{}{}[scrub]\ninterval = \"1s\"\n",
+            head(&dir).replace(&format!(":{port}"), ":1"),
+            anonymous("\"pull\"")
+        ),
+    )
+    .unwrap();
+    s.reloaded("success", 3.0).await;
+    assert_eq!(s.metric("berth_config_last_reload_successful").await, 1.0);
+    assert_eq!(push_status(&s.base, "team/app", b"late").await, 401);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("apply only after a restart") && log.contains("[server] listen"),
+        "{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("berth_scrub_runs_total{result=\"success\"}").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded scrub schedule never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.child.id(), pid);
+}
