@@ -191,6 +191,11 @@ impl Exposition {
         self
     }
 
+    /// A family of one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) -> &mut Self {
+        self.family(name, kind, help).sample(name, &[], value)
+    }
+
     /// The `_bucket`, `_sum` and `_count` samples of a histogram of the current family.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
         let mut cumulative = 0;

@@ -113,6 +113,16 @@ pub(crate) async fn metrics(State(ctx): State<Ctx>) -> Response {
         .into_response()
 }
 
+/// `GET /ui`: the read-only web page.
+pub(crate) async fn ui(
+    State(ctx): State<Ctx>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    crate::ui::page(&ctx.app, &uri, &headers, client.ip()).await
+}
+
 pub async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint").into_response()
 }
@@ -134,6 +144,17 @@ pub(crate) async fn dispatch(
         Err(_) => "invalid",
     };
     let body = app.metrics.count_received(class, body);
+    // The repository a manifest GET reads, by its name in the store (for the web page).
+    let pulled = match &target {
+        Ok(t) if method == Method::GET => match &t.route {
+            Route::Manifest(repo, _) => Some(match &t.upstream {
+                Some(up) => format!("{}/{repo}", up.key),
+                None => repo.to_string(),
+            }),
+            _ => None,
+        },
+        _ => None,
+    };
     let mut resp = match target {
         Ok(t) => match authorize(app, &t, &method, &headers, client.ip()).await {
             Err(refusal) => refusal,
@@ -170,6 +191,11 @@ pub(crate) async fn dispatch(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
+    if let Some(repo) = pulled
+        && resp.status() == StatusCode::OK
+    {
+        app.metrics.pulled(repo);
+    }
     let took = started.elapsed();
     app.metrics
         .request(class, &method, resp.status().as_u16(), took);

@@ -14,6 +14,7 @@ mod range;
 pub mod route;
 pub mod tls;
 pub mod transport;
+mod ui;
 
 use axum::Router;
 use axum::routing::any;
@@ -26,6 +27,7 @@ pub use access::Access;
 pub use error::ApiError;
 pub use tls::{TlsCerts, TlsFiles};
 pub use transport::{CLIENT_TIMEOUT, ServeOptions};
+pub use ui::human_bytes;
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -85,7 +87,8 @@ fn router_with(state: ListenerState) -> Router {
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
-        .route("/token", axum::routing::get(handlers::token));
+        .route("/token", axum::routing::get(handlers::token))
+        .route("/ui", axum::routing::get(handlers::ui));
     if state.app.metrics_at == MetricsAt::Api {
         r = r.route("/metrics", axum::routing::get(handlers::metrics));
     }

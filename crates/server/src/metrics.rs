@@ -25,6 +25,8 @@ pub struct Metrics {
     sent: Family<(&'static str,), Counter>,
     /// Outcomes of configuration reloads.
     pub reloads: Reloads,
+    /// When each repository (store name) last had a manifest pulled, since start.
+    pulls: Mutex<std::collections::HashMap<String, SystemTime>>,
     started: SystemTime,
 }
 
@@ -36,6 +38,7 @@ impl Default for Metrics {
             received: Family::default(),
             sent: Family::default(),
             reloads: Reloads::default(),
+            pulls: Mutex::default(),
             started: SystemTime::now(),
         }
     }
@@ -91,6 +94,16 @@ impl Metrics {
             .get(&(route, method_label(method), status))
             .inc();
         self.durations.get(&(route,)).observe(took);
+    }
+
+    /// A manifest of `repo` (its name in the store) was pulled just now.
+    pub(crate) fn pulled(&self, repo: String) {
+        lock(&self.pulls).insert(repo, SystemTime::now());
+    }
+
+    /// When a manifest of `repo` was last pulled since this process started.
+    pub fn last_pull(&self, repo: &str) -> Option<SystemTime> {
+        lock(&self.pulls).get(repo).copied()
     }
 
     /// A request body that counts its bytes as they are read.
@@ -168,24 +181,23 @@ fn job<R>(
     e.sample(&runs, &[("result", "success")], record.successes as f64);
     e.sample(&runs, &[("result", "failure")], record.failures as f64);
     let took = format!("berth_{job}_last_duration_seconds");
-    e.family(
+    e.single(
         &took,
         Kind::Gauge,
         &format!("How long the last {what} run took."),
+        record.last_duration.as_secs_f64(),
     );
-    e.sample(&took, &[], record.last_duration.as_secs_f64());
     if let Some(at) = record.last_success_at {
         let name = format!("berth_{job}_last_success_timestamp_seconds");
-        e.family(
+        e.single(
             &name,
             Kind::Gauge,
             &format!("When the last successful {what} run ended (Unix time)."),
+            unix(at),
         );
-        e.sample(&name, &[], unix(at));
     }
     if let Some((name, help)) = removed {
-        e.family(name, Kind::Counter, help);
-        e.sample(name, &[], record.removed as f64);
+        e.single(name, Kind::Counter, help, record.removed as f64);
     }
 }
 
@@ -202,12 +214,12 @@ pub fn render(app: &App) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
-    e.family(
+    e.single(
         "berth_process_start_time_seconds",
         Kind::Gauge,
         "When this berth process started (Unix time).",
+        unix(m.started),
     );
-    e.sample("berth_process_start_time_seconds", &[], unix(m.started));
 
     // HTTP.
     let name = "berth_http_requests_total";
@@ -317,24 +329,16 @@ pub fn render(app: &App) -> String {
 
     // Storage.
     if let Some(space) = app.registry.store().space() {
-        e.family(
+        e.single(
             "berth_storage_filesystem_size_bytes",
             Kind::Gauge,
             "Size of the filesystem holding the store.",
-        );
-        e.sample(
-            "berth_storage_filesystem_size_bytes",
-            &[],
             space.total as f64,
         );
-        e.family(
+        e.single(
             "berth_storage_filesystem_avail_bytes",
             Kind::Gauge,
             "Free space on the filesystem holding the store.",
-        );
-        e.sample(
-            "berth_storage_filesystem_avail_bytes",
-            &[],
             space.available as f64,
         );
     }
@@ -359,8 +363,7 @@ pub fn render(app: &App) -> String {
                 r.stored_manifests,
             ),
         ] {
-            e.family(name, Kind::Gauge, help);
-            e.sample(name, &[], v as f64);
+            e.single(name, Kind::Gauge, help, v as f64);
         }
     }
     let gc = lock(&app.upkeep.gc).clone();
@@ -374,12 +377,12 @@ pub fn render(app: &App) -> String {
             "Manifests, blobs, links and abandoned uploads garbage collection removed.",
         )),
     );
-    e.family(
+    e.single(
         "berth_gc_freed_bytes_total",
         Kind::Counter,
         "Blob bytes garbage collection freed.",
+        gc.freed_bytes as f64,
     );
-    e.sample("berth_gc_freed_bytes_total", &[], gc.freed_bytes as f64);
     let retention = lock(&app.upkeep.retention).clone();
     job(
         &mut e,
@@ -393,14 +396,10 @@ pub fn render(app: &App) -> String {
     );
     job(&mut e, "scrub", "integrity scrub", &scrub, None);
     if let Some(at) = scrub.last_success_at {
-        e.family(
+        e.single(
             "berth_scrub_last_completion_timestamp_seconds",
             Kind::Gauge,
             "When the last integrity scrub completed (Unix time).",
-        );
-        e.sample(
-            "berth_scrub_last_completion_timestamp_seconds",
-            &[],
             unix(at),
         );
     }
@@ -431,8 +430,7 @@ pub fn render(app: &App) -> String {
                 r.blobs_checked,
             ),
         ] {
-            e.family(name, Kind::Gauge, help);
-            e.sample(name, &[], v as f64);
+            e.single(name, Kind::Gauge, help, v as f64);
         }
     }
 
@@ -450,25 +448,17 @@ pub fn render(app: &App) -> String {
         &[("result", "failure")],
         m.reloads.failures.get() as f64,
     );
-    e.family(
+    e.single(
         "berth_config_last_reload_successful",
         Kind::Gauge,
         "1 unless the latest configuration reload was refused.",
-    );
-    e.sample(
-        "berth_config_last_reload_successful",
-        &[],
         if failing { 0.0 } else { 1.0 },
     );
     if let Some(at) = last_ok {
-        e.family(
+        e.single(
             "berth_config_last_reload_success_timestamp_seconds",
             Kind::Gauge,
             "When the configuration was last reloaded successfully (Unix time).",
-        );
-        e.sample(
-            "berth_config_last_reload_success_timestamp_seconds",
-            &[],
             unix(at),
         );
     }

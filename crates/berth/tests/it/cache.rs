@@ -6,22 +6,15 @@ use crate::common::*;
 use crate::skopeo::{build_multi_layout, p, require_tools, skopeo};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A `docker-registry` process on a free port, killed on drop.
 pub(crate) struct Distribution {
     pub(crate) addr: String,
-    child: Child,
+    _child: KillOnDrop,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -63,7 +56,7 @@ impl Distribution {
             .unwrap();
         let d = Distribution {
             addr,
-            child,
+            _child: KillOnDrop(child),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -276,3 +276,13 @@ pub async fn dedicated_listener(s: &TestServer, name: &str) -> SocketAddr {
 pub fn stats(s: &TestServer, name: &str) -> std::sync::Arc<cache::CachedUpstream> {
     s.app.cache.upstream(name).expect("upstream configured")
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no daemon.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

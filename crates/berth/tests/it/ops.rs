@@ -244,16 +244,9 @@ fn shipped_alert_rules_pass_promtool_check_and_unit_tests() {
 /// A containerd daemon of its own (root, state and socket under a temporary directory),
 /// killed on drop.
 struct Containerd {
-    child: std::process::Child,
+    _child: KillOnDrop,
     socket: std::path::PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Containerd {
@@ -299,7 +292,7 @@ impl Containerd {
                 .is_ok_and(|o| o.status.success());
             if ok {
                 return Ok(Containerd {
-                    child,
+                    _child: KillOnDrop(child),
                     socket,
                     _dir: dir,
                 });
@@ -441,18 +434,11 @@ async fn containerd_pulls_through_berth_with_generated_hosts_toml() {
 
 /// A real `berth serve` on a configuration file, logging to a file.
 struct Served {
-    child: std::process::Child,
+    child: KillOnDrop,
     base: String,
     config: std::path::PathBuf,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Served {
@@ -475,7 +461,7 @@ impl Served {
             .trim_end_matches('"')
             .to_owned();
         let served = Served {
-            child,
+            child: KillOnDrop(child),
             base: format!("http://{listen}"),
             config,
             log,
@@ -552,7 +538,7 @@ async fn configuration_reloads_without_a_restart_and_refuses_a_broken_file() {
     };
     let s = Served::start(move |d| format!("{}{}", head(d), anonymous("\"pull\""))).await;
     let dir = s.config.parent().unwrap().to_owned();
-    let pid = s.child.id();
+    let pid = s.child.0.id();
 
     // Push is refused; the file changes to allow it; no restart needed.
     assert_eq!(push_status(&s.base, "team/app", b"first").await, 401);
@@ -648,5 +634,213 @@ async fn configuration_reloads_without_a_restart_and_refuses_a_broken_file() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(s.child.id(), pid);
+    assert_eq!(s.child.0.id(), pid);
+}
+
+/// Headless Chromium (Debian's) loading `url` with `args`; its stdout.
+async fn chromium(args: &[&str], url: &str) -> String {
+    require_tool("chromium");
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn web_page_renders_in_chromium_under_the_access_rules() {
+    let upstream = TestServer::start().await;
+    let cached_image = push_image(&upstream, "library/redis", "7", "redis").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let htpasswd = tmp.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
+    )
+    .unwrap();
+    let rule = |repos: &str, users: &[&str], allow: &[&str]| berth::config::AccessConfig {
+        repositories: repos.into(),
+        users: users.iter().map(|s| (*s).to_owned()).collect(),
+        allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let s = TestServer::start_with(|c| {
+        c.auth.htpasswd = Some(htpasswd);
+        c.access = vec![
+            rule("secret/**", &["alice"], &["pull", "push"]),
+            rule("secret/**", &["anonymous"], &[]),
+            rule("**", &["anonymous"], &["pull", "push"]),
+        ];
+        c.upstreams = vec![upstream_config(
+            "mirror.test",
+            &upstream.base,
+            Duration::from_secs(60),
+        )];
+        c.gc.interval = Duration::from_secs(1);
+        c.scrub.interval = Duration::from_secs(1);
+    })
+    .await;
+    push_image(&s, "team/app", "v1", "one").await;
+    push_image(&s, "team/app", "v2", "two").await;
+    // secret/x, pushed as alice.
+    let config = b"{\"secret\":true}";
+    let d = digest_of(config);
+    let r = client()
+        .post(s.url(&format!("/v2/secret/x/blobs/uploads/?digest={d}")))
+        .basic_auth("alice", Some("alice-pw"))
+        .body(&config[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let m = image_manifest((&d, config.len()), &[]);
+    let r = client()
+        .put(s.url("/v2/secret/x/manifests/v1"))
+        .basic_auth("alice", Some("alice-pw"))
+        .header("content-type", oci::media::OCI_MANIFEST)
+        .body(m)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // A cached image pulled twice (a miss, then hits), and a hosted pull.
+    let manifest: serde_json::Value = get_json(&s.url(&format!(
+        "/v2/mirror.test/library/redis/manifests/{cached_image}"
+    )))
+    .await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        get_bytes(&s.url(&format!("/v2/mirror.test/library/redis/blobs/{layer}"))).await;
+    }
+    get_bytes(&s.url("/v2/team/app/manifests/v2")).await;
+    wait_for(&s, "berth_scrub_runs_total{result=\"success\"}", 1.0).await;
+    wait_for(&s, "berth_gc_runs_total{result=\"success\"}", 1.0).await;
+
+    // What a browser shows an anonymous visitor.
+    let dom = chromium(&["--dump-dom"], &s.url("/ui")).await;
+    for want in [
+        "team/app",
+        "v1",
+        "v2",
+        "mirror.test/library/redis",
+        "mirror.test",
+        "garbage collection",
+        "no problems",
+        "signed in as anonymous",
+    ] {
+        assert!(dom.contains(want), "the page lacks {want:?}:\n{dom}");
+    }
+    assert!(!dom.contains("secret/x"), "anonymous sees secret/x:\n{dom}");
+    // The cache row: 2 misses (manifest, layer) and 1 hit, bytes saved from the store.
+    assert!(dom.contains("<td class=\"n\">33%</td>"), "{dom}");
+
+    // A screenshot renders (and, when asked, is kept for the README).
+    let png = tmp.path().join("ui.png");
+    chromium(
+        &[
+            "--window-size=1200,1000",
+            &format!("--screenshot={}", png.display()),
+        ],
+        &s.url("/ui"),
+    )
+    .await;
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+    if let Some(keep) = std::env::var_os("BERTH_UI_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
+
+    // alice sees her repository; a wrong password and `?login` get a Basic challenge.
+    let page = client()
+        .get(s.url("/ui"))
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("secret/x") && page.contains("signed in as alice"));
+    for r in [
+        client()
+            .get(s.url("/ui"))
+            .basic_auth("alice", Some("nope"))
+            .send()
+            .await
+            .unwrap(),
+        client().get(s.url("/ui?login")).send().await.unwrap(),
+    ] {
+        assert_eq!(r.status(), 401);
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic realm=\"berth\"")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_to_their_own_listener_when_configured() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let s = TestServer::start_with(|c| c.metrics.listen = Some(addr)).await;
+    let r = client().get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "metrics still on the API listener");
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(server::transport::serve(
+        listener,
+        server::metrics_router(s.app.clone()),
+        std::future::pending(),
+        server::ServeOptions::default(),
+    ));
+    client().get(s.url("/v2/")).send().await.unwrap();
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "berth_http_requests_total{route=\"base\",method=\"GET\",code=\"200\"}"
+        ),
+        Some(1.0)
+    );
+    // The same address for both is refused with the key named.
+    let mut c = s.config.clone();
+    c.metrics.listen = Some(c.server.listen);
+    let text = toml_of(&c);
+    let e = berth::config::Config::parse(&text, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[metrics] listen"), "{e}");
+}
+
+/// A configuration with `[metrics] listen` equal to `[server] listen`, as TOML.
+fn toml_of(c: &berth::config::Config) -> String {
+    format!(
+        "[server]\nlisten = \"{}\"\n[metrics]\nlisten = \"{}\"\n",
+        c.server.listen,
+        c.metrics.listen.unwrap()
+    )
 }
