@@ -5,7 +5,9 @@
 pub mod config;
 pub mod hosts;
 pub mod reload;
+pub mod remote;
 pub mod tools;
+pub mod verify;
 
 use anyhow::Context;
 use config::{Config, StorageKind};

@@ -73,6 +73,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that an image in any OCI registry pulls: index, every child manifest,
+    /// config and layer (and referrers with --referrers).
+    ///
+    /// HEAD requests by default (sizes must match); --deep downloads every blob and checks
+    /// its digest. Exit status 0 only when every node is fetchable and consistent;
+    /// otherwise each failing node is reported with its parent and the reason.
+    Verify {
+        /// The image: [registry/]repository[:tag|@digest] (docker.io when no registry).
+        #[arg(value_name = "REF")]
+        image: String,
+        /// Talk plain HTTP to the registry instead of HTTPS.
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials as USER:PASS (Basic, or for the registry's token server).
+        #[arg(long, value_name = "USER:PASS")]
+        creds: Option<String>,
+        /// A file whose first line is USER:PASS (keeps the password out of `ps`).
+        #[arg(long, value_name = "FILE")]
+        creds_file: Option<PathBuf>,
+        /// Download every blob and check its digest and size.
+        #[arg(long)]
+        deep: bool,
+        /// Also walk each manifest's referrers (signatures, SBOMs, attestations).
+        #[arg(long)]
+        referrers: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write containerd hosts.toml files so nodes pull every upstream through berth.
     ///
     /// Writes OUT/<upstream>/hosts.toml for each [[upstream]]: berth as a mirror with the
@@ -205,6 +234,34 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let config = tool_config(config.as_deref())?;
             let args = berth::tools::FsckArgs { deep, repair, json };
             runtime()?.block_on(berth::tools::fsck(&config, args, &mut out))
+        }
+        Command::Verify {
+            image,
+            plain_http,
+            creds,
+            creds_file,
+            deep,
+            referrers,
+            json,
+        } => {
+            use std::io::Write;
+            tool_config(None)?;
+            let image: berth::remote::ImageRef = image.parse()?;
+            let connect = berth::remote::Connect {
+                plain_http,
+                creds,
+                creds_file,
+            };
+            let client = connect.client(&image)?;
+            let opts = berth::verify::VerifyOptions { deep, referrers };
+            let report = runtime()?.block_on(berth::verify::verify(&client, &image, opts));
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", berth::verify::render(&report))?;
+            }
+            Ok(report.is_ok())
         }
         Command::HostsToml {
             config,

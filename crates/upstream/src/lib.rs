@@ -391,6 +391,40 @@ impl Upstream {
         })
     }
 
+    /// HEAD a blob: its size, or [`UpstreamError::NotFound`].
+    pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
+        let url = self.url(repo, "blobs", &digest.to_string());
+        let resp = self
+            .send(&Self::scope(repo), || self.http.head(&url))
+            .await?;
+        let resp = check(resp).await?;
+        resp.headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| UpstreamError::Invalid("blob HEAD without Content-Length".into()))
+    }
+
+    /// The referrers of manifest `digest` (OCI 1.1 referrers API). A registry without
+    /// the API (404) has none to offer.
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<oci::Descriptor>> {
+        let url = self.url(repo, "referrers", &digest.to_string());
+        let resp = self
+            .send(&Self::scope(repo), || {
+                self.http.get(&url).header(ACCEPT, media::OCI_INDEX)
+            })
+            .await?;
+        let resp = match check(resp).await {
+            Ok(r) => r,
+            Err(UpstreamError::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let bytes = resp.bytes().await?;
+        let parsed = oci::ParsedManifest::parse(&bytes, Some(media::OCI_INDEX))
+            .map_err(|e| UpstreamError::Invalid(format!("referrers index: {e}")))?;
+        Ok(parsed.manifests)
+    }
+
     /// Start downloading a blob. The caller verifies the digest as the bytes stream.
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobFetch> {
         let url = self.url(repo, "blobs", &digest.to_string());

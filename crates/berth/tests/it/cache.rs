@@ -26,6 +26,17 @@ fn free_port() -> u16 {
 }
 
 impl Distribution {
+    /// Where the bytes of blob `digest` live in its filesystem store.
+    pub(crate) fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Start distribution; with `user`, behind htpasswd Basic auth for that user.
     pub(crate) async fn start(user: Option<(&str, &str)>) -> Distribution {
         require_tool("docker-registry");

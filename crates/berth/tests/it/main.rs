@@ -7,6 +7,7 @@ mod api;
 mod cache;
 mod cache_faults;
 mod cli;
+mod client;
 mod common;
 mod crash;
 mod gc_fsck;

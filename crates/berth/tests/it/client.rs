@@ -1,0 +1,199 @@
+//! The client commands against real registries: `berth verify` walking a multi-platform
+//! index (pushed by skopeo) in berth and in CNCF distribution, HEAD and deep, and
+//! finding a layer deleted behind each registry's back.
+
+use crate::cache::Distribution;
+use crate::common::*;
+use crate::skopeo::{
+    build_multi_layout, layout_manifest, p, referenced_blobs, require_tools, skopeo,
+};
+use std::path::PathBuf;
+
+/// Run `berth` with `args`; (exit code, stdout, stderr).
+async fn berth(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_layer() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let (_, index_digest, children) = build_multi_layout(&src).await;
+    let berth_server = TestServer::start().await;
+    let distribution = Distribution::start(None).await;
+    // The arm64 image's first layer is deleted later.
+    let (_, arm64) = layout_manifest(&src, "arm64");
+    let victim = referenced_blobs(&arm64)[1].clone();
+    let registries: [(String, PathBuf); 2] = [
+        (
+            berth_server.addr.to_string(),
+            berth_server
+                .dir
+                .path()
+                .join("data/blobs/sha256")
+                .join(&victim[7..9])
+                .join(&victim[7..]),
+        ),
+        (distribution.addr.clone(), distribution.blob_file(&victim)),
+    ];
+    for (addr, victim_file) in &registries {
+        skopeo(&[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", p(&src)),
+            &format!("docker://{addr}/team/multi:v1"),
+        ])
+        .await;
+        let image = format!("{addr}/team/multi:v1");
+
+        // Everything is there: HEAD walk, then a deep walk.
+        for deep in [false, true] {
+            let mut args = vec!["verify", "--plain-http", &image];
+            if deep {
+                args.push("--deep");
+            }
+            let (code, out, err) = berth(&args).await;
+            assert_eq!(code, 0, "{addr} deep={deep}:\n{out}{err}");
+            assert!(
+                out.contains("9 nodes checked") && out.contains("all consistent"),
+                "{out}"
+            );
+            assert!(out.contains(&format!("index     {index_digest}")), "{out}");
+            for c in &children {
+                assert!(out.contains(c), "{out}");
+            }
+        }
+        let (code, json, _) = berth(&["verify", "--plain-http", "--json", &image]).await;
+        assert_eq!(code, 0);
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(report["digest"], index_digest.as_str());
+        assert_eq!(report["nodes"].as_array().unwrap().len(), 9);
+
+        // A layer deleted behind the registry's back: found, with where it hangs.
+        std::fs::remove_file(victim_file).unwrap();
+        for deep in [false, true] {
+            let mut args = vec!["verify", "--plain-http", &image];
+            if deep {
+                args.push("--deep");
+            }
+            let (code, out, _) = berth(&args).await;
+            assert_eq!(code, 1, "{addr} deep={deep}: {out}");
+            assert!(out.contains(&format!("FAIL  layer     {victim}")), "{out}");
+            assert!(out.contains(&format!("in {}", children[1])), "{out}");
+            assert!(out.contains("1 FAILED"), "{out}");
+        }
+        let (_, json, _) = berth(&["verify", "--plain-http", "--json", &image]).await;
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let failed: Vec<_> = report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| !n["error"].is_null())
+            .collect();
+        assert_eq!(failed.len(), 1, "{json}");
+        assert_eq!(failed[0]["digest"], victim.as_str());
+        assert_eq!(failed[0]["parent"], children[1].as_str());
+    }
+    // A reference to nothing fails cleanly.
+    let (code, out, _) = berth(&[
+        "verify",
+        "--plain-http",
+        &format!("{}/team/none:v1", berth_server.addr),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.contains("FAIL") && out.contains("not found"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_logs_in_through_the_token_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let htpasswd = tmp.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
+    )
+    .unwrap();
+    let s = TestServer::start_with(|c| {
+        c.auth.htpasswd = Some(htpasswd);
+        c.access = vec![berth::config::AccessConfig {
+            repositories: "**".into(),
+            users: vec!["alice".into()],
+            allow: vec!["pull".into(), "push".into()],
+        }];
+    })
+    .await;
+    // Pushed as alice (Basic), then verified through the Bearer challenge.
+    let config = b"{}";
+    let layer = pseudo_random(3, 4096);
+    for blob in [&config[..], &layer[..]] {
+        let r = client()
+            .post(s.url(&format!(
+                "/v2/team/app/blobs/uploads/?digest={}",
+                digest_of(blob)
+            )))
+            .basic_auth("alice", Some("alice-pw"))
+            .body(blob.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let m = image_manifest(
+        (&digest_of(config), config.len()),
+        &[(&digest_of(&layer), layer.len())],
+    );
+    let r = client()
+        .put(s.url("/v2/team/app/manifests/v1"))
+        .basic_auth("alice", Some("alice-pw"))
+        .header("content-type", oci::media::OCI_MANIFEST)
+        .body(m)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let image = format!("{}/team/app:v1", s.addr);
+
+    let (code, out, err) = berth(&["verify", "--plain-http", &image]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("credentials") || out.contains("401"), "{out}");
+    let (code, out, err) = berth(&[
+        "verify",
+        "--plain-http",
+        "--creds",
+        "alice:alice-pw",
+        "--deep",
+        &image,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("3 nodes checked (downloaded and hashed), all consistent"),
+        "{out}"
+    );
+    let creds = tmp.path().join("creds");
+    std::fs::write(&creds, "alice:alice-pw\n").unwrap();
+    let (code, out, _) = berth(&[
+        "verify",
+        "--plain-http",
+        "--creds-file",
+        creds.to_str().unwrap(),
+        &image,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = berth(&["verify", "--plain-http", "--creds", "nocolon", &image]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("USER:PASS"), "{err}");
+}
