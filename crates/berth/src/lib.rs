@@ -3,10 +3,12 @@
 //! storage logic live in their own crates and are only assembled here.
 
 pub mod config;
+pub mod copy;
 pub mod hosts;
 pub mod reload;
 pub mod remote;
 pub mod tools;
+pub mod transfer;
 pub mod verify;
 
 use anyhow::Context;

@@ -102,6 +102,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy an image between registries and OCI layout directories, byte for byte.
+    ///
+    /// SRC and DST are [registry/]repository[:tag|@digest] or oci:DIR[:TAG]. Manifests
+    /// are written exactly as read, so digests never change; blobs the destination has
+    /// are skipped (a rerun resumes), same-registry copies mount, and blobs move several
+    /// at a time. An index copies one platform's image unless --all.
+    Copy {
+        /// What to copy.
+        #[arg(value_name = "SRC")]
+        src: String,
+        /// Where to.
+        #[arg(value_name = "DST")]
+        dst: String,
+        /// Copy an index with every child image (the index keeps its digest).
+        #[arg(long)]
+        all: bool,
+        /// From an index, copy the image of this platform (os/arch[/variant]); default:
+        /// this machine's.
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// Talk plain HTTP to both registries.
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials for the source registry.
+        #[arg(long, value_name = "USER:PASS")]
+        src_creds: Option<String>,
+        /// Credentials for the destination registry.
+        #[arg(long, value_name = "USER:PASS")]
+        dest_creds: Option<String>,
+    },
     /// Write containerd hosts.toml files so nodes pull every upstream through berth.
     ///
     /// Writes OUT/<upstream>/hosts.toml for each [[upstream]]: berth as a mirror with the
@@ -262,6 +292,51 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 write!(out, "{}", berth::verify::render(&report))?;
             }
             Ok(report.is_ok())
+        }
+        Command::Copy {
+            src,
+            dst,
+            all,
+            platform,
+            plain_http,
+            src_creds,
+            dest_creds,
+        } => {
+            use std::io::Write;
+            tool_config(None)?;
+            if all && platform.is_some() {
+                anyhow::bail!("--all copies every platform; leave out --platform");
+            }
+            let src: berth::copy::Endpoint = src.parse()?;
+            let dst: berth::copy::Endpoint = dst.parse()?;
+            let connect = |creds| berth::remote::Connect {
+                plain_http,
+                creds,
+                creds_file: None,
+            };
+            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
+            let opts = berth::copy::CopyOptions { all, platform };
+            let report = runtime()?.block_on(berth::copy::copy_endpoints(
+                &src,
+                &dst,
+                &connect(src_creds),
+                &connect(dest_creds),
+                &opts,
+                progress.clone(),
+            ));
+            progress.finish();
+            let report = report?;
+            writeln!(
+                out,
+                "{}: {} manifests; blobs: {} copied ({}), {} already there, {} mounted",
+                report.digest,
+                report.manifests,
+                report.blobs_copied,
+                berth::tools::human_bytes(report.bytes_copied),
+                report.blobs_existing,
+                report.blobs_mounted
+            )?;
+            Ok(true)
         }
         Command::HostsToml {
             config,

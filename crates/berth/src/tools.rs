@@ -62,7 +62,7 @@ impl upkeep::Progress for Bar {
     }
 }
 
-use server::human_bytes;
+pub use server::human_bytes;
 
 /// `berth gc`.
 pub async fn gc(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<()> {

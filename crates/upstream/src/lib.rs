@@ -425,6 +425,103 @@ impl Upstream {
         Ok(parsed.manifests)
     }
 
+    fn push_scope(repo: &str) -> String {
+        format!("repository:{repo}:pull,push")
+    }
+
+    /// An absolute URL for a `Location` header, which registries may send relative.
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_owned()
+        } else {
+            format!("{}/{}", self.base, location.trim_start_matches('/'))
+        }
+    }
+
+    /// Mount blob `digest` from `from` (same registry) into `repo`: `true` when the
+    /// registry mounted it, `false` when it could not (the blob must then be uploaded).
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let mount = digest.to_string();
+        let scope = format!("{} repository:{from}:pull", Self::push_scope(repo));
+        let resp = self
+            .send(&scope, || {
+                self.http
+                    .post(&url)
+                    .query(&[("mount", mount.as_str()), ("from", from)])
+                    .header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let resp = check(resp).await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        // A 202 opened an upload instead; drop it.
+        if let Some(loc) = header_str(&resp, "location") {
+            let loc = self.absolute(loc);
+            let _ = self
+                .send(&Self::push_scope(repo), || self.http.delete(&loc))
+                .await;
+        }
+        Ok(false)
+    }
+
+    /// Upload blob `digest` of `size` bytes from `body` in one request (POST, then a
+    /// streamed PUT). The registry checks the digest.
+    pub async fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<()> {
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let scope = Self::push_scope(repo);
+        let resp = self
+            .send(&scope, || self.http.post(&url).header(CONTENT_LENGTH, 0))
+            .await?;
+        let resp = check(resp).await?;
+        let location = header_str(&resp, "location")
+            .ok_or_else(|| UpstreamError::Invalid("upload started without a Location".into()))?;
+        let location = self.absolute(location);
+        // A streamed body can be sent only once: use the token the POST just earned.
+        let mut put = self
+            .http
+            .put(&location)
+            .query(&[("digest", digest.to_string())])
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(t) = self.cached_token(&scope) {
+            put = put.bearer_auth(t);
+        } else if let Some(b) = self.basic() {
+            put = put.header(AUTHORIZATION, b);
+        }
+        check(put.send().await?).await?;
+        Ok(())
+    }
+
+    /// PUT a manifest's exact bytes under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let url = self.url(repo, "manifests", reference);
+        let resp = self
+            .send(&Self::push_scope(repo), || {
+                self.http
+                    .put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        check(resp).await?;
+        Ok(())
+    }
+
     /// Start downloading a blob. The caller verifies the digest as the bytes stream.
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobFetch> {
         let url = self.url(repo, "blobs", &digest.to_string());

@@ -197,3 +197,131 @@ async fn verify_logs_in_through_the_token_flow() {
     assert_eq!(code, 1);
     assert!(err.contains("USER:PASS"), "{err}");
 }
+
+/// The digest and bytes a registry serves for `repo:reference` (any manifest type).
+async fn served_manifest(addr: &str, repo: &str, reference: &str) -> (String, Vec<u8>) {
+    let r = client()
+        .get(format!("http://{addr}/v2/{repo}/manifests/{reference}"))
+        .header(
+            "accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{addr}/{repo}:{reference}");
+    let bytes = r.bytes().await.unwrap().to_vec();
+    (digest_of(&bytes).to_string(), bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let (index, index_digest, children) = build_multi_layout(&src).await;
+    let b = TestServer::start().await;
+    let d = Distribution::start(None).await;
+    let baddr = b.addr.to_string();
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", p(&src)),
+        &format!("docker://{}/team/multi:v1", d.addr),
+    ])
+    .await;
+
+    // distribution → berth, every platform: the index keeps its digest and bytes.
+    let from = format!("{}/team/multi:v1", d.addr);
+    let to = format!("{baddr}/mirror/multi:v1");
+    let (code, out, err) = berth(&["copy", "--all", "--plain-http", &from, &to]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{index_digest}: 3 manifests; blobs: 6 copied")),
+        "{out}"
+    );
+    let (digest, bytes) = served_manifest(&baddr, "mirror/multi", "v1").await;
+    assert_eq!(digest, index_digest);
+    assert!(bytes == index);
+    for c in &children {
+        assert_eq!(served_manifest(&baddr, "mirror/multi", c).await.0, *c);
+    }
+    let (code, out, _) = berth(&["verify", "--plain-http", "--deep", &to]).await;
+    assert_eq!(code, 0, "{out}");
+    // Again: nothing to send.
+    let (code, out, _) = berth(&["copy", "--all", "--plain-http", &from, &to]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("blobs: 0 copied (0 B), 6 already there"),
+        "{out}"
+    );
+    // Within one registry: mounted, not uploaded.
+    let other = format!("{baddr}/other/multi:v1");
+    let (code, out, _) = berth(&["copy", "--all", "--plain-http", &to, &other]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("6 mounted"), "{out}");
+    // One platform from the index: the arm64 image itself.
+    let (code, out, err) = berth(&[
+        "copy",
+        "--plain-http",
+        "--platform",
+        "linux/arm64",
+        &from,
+        &format!("{baddr}/single/arm:v1"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served_manifest(&baddr, "single/arm", "v1").await.0,
+        children[1]
+    );
+
+    // berth → OCI layout (skopeo reads it back, byte for byte) → distribution.
+    let layout = tmp.path().join("layout");
+    let (code, out, err) = berth(&[
+        "copy",
+        "--all",
+        "--plain-http",
+        &to,
+        &format!("oci:{}:v1", p(&layout)),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let raw = skopeo(&["inspect", "--raw", &format!("oci:{}:v1", p(&layout))]).await;
+    assert!(raw == index, "{}", String::from_utf8_lossy(&raw));
+    let back = tmp.path().join("back");
+    skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{}:v1", p(&layout)),
+        &format!("oci:{}:v1", p(&back)),
+    ])
+    .await;
+    let (code, out, err) = berth(&[
+        "copy",
+        "--all",
+        "--plain-http",
+        &format!("oci:{}:v1", p(&layout)),
+        &format!("{}/team/again:v2", d.addr),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served_manifest(&d.addr, "team/again", "v2").await.0,
+        index_digest
+    );
+    // Bad input: a layout without a tag, a missing image.
+    let (code, _, err) = berth(&["copy", &format!("oci:{}", p(&layout)), &to]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("needs a tag"), "{err}");
+    let (code, _, err) = berth(&[
+        "copy",
+        "--plain-http",
+        &format!("{baddr}/nothing/here:v1"),
+        &format!("{baddr}/x/y:v1"),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+}
