@@ -175,6 +175,29 @@ impl Layout {
         }
     }
 
+    /// List `m` in `index.json`, named `tag` (replacing what had that name) or unnamed.
+    pub fn add_to_index(&self, m: &RawManifest, tag: Option<&str>) -> anyhow::Result<()> {
+        let mut index = self.index()?;
+        let entries = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| anyhow::anyhow!("index.json without manifests"))?;
+        let digest = m.digest.to_string();
+        match tag {
+            Some(t) => entries.retain(|e| e["annotations"][REF_NAME] != t),
+            None => entries.retain(|e| e["digest"] != digest.as_str()),
+        }
+        let mut entry = serde_json::json!({
+            "mediaType": m.media_type,
+            "digest": digest,
+            "size": m.bytes.len(),
+        });
+        if let Some(t) = tag {
+            entry["annotations"] = serde_json::json!({ REF_NAME: t });
+        }
+        entries.push(entry);
+        Layout::write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&index)?)
+    }
+
     /// Write `bytes` to `path` through a temporary file and a rename.
     fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -290,20 +313,10 @@ impl ImageSink for Layout {
             &self.dir.join("oci-layout"),
             br#"{"imageLayoutVersion":"1.0.0"}"#,
         )?;
-        let Some(tag) = tag else { return Ok(()) };
-        let mut index = self.index()?;
-        let entries = index["manifests"]
-            .as_array_mut()
-            .ok_or_else(|| anyhow::anyhow!("index.json without manifests"))?;
-        entries.retain(|e| e["annotations"][REF_NAME] != tag);
-        entries.push(serde_json::json!({
-            "mediaType": m.media_type,
-            "digest": m.digest.to_string(),
-            "size": m.bytes.len(),
-            "annotations": { REF_NAME: tag },
-        }));
-        Layout::write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&index)?)?;
-        Ok(())
+        match tag {
+            Some(tag) => self.add_to_index(m, Some(tag)),
+            None => Ok(()),
+        }
     }
 
     fn registry_repo(&self) -> Option<(String, String)> {

@@ -2,6 +2,7 @@
 //! [`config::Config`] into a running server. Commands live in `main.rs`; protocol and
 //! storage logic live in their own crates and are only assembled here.
 
+pub mod archive;
 pub mod config;
 pub mod copy;
 pub mod hosts;

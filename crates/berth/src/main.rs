@@ -132,6 +132,53 @@ enum Command {
         #[arg(long, value_name = "USER:PASS")]
         dest_creds: Option<String>,
     },
+    /// Write an image to an OCI image-layout tarball (break-glass copy).
+    ///
+    /// The file is readable by `skopeo copy oci-archive:FILE ...` and by `berth import`;
+    /// it is written under a temporary name and renamed when complete.
+    Export {
+        /// The image: [registry/]repository[:tag|@digest].
+        #[arg(value_name = "REF")]
+        image: String,
+        /// The tarball to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
+        output: PathBuf,
+        /// Export an index with every child image (default: this machine's platform).
+        #[arg(long)]
+        all: bool,
+        /// From an index, export the image of this platform (os/arch[/variant]).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// Talk plain HTTP to the registry.
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials as USER:PASS.
+        #[arg(long, value_name = "USER:PASS")]
+        creds: Option<String>,
+        /// A file whose first line is USER:PASS.
+        #[arg(long, value_name = "FILE")]
+        creds_file: Option<PathBuf>,
+    },
+    /// Push an image tarball to a registry: an OCI image-layout tar (as `berth export`
+    /// or `skopeo copy ... oci-archive:` write) or a `docker save` archive.
+    Import {
+        /// The tarball.
+        #[arg(value_name = "FILE.tar")]
+        input: PathBuf,
+        /// Where to push it: [registry/]repository[:tag]. The tag also picks the image
+        /// in an archive that holds several.
+        #[arg(value_name = "REF")]
+        image: String,
+        /// Talk plain HTTP to the registry.
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials as USER:PASS.
+        #[arg(long, value_name = "USER:PASS")]
+        creds: Option<String>,
+        /// A file whose first line is USER:PASS.
+        #[arg(long, value_name = "FILE")]
+        creds_file: Option<PathBuf>,
+    },
     /// Write containerd hosts.toml files so nodes pull every upstream through berth.
     ///
     /// Writes OUT/<upstream>/hosts.toml for each [[upstream]]: berth as a mirror with the
@@ -335,6 +382,92 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 berth::tools::human_bytes(report.bytes_copied),
                 report.blobs_existing,
                 report.blobs_mounted
+            )?;
+            Ok(true)
+        }
+        Command::Export {
+            image,
+            output,
+            all,
+            platform,
+            plain_http,
+            creds,
+            creds_file,
+        } => {
+            tool_config(None)?;
+            if all && platform.is_some() {
+                anyhow::bail!("--all exports every platform; leave out --platform");
+            }
+            let image: berth::remote::ImageRef = image.parse()?;
+            let connect = berth::remote::Connect {
+                plain_http,
+                creds,
+                creds_file,
+            };
+            let src = berth::copy::Endpoint::Registry(image.clone()).source(&connect)?;
+            let tag = match &image.target {
+                berth::remote::RefTarget::Tag(t) => Some(t.to_string()),
+                berth::remote::RefTarget::Digest(_) => None,
+            };
+            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
+            let opts = berth::copy::CopyOptions { all, platform };
+            let report = runtime()?.block_on(berth::archive::export(
+                src.as_ref(),
+                &image.target.to_string(),
+                tag.as_deref(),
+                &output,
+                &opts,
+                progress.clone(),
+            ));
+            progress.finish();
+            let report = report?;
+            use std::io::Write;
+            writeln!(
+                out,
+                "{}: {} ({} manifests, {} blobs, {})",
+                output.display(),
+                report.digest,
+                report.manifests,
+                report.blobs_copied,
+                berth::tools::human_bytes(report.bytes_copied)
+            )?;
+            Ok(true)
+        }
+        Command::Import {
+            input,
+            image,
+            plain_http,
+            creds,
+            creds_file,
+        } => {
+            tool_config(None)?;
+            let image: berth::remote::ImageRef = image.parse()?;
+            let tag = match &image.target {
+                berth::remote::RefTarget::Tag(t) => t.to_string(),
+                berth::remote::RefTarget::Digest(_) => {
+                    anyhow::bail!("import needs a tag to push to, not a digest")
+                }
+            };
+            let connect = berth::remote::Connect {
+                plain_http,
+                creds,
+                creds_file,
+            };
+            let dst = berth::copy::Endpoint::Registry(image.clone()).sink(&connect)?;
+            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
+            let report = runtime()?.block_on(berth::archive::import(
+                &input,
+                dst.as_ref(),
+                Some(&tag),
+                progress.clone(),
+            ));
+            progress.finish();
+            let report = report?;
+            use std::io::Write;
+            writeln!(
+                out,
+                "{image}: {} ({} manifests; blobs: {} pushed, {} already there)",
+                report.digest, report.manifests, report.blobs_copied, report.blobs_existing
             )?;
             Ok(true)
         }

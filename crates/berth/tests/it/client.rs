@@ -325,3 +325,186 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let (index, index_digest, children) = build_multi_layout(&src).await;
+    let b = TestServer::start().await;
+    let d = Distribution::start(None).await;
+    let baddr = b.addr.to_string();
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", p(&src)),
+        &format!("docker://{baddr}/team/multi:v1"),
+    ])
+    .await;
+
+    // export --all: skopeo reads the tarball, index byte for byte.
+    let tarball = tmp.path().join("multi.tar");
+    let (code, out, err) = berth(&[
+        "export",
+        "--all",
+        "--plain-http",
+        &format!("{baddr}/team/multi:v1"),
+        "-o",
+        p(&tarball),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&index_digest), "{out}");
+    let raw = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", p(&tarball))]).await;
+    assert!(raw == index, "{}", String::from_utf8_lossy(&raw));
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
+
+    // import into distribution: the index keeps its digest; every blob verifies.
+    let (code, out, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(&tarball),
+        &format!("{}/team/imported:v1", d.addr),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served_manifest(&d.addr, "team/imported", "v1").await.0,
+        index_digest
+    );
+    let (code, out, _) = berth(&[
+        "verify",
+        "--plain-http",
+        "--deep",
+        &format!("{}/team/imported:v1", d.addr),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    // An archive skopeo wrote (one image) imports with its digest.
+    let oci_tar = tmp.path().join("skopeo-oci.tar");
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:amd64", p(&src)),
+        &format!("oci-archive:{}:amd64", p(&oci_tar)),
+    ])
+    .await;
+    let (code, out, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(&oci_tar),
+        &format!("{baddr}/from/skopeo:amd64"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served_manifest(&baddr, "from/skopeo", "amd64").await.0,
+        children[0]
+    );
+
+    // A docker save archive (written by skopeo's docker-archive transport) becomes a
+    // consistent OCI image: layers are the diff IDs the config names.
+    let docker_tar = tmp.path().join("docker.tar");
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:arm64", p(&src)),
+        &format!("docker-archive:{}:team/app:v1", p(&docker_tar)),
+    ])
+    .await;
+    let (code, out, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(&docker_tar),
+        &format!("{baddr}/from/docker:v1"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = berth(&[
+        "verify",
+        "--plain-http",
+        "--deep",
+        &format!("{baddr}/from/docker:v1"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&served_manifest(&baddr, "from/docker", "v1").await.1).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &get_bytes(&b.url(&format!(
+            "/v2/from/docker/blobs/{}",
+            manifest["config"]["digest"].as_str().unwrap()
+        )))
+        .await,
+    )
+    .unwrap();
+    let layers: Vec<_> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].clone())
+        .collect();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap(), &layers);
+    assert_eq!(config["architecture"], "arm64");
+    // skopeo pulls it like any image.
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{baddr}/from/docker:v1"),
+        &format!("oci:{}:back", p(&tmp.path().join("pulled"))),
+    ])
+    .await;
+
+    // An archive with a path that leaves the extraction directory is refused.
+    let evil = tmp.path().join("evil.tar");
+    {
+        let mut t = tar::Builder::new(std::fs::File::create(&evil).unwrap());
+        let mut h = tar::Header::new_old();
+        let name = b"../escaped.txt";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append(&h, &b"hi"[..]).unwrap();
+        t.finish().unwrap();
+    }
+    let (code, _, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(&evil),
+        &format!("{baddr}/x/y:v1"),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("leaves the archive"), "{err}");
+    assert!(!std::env::temp_dir().join("escaped.txt").exists());
+    // Something that is no image archive at all.
+    let junk = tmp.path().join("junk.tar");
+    {
+        let mut t = tar::Builder::new(std::fs::File::create(&junk).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("hello.txt").unwrap();
+        h.set_size(2);
+        h.set_cksum();
+        t.append(&h, &b"hi"[..]).unwrap();
+        t.finish().unwrap();
+    }
+    let (code, _, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(&junk),
+        &format!("{baddr}/x/y:v1"),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("neither an OCI image layout nor a docker save archive"),
+        "{err}"
+    );
+}
