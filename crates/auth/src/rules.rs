@@ -122,7 +122,7 @@ impl std::str::FromStr for Principal {
 pub struct AccessRule {
     /// The pattern as written, for messages.
     pub repositories: String,
-    matcher: globset::GlobMatcher,
+    matcher: oci::RepoPattern,
     pub principals: Vec<Principal>,
     pub allow: ActionSet,
 }
@@ -134,11 +134,7 @@ impl AccessRule {
         principals: Vec<Principal>,
         allow: ActionSet,
     ) -> Result<AccessRule, String> {
-        let matcher = globset::GlobBuilder::new(repositories)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("invalid repositories pattern {repositories:?}: {e}"))?
-            .compile_matcher();
+        let matcher = oci::RepoPattern::new(repositories)?;
         if principals.is_empty() {
             return Err(format!(
                 "the access rule for {repositories:?} names no users"
@@ -153,7 +149,7 @@ impl AccessRule {
     }
 
     fn matches(&self, repo: &str) -> bool {
-        self.matcher.is_match(repo)
+        self.matcher.matches(repo)
     }
 }
 

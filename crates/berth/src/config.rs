@@ -37,6 +37,34 @@ pub struct Config {
     /// `[[access]]` rules, tried in order; see [`Config::access_rules`].
     #[serde(default)]
     pub access: Vec<AccessConfig>,
+    /// `[[export]]` entries: break-glass tarballs written after matching pushes.
+    #[serde(default, rename = "export")]
+    pub exports: Vec<ExportConfig>,
+}
+
+/// `[[export]]`: after each push of a matching tag, write the image (every platform of an
+/// index) as an OCI-layout tarball, keeping the newest `keep`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Repository pattern (`team/**`).
+    pub repositories: String,
+    /// Tag pattern (`v*`, `release-*`); default every tag.
+    #[serde(default = "default_export_tags")]
+    pub tags: String,
+    /// Where tarballs go, as `DIRECTORY/<repository>/<tag>/<UTC time>.tar`.
+    pub directory: PathBuf,
+    /// How many tarballs to keep per repository and tag.
+    #[serde(default = "default_export_keep")]
+    pub keep: usize,
+}
+
+fn default_export_tags() -> String {
+    "*".into()
+}
+
+fn default_export_keep() -> usize {
+    3
 }
 
 /// `[auth]`: where users come from.
@@ -584,6 +612,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.server.tls_files()?;
+        for (i, e) in self.exports.iter().enumerate() {
+            oci::RepoPattern::new(&e.repositories)
+                .map_err(|m| format!("[[export]] #{}: {m}", i + 1))?;
+            oci::RepoPattern::new(&e.tags)
+                .map_err(|m| format!("[[export]] #{}: tags: {m}", i + 1))?;
+            if e.keep == 0 {
+                return Err(format!("[[export]] #{}: keep must be at least 1", i + 1));
+            }
+        }
         if self.metrics.listen == Some(self.server.listen) {
             return Err(format!(
                 "[metrics] listen {} is the main [server] listen address; leave it out to serve /metrics there",

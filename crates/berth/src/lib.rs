@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod config;
 pub mod copy;
+pub mod exports;
 pub mod hosts;
 pub mod reload;
 pub mod remote;
@@ -293,6 +294,15 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
             }
         }
     }));
+    if !config.exports.is_empty() {
+        let rules = config
+            .exports
+            .iter()
+            .map(exports::ExportRule::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        tasks.push(exports::spawn_exports(app.registry.clone(), rules));
+    }
     let rules = Arc::new(retention_rules(config)?);
     if !rules.is_empty() {
         let a = app.clone();

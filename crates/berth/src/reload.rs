@@ -41,7 +41,13 @@ fn background_inputs(c: &Config) -> impl PartialEq + use<> {
         .iter()
         .map(|u| (u.name.clone(), u.max_size, u.max_idle, u.pinned.clone()))
         .collect();
-    (c.gc.clone(), c.retention.clone(), c.scrub.clone(), eviction)
+    (
+        c.gc.clone(),
+        c.retention.clone(),
+        c.scrub.clone(),
+        eviction,
+        c.exports.clone(),
+    )
 }
 
 /// Settings that only a restart applies, by the key a user would look for.

@@ -8,7 +8,9 @@
 mod digest;
 mod manifest;
 mod name;
+mod pattern;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest, media};
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use pattern::RepoPattern;

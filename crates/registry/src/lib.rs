@@ -87,7 +87,21 @@ pub struct Registry {
     /// collection around each "check the time again, then delete". So in this process a
     /// deletion never falls between an operation's renewal and its use.
     deletion: Arc<tokio::sync::RwLock<()>>,
+    /// Tagged pushes, for whoever listens (break-glass exports).
+    pushes: tokio::sync::broadcast::Sender<Pushed>,
 }
+
+/// A manifest pushed under a tag of a hosted repository.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub digest: Digest,
+}
+
+/// Push events kept for a slow listener before it starts missing some (it is told how
+/// many it missed).
+const PUSH_EVENTS: usize = 1024;
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, options: RegistryOptions) -> Registry {
@@ -98,7 +112,13 @@ impl Registry {
             manifests: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             hashers: Arc::default(),
             deletion: Arc::default(),
+            pushes: tokio::sync::broadcast::channel(PUSH_EVENTS).0,
         }
+    }
+
+    /// Hear about every tagged manifest push from now on.
+    pub fn subscribe_pushes(&self) -> tokio::sync::broadcast::Receiver<Pushed> {
+        self.pushes.subscribe()
     }
 
     /// Exclusive permission to delete content: held by garbage collection while it

@@ -134,6 +134,14 @@ impl Registry {
         };
         self.store_manifest(repo, tag, &digest, &parsed, bytes)
             .await?;
+        if let Some(tag) = tag {
+            // Nobody listening is fine.
+            let _ = self.pushes.send(crate::Pushed {
+                repo: repo.clone(),
+                tag: tag.clone(),
+                digest: digest.clone(),
+            });
+        }
         Ok(PutOutcome {
             digest,
             subject: parsed.subject.map(|s| s.digest),

@@ -329,8 +329,8 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// Seconds since the epoch as `2026-11-24T02:30:00Z`.
-fn rfc3339(secs: u64) -> String {
+/// `secs` since the Unix epoch as RFC 3339 UTC (`2026-11-24T02:30:00Z`).
+pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -23,7 +23,7 @@ pub struct RetentionRule {
     /// The glob as written (`team/**`), for messages.
     pub repositories: String,
     /// Compiled from `repositories`: `*` stays within one path component, `**` crosses.
-    pub matcher: globset::GlobMatcher,
+    pub matcher: oci::RepoPattern,
     pub keep_last: Option<usize>,
     pub keep_tags: Option<regex::Regex>,
     pub max_age: Option<Duration>,
@@ -37,11 +37,7 @@ impl RetentionRule {
         keep_tags: Option<&str>,
         max_age: Option<Duration>,
     ) -> Result<RetentionRule, String> {
-        let matcher = globset::GlobBuilder::new(repositories)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("invalid repositories pattern {repositories:?}: {e}"))?
-            .compile_matcher();
+        let matcher = oci::RepoPattern::new(repositories)?;
         let keep_tags = keep_tags
             .map(|t| {
                 regex::Regex::new(t).map_err(|e| format!("invalid keep_tags regex {t:?}: {e}"))
@@ -57,7 +53,7 @@ impl RetentionRule {
     }
 
     fn matches(&self, repo: &RepoName) -> bool {
-        self.matcher.is_match(repo.as_str())
+        self.matcher.matches(repo.as_str())
     }
 }
 

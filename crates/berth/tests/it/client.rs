@@ -241,6 +241,9 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
         out.contains(&format!("{index_digest}: 3 manifests; blobs: 6 copied")),
         "{out}"
     );
+    // Not a terminal: one line per blob instead of bars.
+    assert_eq!(err.matches("copying sha256:").count(), 6, "{err}");
+    assert_eq!(err.matches("  copied sha256:").count(), 6, "{err}");
     let (digest, bytes) = served_manifest(&baddr, "mirror/multi", "v1").await;
     assert_eq!(digest, index_digest);
     assert!(bytes == index);
@@ -506,5 +509,94 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
     assert!(
         err.contains("neither an OCI image layout nor a docker save archive"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_writes_break_glass_exports_after_matching_pushes_and_keeps_the_last_n() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let backups = tmp.path().join("backups");
+    let b = backups.clone();
+    let s = TestServer::start_with(move |c| {
+        c.exports = vec![berth::config::ExportConfig {
+            repositories: "team/**".into(),
+            tags: "v*".into(),
+            directory: b,
+            keep: 2,
+        }];
+    })
+    .await;
+    let src = tmp.path().join("src");
+    let (index, index_digest, _) = build_multi_layout(&src).await;
+    let push = |repo: &'static str, tag: &'static str| {
+        let (src, addr) = (src.clone(), s.addr);
+        async move {
+            skopeo(&[
+                "copy",
+                "--all",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:multi", p(&src)),
+                &format!("docker://{addr}/{repo}:{tag}"),
+            ])
+            .await;
+        }
+    };
+    // Three pushes of team/app:v1; one push not matching the tag pattern, one not
+    // matching the repository pattern.
+    let dir = backups.join("team/app/v1");
+    let tars = |dir: &std::path::Path| -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.retain(|p: &PathBuf| p.extension().is_some_and(|x| x == "tar"));
+        v.sort();
+        v
+    };
+    for round in 1..=3 {
+        push("team/app", "v1").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while tars(&dir).len() < round.min(2) || (round == 3 && tars(&dir).len() != 2) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {:?}",
+                tars(&dir)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Distinct names even within one second.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    push("team/app", "latest").await;
+    push("other/app", "v1").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let kept = tars(&dir);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(!backups.join("team/app/latest").exists());
+    assert!(!backups.join("other").exists());
+    // The newest is a complete archive skopeo reads, with the whole index.
+    let newest = kept.last().unwrap();
+    let raw = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", p(newest))]).await;
+    assert!(raw == index);
+    let (code, out, err) = berth(&[
+        "import",
+        "--plain-http",
+        p(newest),
+        &format!("{}/restored/app:v1", s.addr),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&index_digest), "{out}");
+    // No partial or scratch files beside them.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".tar") && !n.starts_with('.')),
+        "{names:?}"
     );
 }
