@@ -83,15 +83,8 @@ enum Command {
         /// The image: [registry/]repository[:tag|@digest] (docker.io when no registry).
         #[arg(value_name = "REF")]
         image: String,
-        /// Talk plain HTTP to the registry instead of HTTPS.
-        #[arg(long)]
-        plain_http: bool,
-        /// Credentials as USER:PASS (Basic, or for the registry's token server).
-        #[arg(long, value_name = "USER:PASS")]
-        creds: Option<String>,
-        /// A file whose first line is USER:PASS (keeps the password out of `ps`).
-        #[arg(long, value_name = "FILE")]
-        creds_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Download every blob and check its digest and size.
         #[arg(long)]
         deep: bool,
@@ -149,15 +142,8 @@ enum Command {
         /// From an index, export the image of this platform (os/arch[/variant]).
         #[arg(long, value_name = "OS/ARCH")]
         platform: Option<String>,
-        /// Talk plain HTTP to the registry.
-        #[arg(long)]
-        plain_http: bool,
-        /// Credentials as USER:PASS.
-        #[arg(long, value_name = "USER:PASS")]
-        creds: Option<String>,
-        /// A file whose first line is USER:PASS.
-        #[arg(long, value_name = "FILE")]
-        creds_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Push an image tarball to a registry: an OCI image-layout tar (as `berth export`
     /// or `skopeo copy ... oci-archive:` write) or a `docker save` archive.
@@ -169,15 +155,8 @@ enum Command {
         /// in an archive that holds several.
         #[arg(value_name = "REF")]
         image: String,
-        /// Talk plain HTTP to the registry.
-        #[arg(long)]
-        plain_http: bool,
-        /// Credentials as USER:PASS.
-        #[arg(long, value_name = "USER:PASS")]
-        creds: Option<String>,
-        /// A file whose first line is USER:PASS.
-        #[arg(long, value_name = "FILE")]
-        creds_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Write containerd hosts.toml files so nodes pull every upstream through berth.
     ///
@@ -198,6 +177,30 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
     },
+}
+
+/// How a client command reaches a registry.
+#[derive(clap::Args, Debug)]
+struct RemoteArgs {
+    /// Talk plain HTTP to the registry instead of HTTPS.
+    #[arg(long)]
+    plain_http: bool,
+    /// Credentials as USER:PASS (Basic, or for the registry's token server).
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// A file whose first line is USER:PASS (keeps the password out of `ps`).
+    #[arg(long, value_name = "FILE")]
+    creds_file: Option<PathBuf>,
+}
+
+impl From<RemoteArgs> for berth::remote::Connect {
+    fn from(a: RemoteArgs) -> Self {
+        berth::remote::Connect {
+            plain_http: a.plain_http,
+            creds: a.creds,
+            creds_file: a.creds_file,
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -314,9 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Verify {
             image,
-            plain_http,
-            creds,
-            creds_file,
+            remote,
             deep,
             referrers,
             json,
@@ -324,11 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             use std::io::Write;
             tool_config(None)?;
             let image: berth::remote::ImageRef = image.parse()?;
-            let connect = berth::remote::Connect {
-                plain_http,
-                creds,
-                creds_file,
-            };
+            let connect = berth::remote::Connect::from(remote);
             let client = connect.client(&image)?;
             let opts = berth::verify::VerifyOptions { deep, referrers };
             let report = runtime()?.block_on(berth::verify::verify(&client, &image, opts));
@@ -390,20 +387,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             output,
             all,
             platform,
-            plain_http,
-            creds,
-            creds_file,
+            remote,
         } => {
             tool_config(None)?;
             if all && platform.is_some() {
                 anyhow::bail!("--all exports every platform; leave out --platform");
             }
             let image: berth::remote::ImageRef = image.parse()?;
-            let connect = berth::remote::Connect {
-                plain_http,
-                creds,
-                creds_file,
-            };
+            let connect = berth::remote::Connect::from(remote);
             let src = berth::copy::Endpoint::Registry(image.clone()).source(&connect)?;
             let tag = match &image.target {
                 berth::remote::RefTarget::Tag(t) => Some(t.to_string()),
@@ -436,9 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Import {
             input,
             image,
-            plain_http,
-            creds,
-            creds_file,
+            remote,
         } => {
             tool_config(None)?;
             let image: berth::remote::ImageRef = image.parse()?;
@@ -448,11 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     anyhow::bail!("import needs a tag to push to, not a digest")
                 }
             };
-            let connect = berth::remote::Connect {
-                plain_http,
-                creds,
-                creds_file,
-            };
+            let connect = berth::remote::Connect::from(remote);
             let dst = berth::copy::Endpoint::Registry(image.clone()).sink(&connect)?;
             let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
             let report = runtime()?.block_on(berth::archive::import(
