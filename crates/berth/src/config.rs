@@ -519,6 +519,7 @@ fn default_listen() -> SocketAddr {
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Fs,
+    S3,
 }
 
 /// `[storage]`
@@ -534,6 +535,22 @@ pub struct StorageConfig {
     /// fsync data and directories before acknowledging a write.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// S3: the bucket.
+    pub bucket: Option<String>,
+    /// S3: the endpoint URL (`http://127.0.0.1:8333`); AWS when absent.
+    pub endpoint: Option<String>,
+    /// S3: the region (`us-east-1` when absent and not in the environment).
+    pub region: Option<String>,
+    /// S3: keys live under this prefix of the bucket.
+    pub prefix: Option<String>,
+    /// S3: access key; otherwise `AWS_ACCESS_KEY_ID` and the usual AWS chain.
+    pub access_key_id: Option<String>,
+    /// S3: secret key; otherwise `AWS_SECRET_ACCESS_KEY` and the usual AWS chain.
+    pub secret_access_key: Option<String>,
+    /// S3: put the bucket in the path instead of the host name (most self-hosted
+    /// servers need this).
+    #[serde(default)]
+    pub path_style: bool,
 }
 
 impl Default for StorageConfig {
@@ -542,7 +559,37 @@ impl Default for StorageConfig {
             kind: default_kind(),
             path: default_path(),
             fsync: true,
+            bucket: None,
+            endpoint: None,
+            region: None,
+            prefix: None,
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: false,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The S3 options, for `kind = "s3"`.
+    pub fn s3(&self) -> Result<store::s3::S3Options, String> {
+        let bucket = self
+            .bucket
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or("[storage] kind = \"s3\" needs bucket")?;
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err("[storage] access_key_id and secret_access_key go together".into());
+        }
+        Ok(store::s3::S3Options {
+            bucket,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone().or_else(|| Some("us-east-1".into())),
+            prefix: self.prefix.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            path_style: self.path_style,
+        })
     }
 }
 
@@ -612,6 +659,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.server.tls_files()?;
+        if self.storage.kind == StorageKind::S3 {
+            self.storage.s3()?;
+            if self.auth.htpasswd.is_some() && self.auth.token_key.is_none() {
+                return Err("[auth] token_key is required with [storage] kind = \"s3\": replicas must share the token signing key".into());
+            }
+        }
         for (i, e) in self.exports.iter().enumerate() {
             oci::RepoPattern::new(&e.repositories)
                 .map_err(|m| format!("[[export]] #{}: {m}", i + 1))?;

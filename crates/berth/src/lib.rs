@@ -31,6 +31,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             .with_context(|| format!("cannot open storage at {}", config.storage.path.display()))?;
             Ok(Arc::new(store))
         }
+        StorageKind::S3 => {
+            let options = config.storage.s3().map_err(anyhow::Error::msg)?;
+            let store = store::s3::S3Store::open(&options)
+                .with_context(|| format!("cannot open S3 bucket {}", options.bucket))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -51,7 +51,8 @@ async fn touch_and_walk(s: &dyn Store) {
     s.put(&a, Bytes::from_static(b"aa")).await.unwrap();
     s.put(&deep, Bytes::from_static(b"fff")).await.unwrap();
     let before = s.stat(&a).await.unwrap().unwrap().modified;
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Object stores keep modification times to the second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(s.touch(&a).await.unwrap());
     let after = s.stat(&a).await.unwrap().unwrap();
     assert!(after.modified > before, "touch moves the modification time");

@@ -3,13 +3,15 @@
 //!
 //! The traits are small and role-based (a caller that only stats takes an
 //! [`ObjectStatter`]); [`Store`] is the sum every backend implements. Backends:
-//! [`fs::FsStore`] (the default) and [`memory::MemoryStore`] (tests). Every backend runs
+//! [`fs::FsStore`] (the default), [`s3::S3Store`] (S3-compatible buckets, for several
+//! replicas) and [`memory::MemoryStore`] (tests). Every backend runs
 //! the same [`conformance`] suite.
 
 pub mod conformance;
 pub mod fs;
 mod key;
 pub mod memory;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -12,5 +12,6 @@ mod common;
 mod crash;
 mod gc_fsck;
 mod ops;
+mod replicas;
 mod skopeo;
 mod transport;

@@ -1,0 +1,699 @@
+//! The S3-compatible object-storage backend (AWS S3, MinIO, Ceph RGW, SeaweedFS, Garage)
+//! on `object_store`'s AWS client. Keys are objects under an optional prefix; berth's own
+//! bookkeeping lives under `.berth/`, a name no [`Key`] can take. Every piece of state is
+//! in the bucket, so several replicas can share it.
+//!
+//! Uploads: each append is staged as readable objects of at most [`PART_SIZE`] bytes
+//! under `.berth/uploads/<id>/`, listed in a small state object that is replaced with a
+//! conditional write (If-Match), so appends of one upload may come from different
+//! replicas and a lost race is refused, never merged. Commit turns the staged bytes into
+//! the destination object in one atomic step: a server-side copy for a single part, else
+//! a multipart upload of [`PART_SIZE`] parts streamed from the staged objects. Memory per
+//! upload is bounded by one part. `touch` rewrites small objects and, for large ones
+//! (blobs), writes a marker under `.berth/touch/` whose time `stat` and `walk` take into
+//! account. It never learns what the objects mean.
+
+use crate::{
+    ByteStream, Entry, Key, ObjectDeleter, ObjectLister, ObjectMeta, ObjectReader, ObjectStatter,
+    ObjectWriter, Result, Store, StoreError, UploadId, UploadStore, check_range,
+};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+use std::ops::Range;
+use std::time::SystemTime;
+
+/// Staged parts and multipart parts are at most this big: S3 needs 5 MiB parts (all but
+/// the last), and 8 MiB keeps memory per upload small while requests stay few.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Objects up to this size are touched by rewriting them (links, manifests, tags);
+/// bigger ones get a marker object instead of being copied.
+const TOUCH_REWRITE_MAX: u64 = 1024 * 1024;
+
+/// Prefixes checked for content at once when listing (see [`S3Store::list`]).
+const PREFIX_CHECKS: usize = 16;
+
+/// Where berth's bookkeeping lives in the bucket (below the prefix).
+const INTERNAL: &str = ".berth";
+
+/// How to reach the bucket.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    /// `https://s3.eu-west-1.amazonaws.com`, `http://127.0.0.1:8333`; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Keys live under this prefix (`"berth"`), or at the bucket's root.
+    pub prefix: Option<String>,
+    /// Explicit credentials; otherwise the usual AWS environment and chain.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `bucket` in the path (`https://host/bucket/key`) instead of the host name; most
+    /// self-hosted servers want this.
+    pub path_style: bool,
+}
+
+/// A store in an S3 bucket.
+pub struct S3Store {
+    s3: AmazonS3,
+    prefix: String,
+}
+
+fn io(e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound,
+        e => StoreError::Io(std::io::Error::other(e.to_string())),
+    }
+}
+
+fn time(t: chrono::DateTime<chrono::Utc>) -> SystemTime {
+    t.into()
+}
+
+/// The staged state of one upload.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
+struct UploadState {
+    /// Staged objects, in order: (name under the upload's folder, size).
+    parts: Vec<(String, u64)>,
+}
+
+impl UploadState {
+    fn size(&self) -> u64 {
+        self.parts.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl S3Store {
+    /// Connect to the bucket (nothing is sent until the first request).
+    pub fn open(o: &S3Options) -> Result<S3Store> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&o.bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_virtual_hosted_style_request(!o.path_style);
+        if let Some(e) = &o.endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        if let Some(r) = &o.region {
+            b = b.with_region(r);
+        }
+        if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
+            b = b.with_access_key_id(k).with_secret_access_key(s);
+        }
+        let s3 = b
+            .build()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let prefix = o
+            .prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        Ok(S3Store { s3, prefix })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
+    }
+
+    fn marker(&self, key: &str) -> Path {
+        self.path(&format!("{INTERNAL}/touch/{key}"))
+    }
+
+    fn upload_dir(&self, id: &UploadId) -> String {
+        format!("{INTERNAL}/uploads/{}", id.as_str())
+    }
+
+    fn state_path(&self, id: &UploadId) -> Path {
+        self.path(&format!("{}/state", self.upload_dir(id)))
+    }
+
+    /// The state of an upload and the version to replace it conditionally.
+    async fn state(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<(UploadState, UpdateVersion, SystemTime)>> {
+        let got = match self.s3.get(&self.state_path(id)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let modified = time(got.meta.last_modified);
+        let bytes = got.bytes().await.map_err(io)?;
+        let state: UploadState = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Io(std::io::Error::other(format!("upload state: {e}"))))?;
+        Ok(Some((state, version, modified)))
+    }
+
+    /// The staged bytes of an upload in `range`, part after part.
+    fn staged(&self, id: &UploadId, state: &UploadState, range: Range<u64>) -> ByteStream {
+        let mut pieces = Vec::new();
+        let mut at = 0u64;
+        for (name, size) in &state.parts {
+            let (start, end) = (at, at + size);
+            at = end;
+            if end <= range.start || start >= range.end || *size == 0 {
+                continue;
+            }
+            let from = range.start.max(start) - start;
+            let to = range.end.min(end) - start;
+            pieces.push((
+                self.path(&format!("{}/{name}", self.upload_dir(id))),
+                from..to,
+            ));
+        }
+        let s3 = self.s3.clone();
+        futures::stream::iter(pieces)
+            .then(move |(path, r)| {
+                let s3 = s3.clone();
+                async move {
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(r)),
+                        ..GetOptions::default()
+                    };
+                    s3.get_opts(&path, opts)
+                        .await
+                        .map(|g| {
+                            g.into_stream()
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        })
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// Delete everything staged for an upload.
+    async fn clear_upload(&self, id: &UploadId) -> Result<()> {
+        let dir = self.path(&self.upload_dir(id));
+        let all: Vec<Path> = self
+            .s3
+            .list(Some(&dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(io)?;
+        for p in all {
+            match self.s3.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStatter for S3Store {
+    async fn stat(&self, key: &Key) -> Result<Option<ObjectMeta>> {
+        let meta = match self.s3.head(&self.path(key.as_str())).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let mut modified = time(meta.last_modified);
+        if meta.size > TOUCH_REWRITE_MAX
+            && let Ok(m) = self.s3.head(&self.marker(key.as_str())).await
+        {
+            modified = modified.max(time(m.last_modified));
+        }
+        Ok(Some(ObjectMeta {
+            size: meta.size,
+            modified,
+        }))
+    }
+}
+
+#[async_trait]
+impl ObjectReader for S3Store {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        match self.s3.get(&self.path(key.as_str())).await {
+            Ok(g) => Ok(Some(g.bytes().await.map_err(io)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {
+        let path = self.path(key.as_str());
+        let size = self.s3.head(&path).await.map_err(io)?.size;
+        check_range(&range, size)?;
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        let got = self.s3.get_opts(&path, opts).await.map_err(io)?;
+        Ok(got
+            .into_stream()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed())
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Store {
+    async fn put(&self, key: &Key, bytes: Bytes) -> Result<()> {
+        self.s3
+            .put(&self.path(key.as_str()), PutPayload::from(bytes))
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    async fn touch(&self, key: &Key) -> Result<bool> {
+        let path = self.path(key.as_str());
+        let meta = match self.s3.head(&path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        if meta.size > TOUCH_REWRITE_MAX {
+            self.s3
+                .put(&self.marker(key.as_str()), PutPayload::default())
+                .await
+                .map_err(io)?;
+            return Ok(true);
+        }
+        let bytes = match self.s3.get(&path).await {
+            Ok(g) => g.bytes().await.map_err(io)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        // Only if nobody replaced it meanwhile (then it is fresh anyway).
+        let opts = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            ..PutOptions::default()
+        };
+        match self.s3.put_opts(&path, PutPayload::from(bytes), opts).await {
+            Ok(_) | Err(object_store::Error::Precondition { .. }) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectDeleter for S3Store {
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let path = self.path(key.as_str());
+        let existed = match self.s3.head(&path).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(io(e)),
+        };
+        if existed {
+            self.s3.delete(&path).await.map_err(io)?;
+            let _ = self.s3.delete(&self.marker(key.as_str())).await;
+        }
+        Ok(existed)
+    }
+}
+
+#[async_trait]
+impl ObjectLister for S3Store {
+    async fn list(&self, prefix: &Key) -> Result<Vec<Entry>> {
+        let base = self.path(prefix.as_str());
+        let listed = self.s3.list_with_delimiter(Some(&base)).await.map_err(io)?;
+        let name = |p: &Path| p.filename().map(str::to_owned);
+        // Some servers (SeaweedFS) keep a folder after its last object is deleted; a
+        // prefix counts only while something lives below it.
+        let live: Vec<Path> = futures::stream::iter(listed.common_prefixes)
+            .map(|p| async move {
+                match self.s3.list(Some(&p)).next().await {
+                    Some(Ok(_)) => Ok(Some(p)),
+                    None => Ok(None),
+                    Some(Err(e)) => Err(io(e)),
+                }
+            })
+            .buffered(PREFIX_CHECKS)
+            .try_filter_map(|p| async move { Ok(p) })
+            .try_collect()
+            .await?;
+        let mut out: Vec<Entry> = listed
+            .objects
+            .iter()
+            .filter_map(|m| name(&m.location).map(Entry::Object))
+            .chain(live.iter().filter_map(|p| name(p).map(Entry::Prefix)))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+        let base = self.path(prefix.as_str());
+        let strip = format!("{base}/");
+        let mut out: Vec<(String, ObjectMeta)> = self
+            .s3
+            .list(Some(&base))
+            .map_ok(|m| {
+                let rel = m
+                    .location
+                    .as_ref()
+                    .strip_prefix(&strip)
+                    .unwrap_or_default()
+                    .to_owned();
+                (
+                    rel,
+                    ObjectMeta {
+                        size: m.size,
+                        modified: time(m.last_modified),
+                    },
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(io)?;
+        // Touch markers of large objects count as their modification time.
+        let marker_base = self.marker(prefix.as_str());
+        let marker_strip = format!("{marker_base}/");
+        let markers: std::collections::HashMap<String, SystemTime> = self
+            .s3
+            .list(Some(&marker_base))
+            .map_ok(|m| {
+                (
+                    m.location
+                        .as_ref()
+                        .strip_prefix(&marker_strip)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    time(m.last_modified),
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(io)?;
+        for (rel, meta) in &mut out {
+            if let Some(t) = markers.get(rel.as_str()) {
+                meta.modified = meta.modified.max(*t);
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl UploadStore for S3Store {
+    async fn upload_create(&self, id: &UploadId) -> Result<()> {
+        let body = serde_json::to_vec(&UploadState::default()).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.s3
+            .put_opts(&self.state_path(id), PutPayload::from(body), opts)
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    async fn upload_stat(&self, id: &UploadId) -> Result<Option<ObjectMeta>> {
+        Ok(self.state(id).await?.map(|(s, _, modified)| ObjectMeta {
+            size: s.size(),
+            modified,
+        }))
+    }
+
+    async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
+        let (mut state, version, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+        let current = state.size();
+        if offset != current {
+            return Err(StoreError::OffsetMismatch { current });
+        }
+        // Stage the bytes in parts of at most PART_SIZE, under fresh names: until the
+        // state is replaced they belong to nobody, so a failure changes nothing.
+        let dir = self.upload_dir(id);
+        let mut buf = BytesMut::new();
+        let mut staged = Vec::new();
+        let stage = |buf: Bytes| {
+            let name = format!("p-{}", uuid::Uuid::new_v4());
+            let path = self.path(&format!("{dir}/{name}"));
+            async move {
+                let n = buf.len() as u64;
+                self.s3
+                    .put(&path, PutPayload::from(buf))
+                    .await
+                    .map_err(io)?;
+                Ok::<_, StoreError>((name, n))
+            }
+        };
+        let mut failure = None;
+        while let Some(chunk) = data.next().await {
+            match chunk {
+                Ok(c) => {
+                    buf.extend_from_slice(&c);
+                    while buf.len() >= PART_SIZE {
+                        let part = buf.split_to(PART_SIZE).freeze();
+                        match stage(part).await {
+                            Ok(p) => staged.push(p),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(StoreError::Io(e));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() && !buf.is_empty() {
+            match stage(buf.freeze()).await {
+                Ok(p) => staged.push(p),
+                Err(e) => failure = Some(e),
+            }
+        }
+        let discard = |staged: Vec<(String, u64)>| async move {
+            for (name, _) in staged {
+                let _ = self.s3.delete(&self.path(&format!("{dir}/{name}"))).await;
+            }
+        };
+        if let Some(e) = failure {
+            discard(staged).await;
+            return Err(e);
+        }
+        state.parts.extend(staged.iter().cloned());
+        let body = serde_json::to_vec(&state).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Update(version),
+            ..PutOptions::default()
+        };
+        match self
+            .s3
+            .put_opts(&self.state_path(id), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(state.size()),
+            Err(object_store::Error::Precondition { .. }) => {
+                // Another append won the race; report where the upload is now.
+                discard(staged).await;
+                let current = self
+                    .state(id)
+                    .await?
+                    .map(|(s, _, _)| s.size())
+                    .ok_or(StoreError::NotFound)?;
+                Err(StoreError::OffsetMismatch { current })
+            }
+            Err(e) => {
+                discard(staged).await;
+                Err(io(e))
+            }
+        }
+    }
+
+    async fn upload_read(&self, id: &UploadId, range: Option<Range<u64>>) -> Result<ByteStream> {
+        let (state, _, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+        let size = state.size();
+        let range = range.unwrap_or(0..size);
+        check_range(&range, size)?;
+        Ok(self.staged(id, &state, range))
+    }
+
+    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
+        let (state, _, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+        let target = self.path(dest.as_str());
+        let dir = self.upload_dir(id);
+        match state.parts.as_slice() {
+            [] => {
+                self.s3
+                    .put(&target, PutPayload::default())
+                    .await
+                    .map_err(io)?;
+            }
+            [(name, _)] => {
+                self.s3
+                    .copy(&self.path(&format!("{dir}/{name}")), &target)
+                    .await
+                    .map_err(io)?;
+            }
+            _ => {
+                // One multipart upload of PART_SIZE parts, streamed from the staged
+                // objects; the object appears whole when it completes.
+                let mp = self.s3.create_multipart(&target).await.map_err(io)?;
+                let result: Result<()> = async {
+                    let mut bytes = self.staged(id, &state, 0..state.size());
+                    let mut buf = BytesMut::new();
+                    let mut parts = Vec::new();
+                    loop {
+                        let next = bytes.next().await;
+                        if let Some(c) = &next {
+                            let c = c.as_ref().map_err(|e| {
+                                StoreError::Io(std::io::Error::other(e.to_string()))
+                            })?;
+                            buf.extend_from_slice(c);
+                        }
+                        while buf.len() >= PART_SIZE || (next.is_none() && !buf.is_empty()) {
+                            let n = buf.len().min(PART_SIZE);
+                            let part = buf.split_to(n).freeze();
+                            let idx = parts.len();
+                            parts.push(
+                                self.s3
+                                    .put_part(&target, &mp, idx, PutPayload::from(part))
+                                    .await
+                                    .map_err(io)?,
+                            );
+                        }
+                        if next.is_none() {
+                            break;
+                        }
+                    }
+                    self.s3
+                        .complete_multipart(&target, &mp, parts)
+                        .await
+                        .map_err(io)?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = self.s3.abort_multipart(&target, &mp).await;
+                    return Err(e);
+                }
+            }
+        }
+        // A new object replaces any touch marker an older one under the same key had.
+        let _ = self.s3.delete(&self.marker(dest.as_str())).await;
+        self.clear_upload(id).await
+    }
+
+    async fn upload_abort(&self, id: &UploadId) -> Result<bool> {
+        let existed = self.state(id).await?.is_some();
+        self.clear_upload(id).await?;
+        Ok(existed)
+    }
+
+    async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>> {
+        let base = self.path(&format!("{INTERNAL}/uploads"));
+        let listed = self.s3.list_with_delimiter(Some(&base)).await.map_err(io)?;
+        let mut out = Vec::new();
+        for p in listed.common_prefixes {
+            let Some(name) = p.filename() else { continue };
+            let Ok(id) = UploadId::parse(name) else {
+                continue;
+            };
+            if let Some((s, _, modified)) = self.state(&id).await? {
+                out.push((
+                    id,
+                    ObjectMeta {
+                        size: s.size(),
+                        modified,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Store for S3Store {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+}
+
+/// The S3 server the test setup started (`scripts/test` starts SeaweedFS), from
+/// `BERTH_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`, under a fresh
+/// prefix so runs never see each other's objects.
+pub fn test_options() -> S3Options {
+    let var = |n: &str| std::env::var(format!("BERTH_TEST_S3_{n}")).ok();
+    let endpoint = var("ENDPOINT").unwrap_or_else(|| {
+        panic!("BERTH_TEST_S3_ENDPOINT is not set: run scripts/test, which starts SeaweedFS")
+    });
+    S3Options {
+        bucket: var("BUCKET").unwrap_or_else(|| "berth".into()),
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        prefix: Some(format!("test-{}", uuid::Uuid::new_v4())),
+        access_key_id: var("ACCESS_KEY"),
+        secret_access_key: var("SECRET_KEY"),
+        path_style: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_s3() {
+        let store = S3Store::open(&test_options()).unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_chunked_upload_moves_between_replicas_and_large_commits_use_parts() {
+        let options = test_options();
+        let (a, b) = (
+            S3Store::open(&options).unwrap(),
+            S3Store::open(&options).unwrap(),
+        );
+        let id = UploadId::random();
+        a.upload_create(&id).await.unwrap();
+        // 20 MiB in 3 MiB appends, alternating between the two stores.
+        let data: Vec<u8> = (0..20u32 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+        let mut offset = 0u64;
+        for (i, chunk) in data.chunks(3 * 1024 * 1024).enumerate() {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let body = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(chunk))]).boxed();
+            offset = s.upload_append(&id, offset, body).await.unwrap();
+        }
+        assert_eq!(offset, data.len() as u64);
+        // A stale append (the offset another replica already passed) is refused.
+        let stale = futures::stream::iter(vec![Ok(Bytes::from_static(b"x"))]).boxed();
+        assert!(matches!(
+            a.upload_append(&id, 3, stale).await,
+            Err(StoreError::OffsetMismatch { current }) if current == offset
+        ));
+        let dest = Key::new("blobs/big").unwrap();
+        b.upload_commit(&id, &dest).await.unwrap();
+        let mut got = Vec::new();
+        let mut s = a.read(&dest, 0..offset).await.unwrap();
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert!(got == data);
+        assert!(a.upload_stat(&id).await.unwrap().is_none());
+    }
+}
