@@ -293,6 +293,11 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
                     let freed = r.bytes_freed;
                     record.succeeded(r, started.elapsed(), removed, freed);
                 }
+                Err(upkeep::UpkeepError::Busy(_)) => {
+                    tracing::info!(
+                        "garbage collection skipped: another berth on this store is collecting"
+                    );
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "garbage collection failed");
                     record.failed(e.to_string(), started.elapsed());
@@ -327,6 +332,11 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
                         tracing::info!(tags_deleted = r.tags_deleted, "retention done");
                         let removed = r.tags_deleted;
                         record.succeeded(r, started.elapsed(), removed, 0);
+                    }
+                    Err(upkeep::UpkeepError::Busy(_)) => {
+                        tracing::info!(
+                            "retention skipped: another berth on this store is applying it"
+                        );
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "retention failed");

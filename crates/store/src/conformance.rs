@@ -38,6 +38,37 @@ pub async fn run_all(store: &dyn Store) {
     failed_append_is_all_or_nothing(store).await;
     large_object(store).await;
     touch_and_walk(store).await;
+    leases(store).await;
+}
+
+async fn leases(s: &dyn Store) {
+    let name = format!("t-{}", UploadId::random().as_str());
+    let long = std::time::Duration::from_secs(60);
+    assert!(s.acquire_lease(&name, "a", long).await.unwrap());
+    assert!(
+        !s.acquire_lease(&name, "b", long).await.unwrap(),
+        "a held lease is refused to others"
+    );
+    assert!(
+        s.acquire_lease(&name, "a", long).await.unwrap(),
+        "the holder renews"
+    );
+    s.release_lease(&name, "b").await.unwrap();
+    assert!(
+        !s.acquire_lease(&name, "b", long).await.unwrap(),
+        "only the holder releases"
+    );
+    s.release_lease(&name, "a").await.unwrap();
+    assert!(
+        s.acquire_lease(&name, "b", std::time::Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.acquire_lease(&name, "c", long).await.unwrap(),
+        "an expired lease is taken over"
+    );
+    s.release_lease(&name, "c").await.unwrap();
 }
 
 async fn touch_and_walk(s: &dyn Store) {

@@ -697,6 +697,60 @@ impl UploadStore for FsStore {
     }
 }
 
+#[async_trait]
+impl crate::Leaser for FsStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let dir = self.inner.root.join(".leases");
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Ok(blocking(move || {
+            fs::create_dir_all(&dir)?;
+            // Processes on one directory take turns through an OS file lock.
+            let guard = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{name}.lock")))?;
+            guard.lock()?;
+            let path = dir.join(&name);
+            let held: Option<crate::LeaseRecord> = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if held.is_some_and(|l| !l.yields_to(&holder)) {
+                return Ok(false);
+            }
+            let tmp = dir.join(format!("{name}.new"));
+            fs::write(
+                &tmp,
+                serde_json::to_vec(&crate::LeaseRecord::new(&holder, ttl)).unwrap_or_default(),
+            )?;
+            fs::rename(&tmp, &path)?;
+            Ok(true)
+        })
+        .await?)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let path = self.inner.root.join(".leases").join(name);
+        let holder = holder.to_owned();
+        blocking(move || {
+            let held: Option<crate::LeaseRecord> = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if held.is_some_and(|l| l.holder == holder) {
+                let _ = fs::remove_file(&path);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
 impl Store for FsStore {
     fn kind(&self) -> &'static str {
         "fs"

@@ -145,9 +145,54 @@ pub trait UploadStore: Send + Sync {
     async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>>;
 }
 
+/// Time-limited exclusive leases, so that among several processes on one store (replicas,
+/// or `berth gc` beside `berth serve`) only one runs a sweep at a time.
+#[async_trait]
+pub trait Leaser: Send + Sync {
+    /// Take lease `name` for `holder` until `ttl` from now, or renew it if `holder` has
+    /// it; `false` when another holder's lease has not expired.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool>;
+    /// Give up lease `name` if `holder` has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+}
+
+/// A lease as backends record it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LeaseRecord {
+    pub holder: String,
+    /// Milliseconds since the Unix epoch when it expires.
+    pub until_ms: u64,
+}
+
+impl LeaseRecord {
+    pub(crate) fn new(holder: &str, ttl: std::time::Duration) -> LeaseRecord {
+        LeaseRecord {
+            holder: holder.to_owned(),
+            until_ms: now_ms().saturating_add(ttl.as_millis() as u64),
+        }
+    }
+
+    /// May `holder` take this lease over?
+    pub(crate) fn yields_to(&self, holder: &str) -> bool {
+        self.holder == holder || self.until_ms <= now_ms()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Everything a backend provides.
 pub trait Store:
-    ObjectStatter + ObjectReader + ObjectWriter + ObjectDeleter + ObjectLister + UploadStore
+    ObjectStatter + ObjectReader + ObjectWriter + ObjectDeleter + ObjectLister + UploadStore + Leaser
 {
     /// A short name for logs ("fs", "memory").
     fn kind(&self) -> &'static str;

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 struct State {
     objects: BTreeMap<String, (Bytes, SystemTime)>,
     uploads: BTreeMap<UploadId, (BytesMut, SystemTime)>,
+    leases: BTreeMap<String, crate::LeaseRecord>,
 }
 
 /// A store that lives in memory and dies with the process.
@@ -219,6 +220,32 @@ impl UploadStore for MemoryStore {
                 )
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl crate::Leaser for MemoryStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let mut st = self.lock();
+        if st.leases.get(name).is_some_and(|l| !l.yields_to(holder)) {
+            return Ok(false);
+        }
+        st.leases
+            .insert(name.to_owned(), crate::LeaseRecord::new(holder, ttl));
+        Ok(true)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut st = self.lock();
+        if st.leases.get(name).is_some_and(|l| l.holder == holder) {
+            st.leases.remove(name);
+        }
+        Ok(())
     }
 }
 

@@ -627,6 +627,59 @@ impl UploadStore for S3Store {
     }
 }
 
+#[async_trait]
+impl crate::Leaser for S3Store {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let path = self.path(&format!("{INTERNAL}/leases/{name}"));
+        let body = serde_json::to_vec(&crate::LeaseRecord::new(holder, ttl)).unwrap_or_default();
+        // Create it, or replace exactly the version that yields to us: of two replicas
+        // racing for an expired lease, the conditional write lets one win.
+        let mode = match self.s3.get(&path).await {
+            Err(object_store::Error::NotFound { .. }) => PutMode::Create,
+            Err(e) => return Err(io(e)),
+            Ok(g) => {
+                let version = UpdateVersion {
+                    e_tag: g.meta.e_tag.clone(),
+                    version: g.meta.version.clone(),
+                };
+                let bytes = g.bytes().await.map_err(io)?;
+                let held: Option<crate::LeaseRecord> = serde_json::from_slice(&bytes).ok();
+                if held.is_some_and(|l| !l.yields_to(holder)) {
+                    return Ok(false);
+                }
+                PutMode::Update(version)
+            }
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self.s3.put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let path = self.path(&format!("{INTERNAL}/leases/{name}"));
+        if let Ok(g) = self.s3.get(&path).await
+            && let Ok(bytes) = g.bytes().await
+            && serde_json::from_slice::<crate::LeaseRecord>(&bytes)
+                .is_ok_and(|l| l.holder == holder)
+        {
+            let _ = self.s3.delete(&path).await;
+        }
+        Ok(())
+    }
+}
+
 impl Store for S3Store {
     fn kind(&self) -> &'static str {
         "s3"

@@ -257,11 +257,29 @@ pub async fn run_once(
         ..GcReport::default()
     };
     let store = registry.store().clone();
+    // One sweeper per store: replicas (and `berth gc` beside `berth serve`) take turns.
+    crate::lease(store.as_ref(), "gc").await?;
+    let result = collect(registry, opts, progress, &store, cutoff, &mut report).await;
+    let _ = store.release_lease("gc", crate::lease_holder()).await;
+    result?;
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
 
+async fn collect(
+    registry: &Registry,
+    opts: &GcOptions,
+    progress: &dyn Progress,
+    store: &std::sync::Arc<dyn store::Store>,
+    cutoff: SystemTime,
+    report: &mut GcReport,
+) -> Result<()> {
+    let now = SystemTime::now();
     progress.phase("scanning repositories", 0);
     let repos = index::scan(store.as_ref()).await?;
     report.repositories = repos.len() as u64;
 
+    crate::lease(store.as_ref(), "gc").await?;
     progress.phase("marking", repos.len() as u64);
     let mut refs = RefCache {
         registry,
@@ -339,8 +357,9 @@ pub async fn run_once(
             _ => None,
         })
         .collect();
+    crate::lease(store.as_ref(), "gc").await?;
     progress.phase("sweeping links", doomed.len() as u64);
-    let kept = sweep(registry, doomed, cutoff, &mut report, progress).await?;
+    let kept = sweep(registry, doomed, cutoff, report, progress).await?;
     for d in doomed_links {
         if let Some(n) = links.get_mut(&d) {
             *n = n.saturating_sub(1);
@@ -353,6 +372,7 @@ pub async fn run_once(
     }
     needed.extend(links.into_iter().filter(|(_, n)| *n > 0).map(|(d, _)| d));
 
+    crate::lease(store.as_ref(), "gc").await?;
     progress.phase("scanning blobs", 0);
     let mut blob_doomed = Vec::new();
     for (d, meta) in index::scan_blobs(store.as_ref()).await? {
@@ -360,9 +380,11 @@ pub async fn run_once(
             blob_doomed.push(Doomed::Blob(d));
         }
     }
+    crate::lease(store.as_ref(), "gc").await?;
     progress.phase("sweeping blobs", blob_doomed.len() as u64);
-    sweep(registry, blob_doomed, cutoff, &mut report, progress).await?;
+    sweep(registry, blob_doomed, cutoff, report, progress).await?;
 
+    crate::lease(store.as_ref(), "gc").await?;
     progress.phase("uploads", 0);
     for (repo, id) in uploads_doomed {
         report.uploads_deleted += 1;
@@ -385,6 +407,5 @@ pub async fn run_once(
             }
         }
     }
-    report.duration_seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }

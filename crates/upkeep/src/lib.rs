@@ -113,6 +113,30 @@ pub enum UpkeepError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Key(#[from] store::KeyError),
+    /// Another process on the same store holds the job's lease (a replica, or `berth gc`
+    /// beside `berth serve`); the run was skipped.
+    #[error("another berth process is running {0} on this store; skipped")]
+    Busy(&'static str),
+}
+
+/// How long a sweep's lease lasts. It is renewed at every phase of the run, so this only
+/// bounds how long a process that died mid-sweep keeps others from sweeping; phases of
+/// a run on a large store take a few minutes at most.
+pub const LEASE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// This process's name on leases.
+pub fn lease_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| format!("berth-{}-{}", std::process::id(), uuid::Uuid::new_v4()))
+}
+
+/// Take (or renew) lease `name`, or `Busy`.
+pub(crate) async fn lease(store: &dyn store::Store, name: &'static str) -> Result<()> {
+    if store.acquire_lease(name, lease_holder(), LEASE_TTL).await? {
+        Ok(())
+    } else {
+        Err(UpkeepError::Busy(name))
+    }
 }
 
 pub type Result<T, E = UpkeepError> = std::result::Result<T, E>;

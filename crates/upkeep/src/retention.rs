@@ -179,6 +179,21 @@ pub async fn apply(registry: &Registry, plan: &RetentionPlan) -> Result<Retentio
         tags_seen: plan.tags_seen,
         ..RetentionReport::default()
     };
+    // One process applies retention at a time (replicas share the store).
+    let store = registry.store().clone();
+    crate::lease(store.as_ref(), "retention").await?;
+    let result = drop_tags(registry, plan, &mut report).await;
+    let _ = store
+        .release_lease("retention", crate::lease_holder())
+        .await;
+    result.map(|()| report)
+}
+
+async fn drop_tags(
+    registry: &Registry,
+    plan: &RetentionPlan,
+    report: &mut RetentionReport,
+) -> Result<()> {
     for d in &plan.drops {
         let (Ok(repo), Ok(tag)) = (d.repository.parse::<RepoName>(), d.tag.parse::<Tag>()) else {
             continue;
@@ -199,7 +214,7 @@ pub async fn apply(registry: &Registry, plan: &RetentionPlan) -> Result<Retentio
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -111,3 +111,109 @@ async fn a_chunked_upload_alternates_between_replicas() {
         assert!(got.as_ref() == data.as_slice());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_on_one_replica_while_the_other_takes_pushes_leaves_a_clean_store() {
+    let (a, b) = two_replicas().await;
+    // Garbage to collect: images whose tags are deleted, pushed through B.
+    for i in 0..3 {
+        push_image(&b, "team/old", &format!("v{i}"), &format!("old-{i}")).await;
+        let r = client()
+            .delete(b.url(&format!("/v2/team/old/manifests/v{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Age nothing: a grace of two seconds stands in for an hour; pushes take far less.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let gc = upkeep::gc::GcOptions {
+        grace: std::time::Duration::from_secs(2),
+        renewal_slack: std::time::Duration::from_secs(1),
+        ..upkeep::gc::GcOptions::default()
+    };
+    let registry = a.app.registry.clone();
+    let collector = tokio::spawn(async move {
+        let mut runs = Vec::new();
+        for _ in 0..6 {
+            runs.push(upkeep::gc::run_once(&registry, &gc, &upkeep::Quiet).await);
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        runs
+    });
+    let mut pushed = Vec::new();
+    for i in 0..8 {
+        pushed.push(push_image(&b, "team/new", &format!("v{i}"), &format!("new-{i}")).await);
+    }
+    let runs = collector.await.unwrap();
+    let deleted: u64 = runs
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.manifests_deleted).unwrap_or(0))
+        .sum();
+    assert!(
+        runs.iter().all(|r| r.is_ok()),
+        "{:?}",
+        runs.iter()
+            .filter_map(|r| r.as_ref().err())
+            .collect::<Vec<_>>()
+    );
+    assert!(deleted >= 3, "the deleted images were collected: {deleted}");
+    // Everything pushed meanwhile pulls from either replica, and a deep fsck is clean.
+    for (i, d) in pushed.iter().enumerate() {
+        for s in [&a, &b] {
+            let raw = get_bytes(&s.url(&format!("/v2/team/new/manifests/v{i}"))).await;
+            assert_eq!(digest_of(&raw), *d);
+            let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            for l in m["layers"].as_array().unwrap() {
+                get_bytes(&s.url(&format!(
+                    "/v2/team/new/blobs/{}",
+                    l["digest"].as_str().unwrap()
+                )))
+                .await;
+            }
+        }
+    }
+    let fsck = upkeep::fsck::FsckOptions {
+        deep: true,
+        repair: false,
+        cache: None,
+        cached: Vec::new(),
+        rate: None,
+    };
+    let report = upkeep::fsck::run_once(&b.app.registry, &fsck, &upkeep::Quiet)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.tags, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_one_replica_sweeps_at_a_time() {
+    let (a, b) = two_replicas().await;
+    let store_a = a.app.registry.store().clone();
+    // Replica A's process holds the gc lease (as during a long sweep)...
+    assert!(
+        store_a
+            .acquire_lease("gc", "replica-a", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // ...so a collection started on B is skipped, not run alongside.
+    let r = upkeep::gc::run_once(
+        &b.app.registry,
+        &upkeep::gc::GcOptions::default(),
+        &upkeep::Quiet,
+    )
+    .await;
+    assert!(matches!(r, Err(upkeep::UpkeepError::Busy("gc"))), "{r:?}");
+    store_a.release_lease("gc", "replica-a").await.unwrap();
+    assert!(
+        upkeep::gc::run_once(
+            &b.app.registry,
+            &upkeep::gc::GcOptions::default(),
+            &upkeep::Quiet
+        )
+        .await
+        .is_ok()
+    );
+}
