@@ -551,6 +551,10 @@ pub struct StorageConfig {
     /// servers need this).
     #[serde(default)]
     pub path_style: bool,
+    /// S3: answer blob GETs with a 307 to a presigned URL, so bytes flow from the bucket
+    /// to clients without passing through berth (clients must reach the endpoint).
+    #[serde(default)]
+    pub redirect: bool,
 }
 
 impl Default for StorageConfig {
@@ -566,6 +570,7 @@ impl Default for StorageConfig {
             access_key_id: None,
             secret_access_key: None,
             path_style: false,
+            redirect: false,
         }
     }
 }
@@ -659,6 +664,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.server.tls_files()?;
+        if self.storage.redirect && self.storage.kind != StorageKind::S3 {
+            return Err("[storage] redirect needs kind = \"s3\": only object storage can hand out presigned URLs".into());
+        }
         if self.storage.kind == StorageKind::S3 {
             self.storage.s3()?;
             if self.auth.htpasswd.is_some() && self.auth.token_key.is_none() {

@@ -85,6 +85,8 @@ pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
         upkeep: Arc::default(),
         access: std::sync::RwLock::new(Arc::new(access)),
         metrics: Arc::default(),
+        blob_redirect: (config.storage.kind == StorageKind::S3 && config.storage.redirect)
+            .then_some(server::BLOB_REDIRECT_TTL),
         metrics_at: match config.metrics.listen {
             Some(_) => server::MetricsAt::OwnListener,
             None => server::MetricsAt::Api,

@@ -46,6 +46,21 @@ impl Registry {
         Ok(blob.size)
     }
 
+    /// A URL the blob can be fetched from directly for `ttl` (S3 presigned), after the
+    /// same check and renewal as [`Registry::stat_blob`]; `None` when the store has none.
+    pub async fn blob_url(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>> {
+        self.stat_blob(repo, digest).await?;
+        Ok(self
+            .store
+            .presigned_get(&layout::blob(digest)?, ttl)
+            .await?)
+    }
+
     /// Bytes `range` of a blob the repository links (the caller has checked the range
     /// against [`Registry::stat_blob`]).
     pub async fn read_blob(

@@ -509,6 +509,17 @@ pub(crate) async fn get_blob(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response> {
+    // Bytes straight from object storage: a 307 to a short-lived presigned URL.
+    if !head
+        && let Some(ttl) = app.blob_redirect
+        && let Some(url) = app.registry.blob_url(repo, digest, ttl).await?
+    {
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        resp.headers_mut().insert(header::LOCATION, hv(&url));
+        resp.headers_mut()
+            .insert(DIGEST_HEADER, hv(&digest.to_string()));
+        return Ok(resp);
+    }
     let size = app.registry.stat_blob(repo, digest).await?;
     let requested = range::resolve(header_str(headers, header::RANGE), size);
     let (status, range) = match requested {

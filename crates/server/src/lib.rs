@@ -43,7 +43,15 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Where `/metrics` is served.
     pub metrics_at: MetricsAt,
+    /// Answer blob GETs with a redirect to a presigned URL valid this long, where the
+    /// store can make one (S3 with `redirect = true`).
+    pub blob_redirect: Option<std::time::Duration>,
 }
+
+/// How long a presigned blob URL stays valid: long enough for a client to start the
+/// download after the redirect (it only has to begin within this time), short enough
+/// that a leaked URL soon stops working.
+pub const BLOB_REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl AppState {
     /// The users and access rules in force now.

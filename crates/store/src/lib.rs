@@ -90,6 +90,11 @@ pub trait ObjectReader: Send + Sync {
     /// A stream of the bytes in `range` of the object; `NotFound` when absent,
     /// `InvalidRange` when the range does not fit the object.
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream>;
+    /// A URL from which anyone holding it may GET the object for `ttl`, where the
+    /// backend can hand one out (S3 presigned URLs); `None` otherwise.
+    async fn presigned_get(&self, _key: &Key, _ttl: std::time::Duration) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Creates and replaces whole objects atomically.

@@ -263,6 +263,16 @@ impl ObjectReader for S3Store {
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed())
     }
+
+    async fn presigned_get(&self, key: &Key, ttl: std::time::Duration) -> Result<Option<String>> {
+        use object_store::signer::Signer;
+        let url = self
+            .s3
+            .signed_url(http::Method::GET, &self.path(key.as_str()), ttl)
+            .await
+            .map_err(io)?;
+        Ok(Some(url.to_string()))
+    }
 }
 
 #[async_trait]

@@ -217,3 +217,70 @@ async fn only_one_replica_sweeps_at_a_time() {
         .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blob_gets_redirect_to_presigned_urls_when_asked() {
+    require_tools();
+    let o = store::s3::test_options();
+    let s = TestServer::start_with(move |c| {
+        on_s3(c, &o);
+        c.storage.redirect = true;
+    })
+    .await;
+    let m = push_image(&s, "team/redirect", "v1", "redirect").await;
+    let manifest: serde_json::Value =
+        get_json(&s.url(&format!("/v2/team/redirect/manifests/{m}"))).await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let url = s.url(&format!("/v2/team/redirect/blobs/{layer}"));
+    // HEAD answers itself; GET sends the client to the bucket.
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("X-Amz-Signature"), "{location}");
+    assert!(location.starts_with(store::s3::test_options().endpoint.unwrap().as_str()));
+    let bytes = client()
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(digest_of(&bytes).to_string(), layer);
+    // An unknown blob is still a 404 from berth, not a redirect.
+    let r = client()
+        .get(s.url(&format!("/v2/team/redirect/blobs/{}", digest_of(b"none"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A real client follows the redirect: skopeo pushes an image and pulls it back.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    crate::skopeo::build_image(&src, "v2", "amd64", 21, 256 << 10).await;
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v2", p(&src)),
+        &format!("docker://{}/team/redirect:v2", s.addr),
+    ])
+    .await;
+    let out = tmp.path().join("out");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/team/redirect:v2", s.addr),
+        &format!("oci:{}:v2", p(&out)),
+    ])
+    .await;
+    let (digest, manifest) = layout_manifest(&src, "v2");
+    assert_eq!(layout_manifest(&out, "v2").0, digest);
+    for d in crate::skopeo::referenced_blobs(&manifest) {
+        assert!(
+            crate::skopeo::layout_blob(&out, &d) == crate::skopeo::layout_blob(&src, &d),
+            "{d}"
+        );
+    }
+}
