@@ -284,3 +284,142 @@ async fn blob_gets_redirect_to_presigned_urls_when_asked() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_upload_loses_nothing_committed() {
+    let o = store::s3::test_options();
+    // Replica A: a real process, killed with SIGKILL during an append.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let q = |v: &Option<String>| format!("{:?}", v.clone().unwrap_or_default());
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nkind = \"s3\"\nbucket = {:?}\nendpoint = {}\nregion = \"us-east-1\"\nprefix = {}\naccess_key_id = {}\nsecret_access_key = {}\npath_style = true\n[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\", \"push\", \"delete\"]\n",
+            o.bucket,
+            q(&o.endpoint),
+            q(&o.prefix),
+            q(&o.access_key_id),
+            q(&o.secret_access_key),
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config", p(&config)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client().get(format!("{base}/v2/")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let b = TestServer::start_with(move |c| on_s3(c, &o)).await;
+
+    // Committed through A before the crash: an image, and the first chunk of an upload.
+    let config_blob = b"{}";
+    let r = client()
+        .post(format!(
+            "{base}/v2/team/safe/blobs/uploads/?digest={}",
+            digest_of(config_blob)
+        ))
+        .body(&config_blob[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let data = pseudo_random(17, 10 << 20);
+    let d = digest_of(&data);
+    let r = client()
+        .post(format!("{base}/v2/team/crash/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let first = 6 << 20;
+    let r = client()
+        .patch(format!("{base}{location}"))
+        .header("content-range", format!("0-{}", first - 1))
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+
+    // The second chunk trickles in; A dies in the middle of it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let rest = data[first..].to_vec();
+    let url = format!("{base}{location}");
+    let patch = tokio::spawn(async move {
+        client()
+            .patch(url)
+            .header(
+                "content-range",
+                format!("{first}-{}", first + rest.len() - 1),
+            )
+            .header("content-length", rest.len())
+            .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+            .send()
+            .await
+    });
+    tx.send(Ok(bytes::Bytes::copy_from_slice(
+        &data[first..first + (3 << 20)],
+    )))
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    drop(tx);
+    assert!(
+        patch
+            .await
+            .unwrap()
+            .map(|r| r.status() != 202)
+            .unwrap_or(true)
+    );
+
+    // Replica B sees exactly the committed chunk, finishes the upload, and serves both.
+    let r = client().get(b.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], format!("0-{}", first - 1));
+    let r = client()
+        .put(b.url(&format!("{location}?digest={d}")))
+        .header("content-range", format!("{first}-{}", data.len() - 1))
+        .body(data[first..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert!(
+        get_bytes(&b.url(&format!("/v2/team/crash/blobs/{d}")))
+            .await
+            .as_ref()
+            == data.as_slice()
+    );
+    assert_eq!(
+        get_bytes(&b.url(&format!("/v2/team/safe/blobs/{}", digest_of(config_blob))))
+            .await
+            .as_ref(),
+        config_blob
+    );
+}
+
+/// A stream of what arrives on `rx`.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
