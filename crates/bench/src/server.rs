@@ -27,7 +27,14 @@ const LOG_TAIL_BYTES: usize = 4000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Distribution,
-    Berth { fsync: bool },
+    Berth {
+        fsync: bool,
+    },
+    /// berth on the S3 bucket the harness started; servers with the same `set` share
+    /// one prefix (replicas of one registry).
+    BerthS3 {
+        set: u8,
+    },
 }
 
 impl Kind {
@@ -36,6 +43,7 @@ impl Kind {
             Kind::Distribution => "distribution",
             Kind::Berth { fsync: true } => "berth (fsync)",
             Kind::Berth { fsync: false } => "berth (no fsync)",
+            Kind::BerthS3 { .. } => "berth (s3)",
         }
     }
 
@@ -57,6 +65,22 @@ impl Kind {
                 }
                 ("config.yml", yaml)
             }
+            Kind::BerthS3 { set } => (
+                "config.toml",
+                format!(
+                    "[server]\nlisten = \"{addr}\"\n\n\
+                     [storage]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\n\
+                     prefix = \"bench-{}-{set}\"\naccess_key_id = \"{}\"\n\
+                     secret_access_key = \"{}\"\npath_style = true\n\n\
+                     [[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\n\
+                     allow = [\"pull\", \"push\", \"delete\"]\n",
+                    crate::s3::BUCKET,
+                    crate::s3::ENDPOINT,
+                    std::process::id(),
+                    crate::s3::ACCESS_KEY,
+                    crate::s3::SECRET_KEY,
+                ),
+            ),
             Kind::Berth { fsync } => {
                 let mut toml = format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
@@ -142,7 +166,9 @@ impl Server {
         let mut cmd = Command::new(binary);
         match kind {
             Kind::Distribution => cmd.arg("serve").arg(&config),
-            Kind::Berth { .. } => cmd.arg("serve").arg("--config").arg(&config),
+            Kind::Berth { .. } | Kind::BerthS3 { .. } => {
+                cmd.arg("serve").arg("--config").arg(&config)
+            }
         };
         let child = cmd
             .stdin(Stdio::null())

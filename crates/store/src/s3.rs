@@ -37,6 +37,10 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// bigger ones get a marker object instead of being copied.
 const TOUCH_REWRITE_MAX: u64 = 1024 * 1024;
 
+/// Parts sent to the bucket at once by one upload (appends and commits): hides round
+/// trips while keeping memory per upload at `PARALLEL_PARTS × PART_SIZE` (32 MiB).
+const PARALLEL_PARTS: usize = 4;
+
 /// Prefixes checked for content at once when listing (see [`S3Store::list`]).
 const PREFIX_CHECKS: usize = 16;
 
@@ -453,47 +457,48 @@ impl UploadStore for S3Store {
         let dir = self.upload_dir(id);
         let mut buf = BytesMut::new();
         let mut staged = Vec::new();
-        let stage = |buf: Bytes| {
+        // Up to PARALLEL_PARTS parts are in flight at once; their names are fixed in
+        // order before they are sent.
+        let stage = |buf: Bytes, staged: &mut Vec<(String, u64)>| {
             let name = format!("p-{}", uuid::Uuid::new_v4());
+            staged.push((name.clone(), buf.len() as u64));
             let path = self.path(&format!("{dir}/{name}"));
             async move {
-                let n = buf.len() as u64;
                 self.s3
                     .put(&path, PutPayload::from(buf))
                     .await
                     .map_err(io)?;
-                Ok::<_, StoreError>((name, n))
+                Ok::<_, StoreError>(())
             }
         };
-        let mut failure = None;
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut failure: Option<StoreError> = None;
         while let Some(chunk) = data.next().await {
             match chunk {
                 Ok(c) => {
                     buf.extend_from_slice(&c);
                     while buf.len() >= PART_SIZE {
                         let part = buf.split_to(PART_SIZE).freeze();
-                        match stage(part).await {
-                            Ok(p) => staged.push(p),
-                            Err(e) => {
-                                failure = Some(e);
-                                break;
-                            }
+                        inflight.push(stage(part, &mut staged));
+                        if inflight.len() >= PARALLEL_PARTS
+                            && let Some(Err(e)) = inflight.next().await
+                        {
+                            failure = Some(e);
                         }
                     }
-                    if failure.is_some() {
-                        break;
-                    }
                 }
-                Err(e) => {
-                    failure = Some(StoreError::Io(e));
-                    break;
-                }
+                Err(e) => failure = Some(StoreError::Io(e)),
+            }
+            if failure.is_some() {
+                break;
             }
         }
         if failure.is_none() && !buf.is_empty() {
-            match stage(buf.freeze()).await {
-                Ok(p) => staged.push(p),
-                Err(e) => failure = Some(e),
+            inflight.push(stage(buf.freeze(), &mut staged));
+        }
+        while let Some(r) = inflight.next().await {
+            if let Err(e) = r {
+                failure.get_or_insert(e);
             }
         }
         let discard = |staged: Vec<(String, u64)>| async move {
@@ -566,7 +571,18 @@ impl UploadStore for S3Store {
                 let result: Result<()> = async {
                     let mut bytes = self.staged(id, &state, 0..state.size());
                     let mut buf = BytesMut::new();
-                    let mut parts = Vec::new();
+                    let mut sent = Vec::new();
+                    let mut inflight = futures::stream::FuturesUnordered::new();
+                    let put = |idx: usize, part: Bytes| {
+                        let (s3, target, mp) = (&self.s3, &target, &mp);
+                        async move {
+                            s3.put_part(target, mp, idx, PutPayload::from(part))
+                                .await
+                                .map(|id| (idx, id))
+                                .map_err(io)
+                        }
+                    };
+                    let mut next_idx = 0;
                     loop {
                         let next = bytes.next().await;
                         if let Some(c) = &next {
@@ -577,19 +593,23 @@ impl UploadStore for S3Store {
                         }
                         while buf.len() >= PART_SIZE || (next.is_none() && !buf.is_empty()) {
                             let n = buf.len().min(PART_SIZE);
-                            let part = buf.split_to(n).freeze();
-                            let idx = parts.len();
-                            parts.push(
-                                self.s3
-                                    .put_part(&target, &mp, idx, PutPayload::from(part))
-                                    .await
-                                    .map_err(io)?,
-                            );
+                            inflight.push(put(next_idx, buf.split_to(n).freeze()));
+                            next_idx += 1;
+                            if inflight.len() >= PARALLEL_PARTS
+                                && let Some(r) = inflight.next().await
+                            {
+                                sent.push(r?);
+                            }
                         }
                         if next.is_none() {
                             break;
                         }
                     }
+                    while let Some(r) = inflight.next().await {
+                        sent.push(r?);
+                    }
+                    sent.sort_by_key(|(idx, _)| *idx);
+                    let parts: Vec<_> = sent.into_iter().map(|(_, id)| id).collect();
                     self.s3
                         .complete_multipart(&target, &mp, parts)
                         .await
