@@ -4,7 +4,7 @@
 //! same-registry copies mount instead of uploading, and blobs travel several at a time.
 //! It never changes the source.
 
-use crate::remote::{Connect, ImageRef, RefTarget};
+use crate::remote::{Connect, ImageRef};
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -195,19 +195,7 @@ impl Layout {
             entry["annotations"] = serde_json::json!({ REF_NAME: t });
         }
         entries.push(entry);
-        Layout::write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&index)?)
-    }
-
-    /// Write `bytes` to `path` through a temporary file and a rename.
-    fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-        ));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)?;
+        crate::write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&index)?)?;
         Ok(())
     }
 }
@@ -308,8 +296,8 @@ impl ImageSink for Layout {
     }
 
     async fn put_manifest(&self, m: &RawManifest, tag: Option<&str>) -> anyhow::Result<()> {
-        Layout::write_atomic(&self.blob_path(&m.digest), &m.bytes)?;
-        Layout::write_atomic(
+        crate::write_atomic(&self.blob_path(&m.digest), &m.bytes)?;
+        crate::write_atomic(
             &self.dir.join("oci-layout"),
             br#"{"imageLayoutVersion":"1.0.0"}"#,
         )?;
@@ -363,11 +351,7 @@ impl Endpoint {
     /// The tag to write under, if any.
     fn tag(&self) -> Option<String> {
         match self {
-            Endpoint::Registry(ImageRef {
-                target: RefTarget::Tag(t),
-                ..
-            }) => Some(t.to_string()),
-            Endpoint::Registry(_) => None,
+            Endpoint::Registry(r) => r.tag().map(|t| t.to_string()),
             Endpoint::Layout { tag, .. } => tag.clone(),
         }
     }
@@ -449,14 +433,11 @@ pub fn host_platform() -> String {
     format!("linux/{arch}")
 }
 
+/// Does `d` name platform `want` (`os/arch` matches any variant; `os/arch/variant` one)?
 fn matches_platform(d: &Descriptor, want: &str) -> bool {
-    let Some(p) = &d.platform else { return false };
-    let os = p.get("os").and_then(|v| v.as_str()).unwrap_or("");
-    let arch = p.get("architecture").and_then(|v| v.as_str()).unwrap_or("");
-    let variant = p.get("variant").and_then(|v| v.as_str());
-    let mut parts = want.split('/');
-    let (wos, warch, wvar) = (parts.next(), parts.next(), parts.next());
-    wos == Some(os) && warch == Some(arch) && (wvar.is_none() || wvar == variant)
+    d.platform_name().is_some_and(|p| {
+        p == want || (want.matches('/').count() == 1 && p.starts_with(&format!("{want}/")))
+    })
 }
 
 struct Copier<'a> {

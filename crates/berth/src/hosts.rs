@@ -97,9 +97,8 @@ pub fn write_hosts(config: &Config, opts: &HostsOptions) -> anyhow::Result<Vec<P
             &endpoint,
             opts.ca.as_deref(),
         );
-        let tmp = dir.join(".hosts.toml.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
     Ok(written)

@@ -19,6 +19,19 @@ use registry::{Registry, RegistryOptions};
 use std::sync::Arc;
 use store::Store;
 
+/// Write `bytes` to `path` through a temporary file beside it and a rename, so a reader
+/// sees the old file or the new one, never a part.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Open the store a configuration names.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.storage.kind {
@@ -389,6 +402,32 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     Ok(Background { tasks })
 }
 
+/// Bind a listener besides the main one (an upstream's, or the metrics one) and serve
+/// `router` on it until `stop` fires.
+async fn side_listener(
+    addr: std::net::SocketAddr,
+    router: server::Router,
+    options: server::ServeOptions,
+    stop: &tokio::sync::broadcast::Sender<()>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+    tracing::info!(listen = %addr, "listener for {what}");
+    let mut stop = stop.subscribe();
+    let what = what.to_owned();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.recv().await;
+        };
+        if let Err(e) = server::transport::serve(l, router, stopped, options).await {
+            tracing::error!(error = %e, "listener for {what} failed");
+        }
+    });
+    Ok(())
+}
+
 /// How long in-flight requests may run on after a shutdown signal. Long enough for a
 /// layer download in progress on a LAN to finish; short enough that a stuck client does
 /// not hold a restart hostage.
@@ -451,47 +490,23 @@ pub async fn run_server(
         "berth is serving"
     );
     let mut helpers: Vec<_> = watch_certificates(&options).into_iter().collect();
-    // Dedicated upstream listeners stop with the main one.
+    // Dedicated upstream listeners and the metrics listener stop with the main one.
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     for u in &config.upstreams {
         let Some(addr) = u.listen else { continue };
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for upstream {}", u.name))?;
         let router = server::upstream_router(app.clone(), &u.name)
             .ok_or_else(|| anyhow::anyhow!("upstream {} vanished", u.name))?;
-        let mut stop = stop_tx.subscribe();
-        tracing::info!(listen = %addr, upstream = %u.name, "dedicated upstream listener");
-        let options = options.clone();
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.recv().await;
-            };
-            if let Err(e) = server::transport::serve(l, router, stopped, options).await {
-                tracing::error!(error = %e, "upstream listener failed");
-            }
-        });
+        let what = format!("upstream {}", u.name);
+        side_listener(addr, router, options.clone(), &stop_tx, &what).await?;
     }
     if let Some(addr) = config.metrics.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for [metrics]"))?;
-        tracing::info!(listen = %addr, "metrics listener");
-        let router = server::metrics_router(app.clone());
-        let mut stop = stop_tx.subscribe();
         // Plain HTTP: scrapers on a management network rarely carry the registry's CA.
-        let options = server::ServeOptions {
+        let plain = server::ServeOptions {
             tls: None,
             ..options.clone()
         };
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.recv().await;
-            };
-            if let Err(e) = server::transport::serve(l, router, stopped, options).await {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
+        let router = server::metrics_router(app.clone());
+        side_listener(addr, router, plain, &stop_tx, "[metrics]").await?;
     }
     let background = start_background(config, &app)?;
     let on_hup = options.clone();

@@ -396,10 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let image: berth::remote::ImageRef = image.parse()?;
             let connect = berth::remote::Connect::from(remote);
             let src = berth::copy::Endpoint::Registry(image.clone()).source(&connect)?;
-            let tag = match &image.target {
-                berth::remote::RefTarget::Tag(t) => Some(t.to_string()),
-                berth::remote::RefTarget::Digest(_) => None,
-            };
+            let tag = image.tag().map(|t| t.to_string());
             let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
             let opts = berth::copy::CopyOptions { all, platform };
             let report = runtime()?.block_on(berth::archive::export(
@@ -431,11 +428,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             tool_config(None)?;
             let image: berth::remote::ImageRef = image.parse()?;
-            let tag = match &image.target {
-                berth::remote::RefTarget::Tag(t) => t.to_string(),
-                berth::remote::RefTarget::Digest(_) => {
-                    anyhow::bail!("import needs a tag to push to, not a digest")
-                }
+            let Some(tag) = image.tag().map(|t| t.to_string()) else {
+                anyhow::bail!("import needs a tag to push to, not a digest")
             };
             let connect = berth::remote::Connect::from(remote);
             let dst = berth::copy::Endpoint::Registry(image.clone()).sink(&connect)?;

@@ -80,6 +80,16 @@ impl std::str::FromStr for ImageRef {
     }
 }
 
+impl ImageRef {
+    /// The tag, when the reference names one rather than a digest.
+    pub fn tag(&self) -> Option<&Tag> {
+        match &self.target {
+            RefTarget::Tag(t) => Some(t),
+            RefTarget::Digest(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.target {

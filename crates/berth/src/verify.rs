@@ -3,7 +3,7 @@
 //! with `deep`, full downloads checked against their digests, and report every node that
 //! is missing or inconsistent. It only reads from the registry.
 
-use crate::remote::{ImageRef, RefTarget};
+use crate::remote::ImageRef;
 use futures::StreamExt;
 use oci::{Descriptor, Digest, ParsedManifest};
 use serde::Serialize;
@@ -56,16 +56,6 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         !self.nodes.is_empty() && self.nodes.iter().all(|n| n.error.is_none())
     }
-}
-
-fn platform_of(d: &Descriptor) -> Option<String> {
-    let p = d.platform.as_ref()?;
-    let os = p.get("os")?.as_str()?;
-    let arch = p.get("architecture")?.as_str()?;
-    Some(match p.get("variant").and_then(|v| v.as_str()) {
-        Some(v) => format!("{os}/{arch}/{v}"),
-        None => format!("{os}/{arch}"),
-    })
 }
 
 struct Walk<'a> {
@@ -159,7 +149,7 @@ impl Walk<'_> {
                 kind,
                 digest: reference.clone(),
                 parent,
-                platform: descriptor.and_then(platform_of),
+                platform: descriptor.and_then(Descriptor::platform_name),
                 size: descriptor.map(|d| d.size),
                 error: None,
             };
@@ -275,11 +265,9 @@ pub async fn verify(
         nodes: Vec::new(),
         seen: HashSet::new(),
     };
-    let reference = match &image.target {
-        RefTarget::Tag(t) => t.to_string(),
-        RefTarget::Digest(d) => d.to_string(),
-    };
-    let root = walk.manifest(reference, "manifest", None, None).await;
+    let root = walk
+        .manifest(image.target.to_string(), "manifest", None, None)
+        .await;
     VerifyReport {
         reference: image.to_string(),
         digest: root.map(|d| d.to_string()),

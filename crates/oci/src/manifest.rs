@@ -40,6 +40,17 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// The platform as `os/arch[/variant]`, when the descriptor names one.
+    pub fn platform_name(&self) -> Option<String> {
+        let p = self.platform.as_ref()?;
+        let os = p.get("os")?.as_str()?;
+        let arch = p.get("architecture")?.as_str()?;
+        Some(match p.get("variant").and_then(|v| v.as_str()) {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        })
+    }
+
     /// Non-distributable ("foreign") layers live elsewhere and are never required to
     /// be present in the registry.
     pub fn is_foreign(&self) -> bool {

@@ -16,7 +16,6 @@ pub mod tls;
 pub mod transport;
 mod ui;
 
-use axum::Router;
 use axum::routing::any;
 use cache::Cache;
 use registry::Registry;
@@ -24,6 +23,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use access::Access;
+/// The router type the constructors below return, for callers that only pass it on.
+pub use axum::Router;
 pub use error::ApiError;
 pub use tls::{TlsCerts, TlsFiles};
 pub use transport::{CLIENT_TIMEOUT, ServeOptions};
