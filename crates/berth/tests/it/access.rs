@@ -4,25 +4,12 @@
 //! pull access to their source.
 
 use crate::common::*;
-use berth::config::AccessConfig;
-
-fn rule(repos: &str, users: &[&str], allow: &[&str]) -> AccessConfig {
-    AccessConfig {
-        repositories: repos.into(),
-        users: users.iter().map(|s| (*s).to_owned()).collect(),
-        allow: allow.iter().map(|s| (*s).to_owned()).collect(),
-    }
-}
 
 async fn server() -> TestServer {
     // The file outlives the test's scope like a real one would (it is tiny).
     let dir = tempfile::tempdir().unwrap().keep();
     let htpasswd = dir.join("htpasswd");
-    let mut lines = String::new();
-    for (u, p) in [("alice", "alice-pw"), ("carol", "carol-pw")] {
-        lines.push_str(&format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()));
-    }
-    std::fs::write(&htpasswd, lines).unwrap();
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw"), ("carol", "carol-pw")]);
     TestServer::start_with(move |c| {
         c.auth.htpasswd = Some(htpasswd);
         c.access = vec![
@@ -35,31 +22,28 @@ async fn server() -> TestServer {
     .await
 }
 
-fn as_user(r: reqwest::RequestBuilder, user: &str, pw: &str) -> reqwest::RequestBuilder {
-    r.basic_auth(user, Some(pw))
-}
-
-async fn push_blob_as(
+async fn try_push_blob(
     s: &TestServer,
     repo: &str,
     bytes: &[u8],
     creds: Option<(&str, &str)>,
 ) -> reqwest::Response {
     let d = digest_of(bytes);
-    let mut r = client()
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .body(bytes.to_vec());
-    if let Some((u, p)) = creds {
-        r = as_user(r, u, p);
-    }
-    r.send().await.unwrap()
+    as_user(
+        client().post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}"))),
+        creds,
+    )
+    .body(bytes.to_vec())
+    .send()
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pushing_needs_the_right_credentials_and_rules() {
     let s = server().await;
     // No credentials: 401 with a challenge.
-    let r = push_blob_as(&s, "team/app", b"x", None).await;
+    let r = try_push_blob(&s, "team/app", b"x", None).await;
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert_eq!(
@@ -71,23 +55,22 @@ async fn pushing_needs_the_right_credentials_and_rules() {
     );
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
     // Wrong password: 401.
-    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "nope"))).await;
+    let r = try_push_blob(&s, "team/app", b"x", Some(("alice", "nope"))).await;
     assert_eq!(r.status(), 401);
     // Unknown user: 401 as well.
-    let r = push_blob_as(&s, "team/app", b"x", Some(("mallory", "alice-pw"))).await;
+    let r = try_push_blob(&s, "team/app", b"x", Some(("mallory", "alice-pw"))).await;
     assert_eq!(r.status(), 401);
     // alice may push team/**, but not other/x.
-    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
+    let r = try_push_blob(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
     assert_eq!(r.status(), 201);
-    let r = push_blob_as(&s, "other/x", b"x", Some(("alice", "alice-pw"))).await;
+    let r = try_push_blob(&s, "other/x", b"x", Some(("alice", "alice-pw"))).await;
     assert_eq!(r.status(), 403);
     assert_eq!(error_code(r).await, "DENIED");
     // Nor delete in team/** (no delete right).
     let d = digest_of(b"x");
     let r = as_user(
         client().delete(s.url(&format!("/v2/team/app/blobs/{d}"))),
-        "alice",
-        "alice-pw",
+        Some(("alice", "alice-pw")),
     )
     .send()
     .await
@@ -100,7 +83,7 @@ async fn pushing_needs_the_right_credentials_and_rules() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = push_blob_as(&s, "secret/x", b"hidden", Some(("carol", "carol-pw"))).await;
+    let r = try_push_blob(&s, "secret/x", b"hidden", Some(("carol", "carol-pw"))).await;
     assert_eq!(r.status(), 201);
     let hidden = digest_of(b"hidden");
     let r = client()
@@ -117,20 +100,20 @@ async fn login_catalog_and_mount_respect_the_rules() {
     // /v2/ challenges anonymous callers once users exist (docker login relies on it).
     let r = client().get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = as_user(client().get(s.url("/v2/")), "alice", "alice-pw")
+    let r = as_user(client().get(s.url("/v2/")), Some(("alice", "alice-pw")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = as_user(client().get(s.url("/v2/")), "alice", "carol-pw")
+    let r = as_user(client().get(s.url("/v2/")), Some(("alice", "carol-pw")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let r = push_blob_as(&s, "secret/x", b"secret layer", Some(("carol", "carol-pw"))).await;
+    let r = try_push_blob(&s, "secret/x", b"secret layer", Some(("carol", "carol-pw"))).await;
     assert_eq!(r.status(), 201);
-    let r = push_blob_as(&s, "team/app", b"team layer", Some(("alice", "alice-pw"))).await;
+    let r = try_push_blob(&s, "team/app", b"team layer", Some(("alice", "alice-pw"))).await;
     assert_eq!(r.status(), 201);
 
     // alice can not mount carol's blob: the mount falls back to a fresh upload (202).
@@ -138,8 +121,7 @@ async fn login_catalog_and_mount_respect_the_rules() {
     for from in ["&from=secret/x", ""] {
         let r = as_user(
             client().post(s.url(&format!("/v2/team/app/blobs/uploads/?mount={d}{from}"))),
-            "alice",
-            "alice-pw",
+            Some(("alice", "alice-pw")),
         )
         .send()
         .await
@@ -148,8 +130,7 @@ async fn login_catalog_and_mount_respect_the_rules() {
     }
     let r = as_user(
         client().head(s.url(&format!("/v2/team/app/blobs/{d}"))),
-        "alice",
-        "alice-pw",
+        Some(("alice", "alice-pw")),
     )
     .send()
     .await
@@ -166,14 +147,16 @@ async fn login_catalog_and_mount_respect_the_rules() {
         .await
         .unwrap();
     assert_eq!(anon["repositories"], serde_json::json!(["team/app"]));
-    let carol: serde_json::Value =
-        as_user(client().get(s.url("/v2/_catalog")), "carol", "carol-pw")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let carol: serde_json::Value = as_user(
+        client().get(s.url("/v2/_catalog")),
+        Some(("carol", "carol-pw")),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(
         carol["repositories"],
         serde_json::json!(["secret/x", "team/app"])
@@ -183,7 +166,7 @@ async fn login_catalog_and_mount_respect_the_rules() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_rules_allow_anonymous_pull_and_refuse_anonymous_push() {
     let s = TestServer::start_with(|c| c.access.clear()).await;
-    let r = push_blob_as(&s, "any/repo", b"x", None).await;
+    let r = try_push_blob(&s, "any/repo", b"x", None).await;
     assert_eq!(r.status(), 401);
     let r = client().get(s.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 200, "no users configured: nothing to log in to");
@@ -203,11 +186,10 @@ async fn token(s: &TestServer, scopes: &[&str], creds: Option<(&str, &str)>) -> 
     let q: Vec<(&str, &str)> = std::iter::once(("service", "berth"))
         .chain(scopes.iter().map(|sc| ("scope", *sc)))
         .collect();
-    let mut r = client().get(s.url("/token")).query(&q);
-    if let Some((u, p)) = creds {
-        r = as_user(r, u, p);
-    }
-    r.send().await.unwrap()
+    as_user(client().get(s.url("/token")).query(&q), creds)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn token_string(s: &TestServer, scopes: &[&str], creds: Option<(&str, &str)>) -> String {
@@ -374,7 +356,7 @@ async fn repeated_failed_logins_from_one_address_are_refused_unchecked() {
     .await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "60");
-    let r = push_blob_as(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
+    let r = try_push_blob(&s, "team/app", b"x", Some(("alice", "alice-pw"))).await;
     assert_eq!(r.status(), 429);
     assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
     // Anonymous pulls are not logins and still work.
@@ -395,16 +377,8 @@ async fn credentials_and_tokens_never_reach_the_log() {
     let tmp = tempfile::tempdir().unwrap();
     let password = "pw-Xq7rT9-secret";
     let htpasswd = tmp.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("alice:{}\n", bcrypt::hash(password, 4).unwrap()),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    write_htpasswd(&htpasswd, &[("alice", password)]);
+    let port = free_port();
     let config = tmp.path().join("berth.toml");
     std::fs::write(
         &config,
@@ -416,22 +390,8 @@ async fn credentials_and_tokens_never_reach_the_log() {
     )
     .unwrap();
     let log = tmp.path().join("log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("BERTH_LOG", "trace")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while client().get(format!("{base}/v2/")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "berth serve never answered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let child = serve_process(&config, &base, Some(&log), &[("BERTH_LOG", "trace")]).await;
     let wrong = client()
         .get(format!("{base}/v2/"))
         .basic_auth("alice", Some("pw-Xq7rT9-wrong"))
@@ -464,8 +424,7 @@ async fn credentials_and_tokens_never_reach_the_log() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("login failed"), "the log is empty?\n{text}");
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));

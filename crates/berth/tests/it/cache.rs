@@ -17,14 +17,6 @@ pub(crate) struct Distribution {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Distribution {
     /// Where the bytes of blob `digest` live in its filesystem store.
     pub(crate) fn blob_file(&self, digest: &str) -> std::path::PathBuf {
@@ -48,9 +40,8 @@ impl Distribution {
             p(&dir.path().join("data"))
         );
         if let Some((u, pw)) = user {
-            let hash = bcrypt::hash(pw, 4).unwrap();
             let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{u}:{hash}\n")).unwrap();
+            write_htpasswd(&file, &[(u, pw)]);
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 p(&file)

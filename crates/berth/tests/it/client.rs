@@ -120,49 +120,14 @@ async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_lay
 async fn verify_logs_in_through_the_token_flow() {
     let tmp = tempfile::tempdir().unwrap();
     let htpasswd = tmp.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
-    )
-    .unwrap();
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw")]);
     let s = TestServer::start_with(|c| {
         c.auth.htpasswd = Some(htpasswd);
-        c.access = vec![berth::config::AccessConfig {
-            repositories: "**".into(),
-            users: vec!["alice".into()],
-            allow: vec!["pull".into(), "push".into()],
-        }];
+        c.access = vec![rule("**", &["alice"], &["pull", "push"])];
     })
     .await;
     // Pushed as alice (Basic), then verified through the Bearer challenge.
-    let config = b"{}";
-    let layer = pseudo_random(3, 4096);
-    for blob in [&config[..], &layer[..]] {
-        let r = client()
-            .post(s.url(&format!(
-                "/v2/team/app/blobs/uploads/?digest={}",
-                digest_of(blob)
-            )))
-            .basic_auth("alice", Some("alice-pw"))
-            .body(blob.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-    }
-    let m = image_manifest(
-        (&digest_of(config), config.len()),
-        &[(&digest_of(&layer), layer.len())],
-    );
-    let r = client()
-        .put(s.url("/v2/team/app/manifests/v1"))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("content-type", oci::media::OCI_MANIFEST)
-        .body(m)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    push_image_as(&s, "team/app", "v1", "token", Some(("alice", "alice-pw"))).await;
     let image = format!("{}/team/app:v1", s.addr);
 
     let (code, out, err) = berth(&["verify", "--plain-http", &image]).await;

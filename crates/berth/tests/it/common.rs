@@ -114,11 +114,7 @@ impl Drop for TestServer {
 
 /// An `[[access]]` rule letting anyone pull, push and delete everywhere.
 pub fn anyone_may_do_anything() -> berth::config::AccessConfig {
-    berth::config::AccessConfig {
-        repositories: "**".into(),
-        users: vec!["anonymous".into()],
-        allow: vec!["pull".into(), "push".into(), "delete".into()],
-    }
+    rule("**", &["anonymous"], &["pull", "push", "delete"])
 }
 
 pub fn client() -> reqwest::Client {
@@ -132,16 +128,36 @@ pub fn digest_of(bytes: &[u8]) -> Digest {
     Digest::sha256_of(bytes)
 }
 
+/// Basic credentials, if any, on a request.
+pub fn as_user(r: reqwest::RequestBuilder, creds: Option<(&str, &str)>) -> reqwest::RequestBuilder {
+    match creds {
+        Some((u, p)) => r.basic_auth(u, Some(p)),
+        None => r,
+    }
+}
+
 /// Upload a blob monolithically (POST with digest) and return its digest.
 pub async fn push_blob(s: &TestServer, repo: &str, bytes: &[u8]) -> Digest {
+    push_blob_as(s, repo, bytes, None).await
+}
+
+/// [`push_blob`] with Basic credentials.
+pub async fn push_blob_as(
+    s: &TestServer,
+    repo: &str,
+    bytes: &[u8],
+    creds: Option<(&str, &str)>,
+) -> Digest {
     let d = digest_of(bytes);
-    let r = client()
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .header("content-type", "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = as_user(
+        client().post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}"))),
+        creds,
+    )
+    .header("content-type", "application/octet-stream")
+    .body(bytes.to_vec())
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 201, "push blob: {}", r.text().await.unwrap());
     d
 }
@@ -167,23 +183,48 @@ pub async fn put_manifest(
     media_type: &str,
     body: &[u8],
 ) -> reqwest::Response {
-    client()
-        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
-        .header("content-type", media_type)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
+    put_manifest_as(s, repo, reference, media_type, body, None).await
+}
+
+/// [`put_manifest`] with Basic credentials.
+pub async fn put_manifest_as(
+    s: &TestServer,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+    creds: Option<(&str, &str)>,
+) -> reqwest::Response {
+    as_user(
+        client().put(s.url(&format!("/v2/{repo}/manifests/{reference}"))),
+        creds,
+    )
+    .header("content-type", media_type)
+    .body(body.to_vec())
+    .send()
+    .await
+    .unwrap()
 }
 
 /// Push a small random image (config + one layer) tagged `tag`; returns the manifest digest.
 pub async fn push_image(s: &TestServer, repo: &str, tag: &str, seed: &str) -> Digest {
+    push_image_as(s, repo, tag, seed, None).await
+}
+
+/// [`push_image`] with Basic credentials.
+pub async fn push_image_as(
+    s: &TestServer,
+    repo: &str,
+    tag: &str,
+    seed: &str,
+    creds: Option<(&str, &str)>,
+) -> Digest {
     let config = format!("{{\"seed\":\"{seed}\"}}");
     let layer = format!("layer of {seed}").repeat(100);
-    let c = push_blob(s, repo, config.as_bytes()).await;
-    let l = push_blob(s, repo, layer.as_bytes()).await;
+    let c = push_blob_as(s, repo, config.as_bytes(), creds).await;
+    let l = push_blob_as(s, repo, layer.as_bytes(), creds).await;
     let m = image_manifest((&c, config.len()), &[(&l, layer.len())]);
-    let r = put_manifest(s, repo, tag, oci::media::OCI_MANIFEST, &m).await;
+    let r = put_manifest_as(s, repo, tag, oci::media::OCI_MANIFEST, &m, creds).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     digest_of(&m)
 }
@@ -285,4 +326,64 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for servers started as processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Write an htpasswd file of bcrypt entries (cost 4: tests need no slow hashes).
+pub fn write_htpasswd(path: &std::path::Path, users: &[(&str, &str)]) {
+    let lines: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
+/// An `[[access]]` rule granting `allow` on `repos` to `users`.
+pub fn rule(repos: &str, users: &[&str], allow: &[&str]) -> berth::config::AccessConfig {
+    berth::config::AccessConfig {
+        repositories: repos.into(),
+        users: users.iter().map(|s| (*s).to_owned()).collect(),
+        allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// Start `berth serve --config config` as a process (stderr into `log` when given, with
+/// `env` set) and wait until it answers on `base` (`http://127.0.0.1:PORT`).
+pub async fn serve_process(
+    config: &std::path::Path,
+    base: &str,
+    log: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
+    let stderr = match log {
+        Some(l) => std::process::Stdio::from(std::fs::File::create(l).unwrap()),
+        None => std::process::Stdio::null(),
+    };
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client().get(format!("{base}/v2/")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "berth serve never answered on {base}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child
 }

@@ -4,7 +4,7 @@
 //! partial blob, keep every file under `blobs/` true to its name, and leave a server that
 //! works and lets interrupted sessions resume (or forgets them cleanly).
 
-use crate::common::{client, digest_of, image_manifest, pseudo_random};
+use crate::common::{client, digest_of, free_port, image_manifest, pseudo_random};
 use bytes::Bytes;
 use futures::StreamExt;
 use oci::Digest;
@@ -144,11 +144,7 @@ impl Berth {
 
     /// `None` when the port was taken before berth could bind it.
     async fn try_start(dir: &Path) -> Option<Berth> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.join("berth.toml");
         std::fs::write(
             &config,

@@ -447,12 +447,6 @@ impl Served {
         let config = dir.path().join("berth.toml");
         std::fs::write(&config, config_text(dir.path())).unwrap();
         let log = dir.path().join("log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
         let listen = text
             .lines()
@@ -460,19 +454,15 @@ impl Served {
             .unwrap()
             .trim_end_matches('"')
             .to_owned();
-        let served = Served {
-            child: KillOnDrop(child),
-            base: format!("http://{listen}"),
+        let base = format!("http://{listen}");
+        let child = serve_process(&config, &base, Some(&log), &[]).await;
+        Served {
+            child,
+            base,
             config,
             log,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client().get(served.url("/v2/")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "berth serve never answered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        served
     }
 
     fn url(&self, path: &str) -> String {
@@ -522,11 +512,7 @@ async fn push_status(base: &str, repo: &str, bytes: &[u8]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn configuration_reloads_without_a_restart_and_refuses_a_broken_file() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let head = move |dir: &Path| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = {:?}\nfsync = false\n",
@@ -669,16 +655,7 @@ async fn web_page_renders_in_chromium_under_the_access_rules() {
     let cached_image = push_image(&upstream, "library/redis", "7", "redis").await;
     let tmp = tempfile::tempdir().unwrap();
     let htpasswd = tmp.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
-    )
-    .unwrap();
-    let rule = |repos: &str, users: &[&str], allow: &[&str]| berth::config::AccessConfig {
-        repositories: repos.into(),
-        users: users.iter().map(|s| (*s).to_owned()).collect(),
-        allow: allow.iter().map(|s| (*s).to_owned()).collect(),
-    };
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw")]);
     let s = TestServer::start_with(|c| {
         c.auth.htpasswd = Some(htpasswd);
         c.access = vec![
@@ -698,26 +675,7 @@ async fn web_page_renders_in_chromium_under_the_access_rules() {
     push_image(&s, "team/app", "v1", "one").await;
     push_image(&s, "team/app", "v2", "two").await;
     // secret/x, pushed as alice.
-    let config = b"{\"secret\":true}";
-    let d = digest_of(config);
-    let r = client()
-        .post(s.url(&format!("/v2/secret/x/blobs/uploads/?digest={d}")))
-        .basic_auth("alice", Some("alice-pw"))
-        .body(&config[..])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let m = image_manifest((&d, config.len()), &[]);
-    let r = client()
-        .put(s.url("/v2/secret/x/manifests/v1"))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("content-type", oci::media::OCI_MANIFEST)
-        .body(m)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    push_image_as(&s, "secret/x", "v1", "secret", Some(("alice", "alice-pw"))).await;
     // A cached image pulled twice (a miss, then hits), and a hosted pull.
     let manifest: serde_json::Value = get_json(&s.url(&format!(
         "/v2/mirror.test/library/redis/manifests/{cached_image}"

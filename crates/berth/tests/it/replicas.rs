@@ -290,11 +290,7 @@ async fn a_replica_killed_mid_upload_loses_nothing_committed() {
     let o = store::s3::test_options();
     // Replica A: a real process, killed with SIGKILL during an append.
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let q = |v: &Option<String>| format!("{:?}", v.clone().unwrap_or_default());
     let config = tmp.path().join("berth.toml");
     std::fs::write(
@@ -309,22 +305,8 @@ async fn a_replica_killed_mid_upload_loses_nothing_committed() {
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config", p(&config)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut a = KillOnDrop(child);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while client().get(format!("{base}/v2/")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "replica A never answered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let mut a = serve_process(&config, &base, None, &[]).await;
     let b = TestServer::start_with(move |c| on_s3(c, &o)).await;
 
     // Committed through A before the crash: an image, and the first chunk of an upload.

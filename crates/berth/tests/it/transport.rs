@@ -149,11 +149,7 @@ async fn skopeo_logs_in_and_pushes_over_tls_and_pulls_anonymously() {
     let ca = Ca::new("berth test CA");
     let files = TlsFiles::write(tmp.path(), &ca);
     let htpasswd = tmp.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
-    )
-    .unwrap();
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw")]);
     let s = tls_server(&files, |c| {
         c.auth.htpasswd = Some(htpasswd);
         c.access = Vec::new(); // the embedded default rules
@@ -303,11 +299,7 @@ fn sighup_reloads_the_certificate_and_bad_tls_config_is_refused() {
     let first = Ca::new("first CA");
     let second = Ca::new("second CA");
     let files = TlsFiles::write(tmp.path(), &first);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = tmp.path().join("berth.toml");
     let write_config = |cert: &Path, key: Option<&Path>| {
         let mut text = format!(
