@@ -108,13 +108,8 @@ enum Command {
         /// Where to.
         #[arg(value_name = "DST")]
         dst: String,
-        /// Copy an index with every child image (the index keeps its digest).
-        #[arg(long)]
-        all: bool,
-        /// From an index, copy the image of this platform (os/arch[/variant]); default:
-        /// this machine's.
-        #[arg(long, value_name = "OS/ARCH")]
-        platform: Option<String>,
+        #[command(flatten)]
+        images: ImagesArgs,
         /// Talk plain HTTP to both registries.
         #[arg(long)]
         plain_http: bool,
@@ -136,12 +131,8 @@ enum Command {
         /// The tarball to write.
         #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
         output: PathBuf,
-        /// Export an index with every child image (default: this machine's platform).
-        #[arg(long)]
-        all: bool,
-        /// From an index, export the image of this platform (os/arch[/variant]).
-        #[arg(long, value_name = "OS/ARCH")]
-        platform: Option<String>,
+        #[command(flatten)]
+        images: ImagesArgs,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -177,6 +168,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
     },
+}
+
+/// Which images of an index a copy or export takes.
+#[derive(clap::Args, Debug)]
+struct ImagesArgs {
+    /// Take an index with every child image (the index keeps its digest).
+    #[arg(long)]
+    all: bool,
+    /// From an index, take the image of this platform (os/arch[/variant]); default: this
+    /// machine's.
+    #[arg(long, value_name = "OS/ARCH", conflicts_with = "all")]
+    platform: Option<String>,
+}
+
+impl From<ImagesArgs> for berth::copy::CopyOptions {
+    fn from(a: ImagesArgs) -> Self {
+        berth::copy::CopyOptions {
+            all: a.all,
+            platform: a.platform,
+        }
+    }
 }
 
 /// How a client command reaches a registry.
@@ -340,17 +352,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Copy {
             src,
             dst,
-            all,
-            platform,
+            images,
             plain_http,
             src_creds,
             dest_creds,
         } => {
             use std::io::Write;
             tool_config(None)?;
-            if all && platform.is_some() {
-                anyhow::bail!("--all copies every platform; leave out --platform");
-            }
             let src: berth::copy::Endpoint = src.parse()?;
             let dst: berth::copy::Endpoint = dst.parse()?;
             let connect = |creds| berth::remote::Connect {
@@ -359,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 creds_file: None,
             };
             let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
-            let opts = berth::copy::CopyOptions { all, platform };
+            let opts = berth::copy::CopyOptions::from(images);
             let report = runtime()?.block_on(berth::copy::copy_endpoints(
                 &src,
                 &dst,
@@ -385,20 +393,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Export {
             image,
             output,
-            all,
-            platform,
+            images,
             remote,
         } => {
             tool_config(None)?;
-            if all && platform.is_some() {
-                anyhow::bail!("--all exports every platform; leave out --platform");
-            }
             let image: berth::remote::ImageRef = image.parse()?;
             let connect = berth::remote::Connect::from(remote);
             let src = berth::copy::Endpoint::Registry(image.clone()).source(&connect)?;
             let tag = image.tag().map(|t| t.to_string());
             let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
-            let opts = berth::copy::CopyOptions { all, platform };
+            let opts = berth::copy::CopyOptions::from(images);
             let report = runtime()?.block_on(berth::archive::export(
                 src.as_ref(),
                 &image.target.to_string(),
