@@ -9,7 +9,7 @@
 //! replicas and a lost race is refused, never merged. Commit turns the staged bytes into
 //! the destination object in one atomic step: a server-side copy for a single part, else
 //! a multipart upload of [`PART_SIZE`] parts streamed from the staged objects. Memory per
-//! upload is bounded by one part. `touch` rewrites small objects and, for large ones
+//! upload is bounded by [`PARALLEL_PARTS`] parts in flight. `touch` rewrites small objects and, for large ones
 //! (blobs), writes a marker under `.berth/touch/` whose time `stat` and `walk` take into
 //! account. It never learns what the objects mean.
 
@@ -39,7 +39,7 @@ const TOUCH_REWRITE_MAX: u64 = 1024 * 1024;
 
 /// Parts sent to the bucket at once by one upload (appends and commits): hides round
 /// trips while keeping memory per upload at `PARALLEL_PARTS × PART_SIZE` (32 MiB).
-const PARALLEL_PARTS: usize = 4;
+pub const PARALLEL_PARTS: usize = 4;
 
 /// Prefixes checked for content at once when listing (see [`S3Store::list`]).
 const PREFIX_CHECKS: usize = 16;
