@@ -20,14 +20,6 @@ use std::sync::Arc;
 /// per-chunk overhead (a channel hop and a syscall) is noise next to the copy, small
 /// enough that eight concurrent readers hold only a few MiB.
 const READ_CHUNK: usize = 512 * 1024;
-/// Size of each window of a committed object's mapping handed to the socket. Serving from
-/// a mapping of the page cache skips the copy into a user-space buffer. Each window's page
-/// tables are populated in one call and dropped once it is sent, so a download keeps at
-/// most two windows resident. Measured on the 2-core reference machine with 8 concurrent
-/// 1 GiB downloads: 2 MiB windows cost 0.27 CPU-s/GiB at 25 MiB peak RSS, 4 MiB windows
-/// 0.24 CPU-s/GiB at 47 MiB (fewer populate/release rounds); the kernel's loopback TCP
-/// path alone is about 0.23. 2 MiB keeps peak memory well under half of distribution's.
-const MAP_WINDOW: usize = 2 * 1024 * 1024;
 /// Chunks read ahead of the consumer per stream; bounds memory per reader.
 const READ_AHEAD: usize = 4;
 /// Chunks queued between a request body and the writer thread; bounds memory per upload.
@@ -282,80 +274,6 @@ fn stream_file(mut file: File, range: Range<u64>) -> ByteStream {
     tokio_stream_from(rx)
 }
 
-/// Stream `range` of a committed (immutable) object from one memory mapping, one window
-/// at a time: each window's page tables are populated (on the blocking pool) only when the
-/// consumer asks for it, and dropped again as soon as the window has been sent, so a
-/// download keeps at most two windows resident and the mapping is set up once.
-///
-/// Published objects are never truncated or rewritten in place (replacement is a rename,
-/// which leaves an open mapping intact), which is what makes mapping them safe.
-fn stream_mapped(file: File, range: Range<u64>) -> io::Result<ByteStream> {
-    let map = Arc::new(map_range(&file, range.clone())?);
-    let len = map.len();
-    Ok(futures::stream::try_unfold(0usize, move |pos| {
-        let map = map.clone();
-        async move {
-            if pos >= len {
-                return Ok(None);
-            }
-            let end = (pos + MAP_WINDOW).min(len);
-            let window = Window {
-                map,
-                start: pos,
-                len: end - pos,
-            };
-            let window = blocking(move || {
-                window
-                    .map
-                    .advise_range(memmap2::Advice::PopulateRead, window.start, window.len)?;
-                Ok(window)
-            })
-            .await?;
-            Ok(Some((Bytes::from_owner(window), end)))
-        }
-    })
-    .boxed())
-}
-
-#[allow(unsafe_code)] // reason: memmap2's map is unsafe because another process could truncate the file; published objects are immutable and only ever replaced by rename
-fn map_range(file: &File, range: Range<u64>) -> io::Result<memmap2::Mmap> {
-    // SAFETY: see stream_mapped: the object is immutable while mapped.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .offset(range.start)
-            .len((range.end - range.start) as usize)
-            .map(file)
-    }
-}
-
-/// A window of a mapping handed out as `Bytes`; its page tables are released on drop.
-struct Window {
-    map: Arc<memmap2::Mmap>,
-    start: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for Window {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-}
-
-impl Drop for Window {
-    #[allow(unsafe_code)] // reason: MADV_DONTNEED on a shared read-only file mapping only drops page-table entries; nothing reads the window after this
-    fn drop(&mut self) {
-        // SAFETY: the mapping is a read-only shared file mapping, so dropping its pages
-        // loses no data; this window's bytes are not referenced any more.
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.start,
-                self.len,
-            )
-        };
-    }
-}
-
 fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> ByteStream {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
@@ -391,7 +309,7 @@ impl ObjectReader for FsStore {
         if range.is_empty() {
             return Ok(futures::stream::empty().boxed());
         }
-        Ok(stream_mapped(file, range)?)
+        Ok(crate::mapped::stream(file, range)?)
     }
 }
 

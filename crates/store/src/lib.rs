@@ -10,6 +10,7 @@
 pub mod conformance;
 pub mod fs;
 mod key;
+pub mod mapped;
 pub mod memory;
 pub mod s3;
 
