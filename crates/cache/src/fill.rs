@@ -1,6 +1,7 @@
-//! Filling one blob from upstream: a single background task per digest downloads it into
-//! an upload session and publishes how many bytes are stored; each client reads the
-//! stored bytes as they arrive. The upload is committed (and so the blob visible) only
+//! Filling one blob from upstream: a single background task per digest downloads it,
+//! hands each arriving segment to every client in memory and, beside that, appends it to
+//! an upload session. A client that falls behind the bytes kept in memory reads them
+//! back from the upload instead. The upload is committed (and so the blob visible) only
 //! when the digest matches; a truncated, oversized or mismatched body is discarded and
 //! every reader's stream ends in an error so its client retries.
 
@@ -16,12 +17,20 @@ use std::sync::{Arc, Mutex};
 use store::{ByteStream, UploadId};
 use tokio::sync::watch;
 
-/// Upstream chunks buffered between the download and the store: keeps the upstream
-/// connection flowing while a batch is written, and bounds memory per fill.
-const FILL_QUEUE: usize = 64;
-/// Most bytes appended to the store in one step. Bytes already downloaded are appended
-/// together; readers see them when the step completes.
+/// Largest segment the download hands out at once. Upstream chunks (often 16 KiB) are
+/// gathered into one buffer, so every client gets few large writes instead of many small
+/// ones, at the cost of one copy shared by all of them.
+const SEGMENT: usize = 1024 * 1024;
+/// Segments downloaded but not yet appended to the store. The download runs this far
+/// ahead of a slow disk before it stops reading from the upstream.
+const UNWRITTEN_SEGMENTS: usize = 32;
+/// Most bytes appended to the store in one step. Segments already downloaded are
+/// appended together.
 const FILL_BATCH: usize = 8 * 1024 * 1024;
+/// Bytes already stored that are still kept in memory for clients a little behind the
+/// download; one further behind reads from the upload. With the unwritten segments this
+/// bounds a fill's memory at about 48 MiB however many clients follow it.
+const KEEP_WRITTEN: u64 = 8 * 1024 * 1024;
 /// Chunks a reader prepares ahead of its client.
 const READER_QUEUE: usize = 4;
 
@@ -33,7 +42,10 @@ pub(crate) enum Progress {
     Starting,
     Running {
         id: UploadId,
+        /// Bytes appended to the upload so far.
         written: u64,
+        /// Bytes downloaded so far (in the upload or in [`Segments`]).
+        available: u64,
         total: Option<u64>,
     },
     Done {
@@ -60,19 +72,61 @@ pub(crate) struct Fill {
     repo: RepoName,
     digest: Digest,
     progress: watch::Receiver<Progress>,
+    segments: Arc<Mutex<Segments>>,
+}
+
+/// The latest downloaded segments, by their offset in the blob: every segment not yet
+/// appended to the upload, and up to [`KEEP_WRITTEN`] bytes of those that are.
+#[derive(Default)]
+pub(crate) struct Segments {
+    list: std::collections::VecDeque<(u64, Bytes)>,
+}
+
+impl Segments {
+    fn push(&mut self, start: u64, bytes: Bytes) {
+        self.list.push_back((start, bytes));
+    }
+
+    /// Forget segments that lie wholly more than [`KEEP_WRITTEN`] behind `written`.
+    fn trim(&mut self, written: u64) {
+        let keep_from = written.saturating_sub(KEEP_WRITTEN);
+        while let Some((start, b)) = self.list.front() {
+            if start + b.len() as u64 > keep_from {
+                break;
+            }
+            self.list.pop_front();
+        }
+    }
+
+    /// The bytes from `pos` to the end of the segment holding it, but not past `end`;
+    /// `None` when `pos` is not in memory any more (or not yet).
+    fn get(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let i = self.list.partition_point(|(start, _)| *start <= pos);
+        let (start, bytes) = self.list.get(i.checked_sub(1)?)?;
+        let from = (pos - start) as usize;
+        let to = (end - start).min(bytes.len() as u64) as usize;
+        (from < to).then(|| bytes.slice(from..to))
+    }
+}
+
+fn lock(segments: &Mutex<Segments>) -> std::sync::MutexGuard<'_, Segments> {
+    segments.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Fill {
     /// Start the download task.
     pub fn start(job: FillJob) -> Arc<Fill> {
         let (tx, rx) = watch::channel(Progress::Starting);
+        let segments = Arc::new(Mutex::new(Segments::default()));
         let fill = Arc::new(Fill {
             repo: job.repo.clone(),
             digest: job.digest.clone(),
             progress: rx,
+            segments: segments.clone(),
         });
         tokio::spawn(async move {
-            let outcome = run(&job, &tx).await;
+            let outcome = run(&job, &tx, &segments).await;
+            lock(&segments).list.clear();
             // Forget the fill before announcing the end: a request arriving later finds
             // the blob in the store (or starts afresh after a failure).
             job.fills
@@ -105,11 +159,16 @@ impl Fill {
             my_repo,
             digest: self.digest.clone(),
             progress: self.progress.clone(),
+            segments: self.segments.clone(),
         }
     }
 }
 
-async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, String)> {
+async fn run(
+    job: &FillJob,
+    tx: &watch::Sender<Progress>,
+    segments: &Mutex<Segments>,
+) -> Result<u64, (bool, String)> {
     let up = &job.upstream;
     // A fill that finished between the caller's look in the store and its look in the
     // map of fills leaves the blob stored: use it instead of fetching it again.
@@ -149,9 +208,10 @@ async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, 
     let _ = tx.send(Progress::Running {
         id: id.clone(),
         written: 0,
+        available: 0,
         total,
     });
-    let result = download(job, &id, total, fetch.body, tx).await;
+    let result = download(job, &id, total, fetch.body, tx, segments).await;
     match result {
         Ok(written) => match job
             .registry
@@ -172,40 +232,57 @@ async fn run(job: &FillJob, tx: &watch::Sender<Progress>) -> Result<u64, (bool, 
     }
 }
 
+/// Download the body into memory segments (for the readers) and, beside that, append
+/// them to the upload; the bytes stored, once the body has ended at its announced size.
 async fn download(
     job: &FillJob,
     id: &UploadId,
     total: Option<u64>,
-    body: ByteStream,
+    mut body: ByteStream,
     tx: &watch::Sender<Progress>,
+    segments: &Mutex<Segments>,
 ) -> Result<u64, String> {
-    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(FILL_QUEUE);
-    let pump = tokio::spawn(async move {
-        let mut body = body;
-        while let Some(c) = body.next().await {
-            let failed = c.is_err();
-            if chunks_tx.send(c).await.is_err() || failed {
-                break;
+    let (unwritten_tx, mut unwritten) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_SEGMENTS);
+    let receive = async move {
+        let mut available = 0u64;
+        while let Some(segment) = next_segment(&mut body).await? {
+            let len = segment.len() as u64;
+            if total.is_some_and(|t| available + len > t) {
+                return Err("upstream sent more bytes than it announced".to_owned());
+            }
+            lock(segments).push(available, segment.clone());
+            available += len;
+            tx.send_modify(|p| {
+                if let Progress::Running { available: a, .. } = p {
+                    *a = available;
+                }
+            });
+            if unwritten_tx.send(segment).await.is_err() {
+                return Err("the store stopped taking the blob".to_owned());
             }
         }
-    });
-    let mut written = 0u64;
-    let outcome = async {
-        while let Some(first) = chunks.recv().await {
-            let mut batch = vec![first.map_err(|e| e.to_string())?];
-            let mut len = batch[0].len();
+        if let Some(t) = total
+            && available != t
+        {
+            return Err(format!(
+                "upstream body ended after {available} of {t} bytes"
+            ));
+        }
+        Ok(available)
+    };
+    let store = async {
+        let mut written = 0u64;
+        while let Some(first) = unwritten.recv().await {
+            let mut len = first.len();
+            let mut batch = vec![first];
             while len < FILL_BATCH {
-                match chunks.try_recv() {
+                match unwritten.try_recv() {
                     Ok(c) => {
-                        let c = c.map_err(|e| e.to_string())?;
                         len += c.len();
                         batch.push(c);
                     }
                     Err(_) => break,
                 }
-            }
-            if total.is_some_and(|t| written + len as u64 > t) {
-                return Err("upstream sent more bytes than it announced".to_owned());
             }
             let body = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
             let state = job
@@ -214,22 +291,40 @@ async fn download(
                 .await
                 .map_err(|e| e.to_string())?;
             written = state.size;
+            lock(segments).trim(written);
             tx.send_modify(|p| {
                 if let Progress::Running { written: w, .. } = p {
                     *w = written;
                 }
             });
         }
-        if let Some(t) = total
-            && written != t
-        {
-            return Err(format!("upstream body ended after {written} of {t} bytes"));
-        }
         Ok(written)
+    };
+    let (received, written) = tokio::try_join!(receive, store)?;
+    debug_assert_eq!(received, written);
+    Ok(written)
+}
+
+/// The next segment of `body`: what arrives at once, gathered up to [`SEGMENT`] bytes.
+/// It does not wait for more once something is there, so the first bytes reach clients
+/// as soon as the upstream sends them.
+async fn next_segment(body: &mut ByteStream) -> Result<Option<Bytes>, String> {
+    let first = match body.next().await {
+        None => return Ok(None),
+        Some(c) => c.map_err(|e| e.to_string())?,
+    };
+    if first.len() >= SEGMENT {
+        return Ok(Some(first));
     }
-    .await;
-    pump.abort();
-    outcome
+    let mut segment = bytes::BytesMut::with_capacity(SEGMENT);
+    segment.extend_from_slice(&first);
+    while segment.len() < SEGMENT {
+        match futures::FutureExt::now_or_never(body.next()) {
+            Some(Some(c)) => segment.extend_from_slice(&c.map_err(|e| e.to_string())?),
+            Some(None) | None => break,
+        }
+    }
+    Ok(Some(segment.freeze()))
 }
 
 /// A client's view of a fill.
@@ -239,6 +334,7 @@ pub struct FillReader {
     my_repo: RepoName,
     digest: Digest,
     progress: watch::Receiver<Progress>,
+    segments: Arc<Mutex<Segments>>,
 }
 
 /// How a fill began, as a reader sees it.
@@ -343,8 +439,31 @@ impl FillReader {
             match p {
                 // The last byte is held back until the digest is verified: a client must
                 // never receive a complete body that turns out to be wrong.
-                Progress::Running { id, written, total } if hold_last(written, total) > pos => {
-                    let range: Range<u64> = pos..hold_last(written, total);
+                Progress::Running {
+                    id,
+                    written,
+                    available,
+                    total,
+                } if hold_last(available, total) > pos => {
+                    let end = hold_last(available, total);
+                    // From memory while the bytes are there, else from the upload.
+                    let kept = lock(&self.segments).get(pos, end);
+                    if let Some(bytes) = kept {
+                        pos += bytes.len() as u64;
+                        if tx.send(Ok(bytes)).await.is_err() {
+                            return Ok(()); // the client went away; the fill goes on
+                        }
+                        continue;
+                    }
+                    let range: Range<u64> = pos..end.min(written);
+                    if range.is_empty() {
+                        // Neither kept nor stored: the segments were cleared because the
+                        // fill is ending; wait for the news.
+                        if self.progress.changed().await.is_err() {
+                            return Err("fill task ended".into());
+                        }
+                        continue;
+                    }
                     match self.registry.read_upload(&self.fill_repo, &id, range).await {
                         Ok(s) => {
                             if !self.forward(s, &mut pos, tx).await? {
@@ -382,10 +501,56 @@ impl FillReader {
     }
 }
 
-/// How far a reader may go while a fill with `written` of `total` bytes is running.
-fn hold_last(written: u64, total: Option<u64>) -> u64 {
+/// How far a reader may go while a fill with `available` of `total` bytes is running.
+fn hold_last(available: u64, total: Option<u64>) -> u64 {
     match total {
-        Some(t) => written.min(t.saturating_sub(1)),
-        None => written,
+        Some(t) => available.min(t.saturating_sub(1)),
+        None => available,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(parts: &[(u64, &'static [u8])]) -> Segments {
+        let mut s = Segments::default();
+        for (start, b) in parts {
+            s.push(*start, Bytes::from_static(b));
+        }
+        s
+    }
+
+    #[test]
+    fn segments_hand_out_what_they_hold_up_to_the_limit() {
+        let s = segments(&[(100, b"abcd"), (104, b"efgh")]);
+        assert_eq!(s.get(100, 200).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(s.get(102, 200).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(s.get(104, 106).as_deref(), Some(&b"ef"[..]));
+        assert_eq!(s.get(107, 200).as_deref(), Some(&b"h"[..]));
+        // Not yet downloaded, already forgotten, or nothing allowed yet.
+        assert_eq!(s.get(108, 200), None);
+        assert_eq!(s.get(99, 200), None);
+        assert_eq!(s.get(104, 104), None);
+    }
+
+    #[test]
+    fn trimming_keeps_the_unwritten_and_the_recently_written() {
+        let mb = KEEP_WRITTEN;
+        let mut s = Segments::default();
+        for i in 0..4u64 {
+            s.push(i * mb, Bytes::from(vec![0u8; mb as usize]));
+        }
+        s.trim(mb); // nothing lies wholly more than KEEP_WRITTEN behind
+        assert_eq!(s.list.len(), 4);
+        s.trim(2 * mb + 1);
+        assert_eq!(s.list.front().unwrap().0, mb);
+        s.trim(4 * mb);
+        assert_eq!(
+            s.list.len(),
+            1,
+            "the last segment written stays for followers"
+        );
+        assert!(s.get(3 * mb, 4 * mb).is_some());
     }
 }

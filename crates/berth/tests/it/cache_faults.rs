@@ -524,6 +524,63 @@ async fn first_bytes_reach_the_client_before_the_upstream_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_far_behind_the_download_reads_the_rest_from_the_store() {
+    // The fill keeps only the latest few MiB in memory for its clients; this one stalls
+    // near the start while 40 MiB are downloaded and stored, then reads everything.
+    const FIRST: usize = 40 * 1024 * 1024;
+    let fake = Fake::start().await;
+    let blob = pseudo_random(7, FIRST + 8 * 1024 * 1024);
+    let d = fake.add_blob(&blob);
+    fake.set_mode(Mode::Gated { first: FIRST });
+    let s = berth_for(&fake, LONG_TTL).await;
+    let url = s.url(&via_ns(&fake, "blobs", &d.to_string()));
+    let mut slow = client().get(&url).send().await.unwrap();
+    assert_eq!(slow.status(), 200);
+    let mut got = slow.chunk().await.unwrap().expect("first bytes").to_vec();
+    let uploads = s.dir.path().join("data").join(".uploads");
+    let stored = || {
+        std::fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while stored() < FIRST as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the fill stored only {} bytes",
+            stored()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second client arriving now starts at byte 0, far behind the download too.
+    let late = tokio::spawn({
+        let (c, url, blob) = (client(), url.clone(), blob.clone());
+        async move { download(&c, &url, &blob).await }
+    });
+    // Everything up to the gate, while the upstream still holds the rest back.
+    while got.len() < FIRST {
+        let chunk = tokio::time::timeout(PATIENCE, slow.chunk())
+            .await
+            .expect("stored bytes are served while the fill waits")
+            .unwrap()
+            .expect("the body cannot end yet");
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got[..], blob[..got.len()], "bytes read back from the store");
+    fake.release();
+    got.extend_from_slice(&slow.bytes().await.unwrap());
+    assert!(got == blob, "the whole blob, byte for byte");
+    assert!(late.await.unwrap().intact(&blob), "the late client's copy");
+    assert_eq!(fake.count("GET", &upstream_blob(&d)), 1);
+    assert_eq!(stored_blob_files(&s, &d).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
     let fake = Fake::start().await;
     let blob = pseudo_random(3, 1024 * 1024);
