@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use store::{ByteStream, UploadId};
 use tokio::sync::watch;
 
-/// Largest segment the download hands out at once. Upstream chunks (often 16 KiB) are
-/// gathered into one buffer, so every client gets few large writes instead of many small
+/// Bytes of upstream chunks gathered into one segment, when they arrive together (a
+/// segment may end a little past it). Upstream chunks (often 16 KiB) are gathered into
+/// one buffer, so every client gets few large writes instead of many small
 /// ones, at the cost of one copy shared by all of them.
 const SEGMENT: usize = 1024 * 1024;
 /// Segments downloaded but not yet appended to the store. The download runs this far
@@ -307,22 +308,31 @@ async fn download(
 
 /// The next segment of `body`: what arrives at once, gathered up to [`SEGMENT`] bytes.
 /// It does not wait for more once something is there, so the first bytes reach clients
-/// as soon as the upstream sends them.
+/// as soon as the upstream sends them. The segment is allocated to fit, so a slow
+/// upstream's small segments hold no more memory than their bytes.
 async fn next_segment(body: &mut ByteStream) -> Result<Option<Bytes>, String> {
     let first = match body.next().await {
         None => return Ok(None),
         Some(c) => c.map_err(|e| e.to_string())?,
     };
-    if first.len() >= SEGMENT {
-        return Ok(Some(first));
-    }
-    let mut segment = bytes::BytesMut::with_capacity(SEGMENT);
-    segment.extend_from_slice(&first);
-    while segment.len() < SEGMENT {
+    let mut len = first.len();
+    let mut chunks = vec![first];
+    while len < SEGMENT {
         match futures::FutureExt::now_or_never(body.next()) {
-            Some(Some(c)) => segment.extend_from_slice(&c.map_err(|e| e.to_string())?),
+            Some(Some(c)) => {
+                let c = c.map_err(|e| e.to_string())?;
+                len += c.len();
+                chunks.push(c);
+            }
             Some(None) | None => break,
         }
+    }
+    if chunks.len() == 1 {
+        return Ok(chunks.pop());
+    }
+    let mut segment = bytes::BytesMut::with_capacity(len);
+    for c in &chunks {
+        segment.extend_from_slice(c);
     }
     Ok(Some(segment.freeze()))
 }
