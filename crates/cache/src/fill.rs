@@ -35,6 +35,11 @@ const KEEP_WRITTEN: u64 = 8 * 1024 * 1024;
 /// Chunks a reader prepares ahead of its client.
 const READER_QUEUE: usize = 4;
 
+/// Fills are per cached repository and digest: a client joins only a download for the
+/// repository it asked for, so it never receives bytes its upstream did not give for
+/// that name (nor bytes of a repository it may not pull).
+pub(crate) type FillKey = (RepoName, Digest);
+
 /// A blob as clients stream it.
 pub type BlobStream = ByteStream;
 
@@ -65,7 +70,7 @@ pub(crate) struct FillJob {
     pub upstream_repo: RepoName,
     pub repo: RepoName,
     pub digest: Digest,
-    pub fills: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    pub fills: Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>,
 }
 
 /// One blob download in progress.
@@ -133,7 +138,7 @@ impl Fill {
             job.fills
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&job.digest);
+                .remove(&(job.repo.clone(), job.digest.clone()));
             match outcome {
                 Ok(size) => {
                     let _ = tx.send(Progress::Done { size });
@@ -171,22 +176,14 @@ async fn run(
     segments: &Mutex<Segments>,
 ) -> Result<u64, (bool, String)> {
     let up = &job.upstream;
-    // A fill that finished between the caller's look in the store and its look in the
-    // map of fills leaves the blob stored: use it instead of fetching it again.
-    let stored = job
-        .registry
-        .mount_blob(&job.repo, &job.digest, None, &|_| true)
-        .await
-        .map_err(|e| (false, e.to_string()))?;
-    if stored {
-        let size = job
-            .registry
-            .content_size(&job.digest)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        return Ok(size);
+    // A fill of this repository that finished between the caller's look in the store
+    // and its look in the map of fills leaves the blob linked here: use it instead of
+    // fetching it again. (Bytes linked only elsewhere are never taken: the caller has
+    // already asked the upstream about those.)
+    match job.registry.stat_blob(&job.repo, &job.digest).await {
+        Ok(size) => return Ok(size),
+        Err(registry::RegistryError::BlobUnknown) => {}
+        Err(e) => return Err((false, e.to_string())),
     }
     up.stats.upstream_blob_gets.fetch_add(1, Ordering::Relaxed);
     let fetch = crate::timed(

@@ -131,7 +131,7 @@ pub struct Cache {
     registry: Registry,
     /// Swapped whole by [`Cache::reconfigure`]; requests hold the `Arc` they looked up.
     upstreams: RwLock<Arc<HashMap<String, Arc<CachedUpstream>>>>,
-    fills: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    fills: Arc<Mutex<HashMap<fill::FillKey, Arc<Fill>>>>,
 }
 
 impl Cache {
@@ -378,20 +378,40 @@ impl Cache {
             Err(RegistryError::BlobUnknown) => {}
             Err(e) => return Err(e.into()),
         }
-        // Held by another repository (hosted or cached): share it.
-        if self
-            .registry
-            .mount_blob(&local, digest, None, &|_| true)
-            .await?
-        {
-            up.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlobSource::Local(
-                self.registry.stat_blob(&local, digest).await?,
-            ));
+        // Bytes already in the store for another repository (hosted or cached) are
+        // shared only when the upstream confirms the blob for this repository: a
+        // cached name serves nothing its upstream would not, so neither a private
+        // hosted layer nor bytes pushed elsewhere under an upstream digest leak
+        // through it. A HEAD costs no download (and no Docker Hub rate limit).
+        if let Some(stored) = self.registry.content_size(digest).await? {
+            match timed(
+                &up.stats.upstream_latency,
+                up.client.head_blob(repo.as_str(), digest),
+            )
+            .await
+            {
+                Ok(size) if size == stored => {
+                    if self.registry.relink_blob(&local, digest).await? {
+                        up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(BlobSource::Local(stored));
+                    }
+                }
+                // Another size under the same digest: the download below verifies.
+                Ok(_) => {}
+                Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
+                Err(e) => {
+                    self.outage(up, &e);
+                    return Err(CacheError::Unavailable {
+                        upstream: up.name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
         let fill = {
             let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
-            match fills.get(digest) {
+            let key = (local.clone(), digest.clone());
+            match fills.get(&key) {
                 Some(f) => {
                     up.stats.joins.fetch_add(1, Ordering::Relaxed);
                     f.clone()
@@ -406,7 +426,7 @@ impl Cache {
                         digest: digest.clone(),
                         fills: self.fills.clone(),
                     });
-                    fills.insert(digest.clone(), f.clone());
+                    fills.insert(key, f.clone());
                     f
                 }
             }

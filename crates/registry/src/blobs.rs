@@ -242,6 +242,9 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<UploadState> {
+        // Checked, appended and hashed under the upload's lock: a request racing this
+        // one waits, then finds the offset moved (416) or the upload gone.
+        let _turn = self.upload_locks.lock(id).await;
         let state = self.upload_status(repo, id).await?;
         if let Some(start) = start
             && start != state.size
@@ -347,6 +350,7 @@ impl Registry {
         digest: &Digest,
         last_chunk: Option<(Option<u64>, Option<u64>, ByteStream)>,
     ) -> Result<()> {
+        let _turn = self.upload_locks.lock(id).await;
         let state = self.upload_status(repo, id).await?;
         let algorithm = digest.algorithm();
         let mut worker = self.worker_at(id, state.size, algorithm).await?;
@@ -379,7 +383,16 @@ impl Registry {
         {
             let _permit = self.use_permit().await;
             let blob_key = layout::blob(digest)?;
-            self.store.upload_commit(id, &blob_key).await?;
+            // Conditional on the size just verified: if another process appended in
+            // between, nothing is published and the client is told where it stands.
+            match self.store.upload_commit(id, &blob_key, size).await {
+                Ok(()) => {}
+                Err(StoreError::OffsetMismatch { current }) => {
+                    return Err(RegistryError::RangeInvalid { current });
+                }
+                Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
+                Err(e) => return Err(e.into()),
+            }
             // The upload's bytes carry the time of its last append, which may be long ago.
             self.store.touch(&blob_key).await?;
             self.link_blob(repo, digest).await?;
@@ -415,6 +428,7 @@ impl Registry {
 
     /// Cancel an upload and drop its bytes.
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let _turn = self.upload_locks.lock(id).await;
         self.check_owner(repo, id).await?;
         self.discard_upload(repo, id).await
     }

@@ -12,6 +12,7 @@ mod hashing;
 pub mod layout;
 mod listing;
 mod manifests;
+mod upload_lock;
 
 pub use blobs::{BlobRead, UploadState};
 pub use error::{RegistryError, Result};
@@ -82,6 +83,8 @@ pub struct Registry {
     /// Hashing threads of uploads in progress, by id: a cache, rebuilt from the bytes
     /// when lost.
     hashers: Arc<Mutex<HashMap<UploadId, (Algorithm, hashing::HashWorker)>>>,
+    /// Requests of one upload run one at a time in this process.
+    upload_locks: Arc<upload_lock::UploadLocks>,
     /// Shared by every operation that makes stored content needed (renewing its
     /// modification time, then linking or referencing it); held exclusively by garbage
     /// collection around each "check the time again, then delete". So in this process a
@@ -111,6 +114,7 @@ impl Registry {
             tags: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             manifests: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             hashers: Arc::default(),
+            upload_locks: Arc::default(),
             deletion: Arc::default(),
             pushes: tokio::sync::broadcast::channel(PUSH_EVENTS).0,
         }

@@ -10,7 +10,7 @@ mod cached;
 mod error;
 mod handlers;
 pub mod metrics;
-mod range;
+pub mod range;
 pub mod route;
 pub mod tls;
 pub mod transport;

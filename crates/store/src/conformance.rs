@@ -36,6 +36,8 @@ pub async fn run_all(store: &dyn Store) {
     listing(store).await;
     uploads(store).await;
     failed_append_is_all_or_nothing(store).await;
+    racing_appends(store).await;
+    commit_while_appending(store).await;
     large_object(store).await;
     touch_and_walk(store).await;
     leases(store).await;
@@ -238,7 +240,15 @@ async fn uploads(s: &dyn Store) {
         s.stat(&dest).await.unwrap().is_none(),
         "nothing visible before commit"
     );
-    s.upload_commit(&id, &dest).await.unwrap();
+    assert!(
+        matches!(
+            s.upload_commit(&id, &dest, 5).await,
+            Err(StoreError::OffsetMismatch { current: 6 })
+        ),
+        "a commit is conditional on the size the caller verified"
+    );
+    assert!(s.stat(&dest).await.unwrap().is_none());
+    s.upload_commit(&id, &dest, 6).await.unwrap();
     assert_eq!(
         s.get(&dest).await.unwrap().unwrap(),
         Bytes::from_static(b"abcdef")
@@ -248,7 +258,7 @@ async fn uploads(s: &dyn Store) {
         "commit forgets the upload"
     );
     assert!(matches!(
-        s.upload_commit(&id, &dest).await,
+        s.upload_commit(&id, &dest, 6).await,
         Err(StoreError::NotFound)
     ));
 
@@ -286,6 +296,130 @@ async fn failed_append_is_all_or_nothing(s: &dyn Store) {
     s.upload_abort(&id).await.unwrap();
 }
 
+/// A body that sends `first`, tells `started`, waits for `gate`, then sends `second`:
+/// an append caught in the middle of its body.
+fn gated(
+    first: &'static [u8],
+    second: &'static [u8],
+    started: std::sync::Arc<tokio::sync::Notify>,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+) -> crate::ByteStream {
+    futures::stream::unfold(0u8, move |step| {
+        let (started, gate) = (started.clone(), gate.clone());
+        async move {
+            match step {
+                0 => {
+                    started.notify_one();
+                    Some((Ok(Bytes::from_static(first)), 1))
+                }
+                1 => {
+                    gate.notified().await;
+                    Some((Ok(Bytes::from_static(second)), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Two appends at the same offset, the second sent whole while the first is mid-body:
+/// exactly one succeeds and the upload holds exactly its bytes.
+async fn racing_appends(s: &dyn Store) {
+    let id = UploadId::random();
+    s.upload_create(&id).await.unwrap();
+    let (started, gate) = (
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let slow = s.upload_append(
+        &id,
+        0,
+        gated(b"aaaa", b"AAAA", started.clone(), gate.clone()),
+    );
+    let fast = async {
+        started.notified().await;
+        let r = s.upload_append(&id, 0, chunks(&[b"bbbbbbbb"])).await;
+        gate.notify_one();
+        r
+    };
+    let (a, b) = futures::join!(slow, fast);
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one of two appends at one offset succeeds: {a:?} / {b:?}"
+    );
+    let loser = if a.is_ok() { &b } else { &a };
+    assert!(
+        matches!(loser, Err(StoreError::OffsetMismatch { .. })),
+        "{loser:?}"
+    );
+    let winner: &[u8] = if a.is_ok() { b"aaaaAAAA" } else { b"bbbbbbbb" };
+    assert_eq!(
+        collect(s.upload_read(&id, None).await.unwrap())
+            .await
+            .unwrap(),
+        winner
+    );
+    s.upload_abort(&id).await.unwrap();
+}
+
+/// A commit while an append is mid-body: one of them wins, and a published object
+/// holds exactly the bytes the commit was asked for and never changes after.
+async fn commit_while_appending(s: &dyn Store) {
+    let id = UploadId::random();
+    s.upload_create(&id).await.unwrap();
+    s.upload_append(&id, 0, chunks(&[b"base"])).await.unwrap();
+    let dest = key("t/racing/commit");
+    let (started, gate) = (
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let append = s.upload_append(
+        &id,
+        4,
+        gated(b"more", b"MORE", started.clone(), gate.clone()),
+    );
+    let commit = async {
+        started.notified().await;
+        // A backend may hold the commit until the append ends: open the gate meanwhile.
+        let open = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            gate.notify_one();
+        };
+        futures::join!(s.upload_commit(&id, &dest, 4), open).0
+    };
+    let (a, c) = futures::join!(append, commit);
+    assert!(
+        a.is_ok() != c.is_ok(),
+        "an append and a commit racing: exactly one wins: {a:?} / {c:?}"
+    );
+    if c.is_ok() {
+        assert!(
+            matches!(a, Err(StoreError::NotFound)),
+            "an append that lost to a commit finds the upload ended: {a:?}"
+        );
+        assert_eq!(
+            s.get(&dest).await.unwrap().unwrap(),
+            Bytes::from_static(b"base")
+        );
+        assert!(s.upload_stat(&id).await.unwrap().is_none());
+    } else {
+        assert!(matches!(c, Err(StoreError::OffsetMismatch { current: 12 })));
+        assert!(s.stat(&dest).await.unwrap().is_none());
+        assert_eq!(s.upload_stat(&id).await.unwrap().unwrap().size, 12);
+        s.upload_abort(&id).await.unwrap();
+    }
+    // Whatever happened, a late append changes nothing published.
+    let late = s.upload_append(&id, 4, chunks(&[b"late"])).await;
+    assert!(late.is_err(), "{late:?}");
+    if c.is_ok() {
+        assert_eq!(
+            s.get(&dest).await.unwrap().unwrap(),
+            Bytes::from_static(b"base")
+        );
+    }
+}
+
 async fn large_object(s: &dyn Store) {
     // Several MiB in uneven chunks, read back whole and by range.
     let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -301,7 +435,7 @@ async fn large_object(s: &dyn Store) {
         .unwrap();
     assert_eq!(n, data.len() as u64);
     let k = key("t/large/blob");
-    s.upload_commit(&id, &k).await.unwrap();
+    s.upload_commit(&id, &k, n).await.unwrap();
     assert_eq!(
         collect(s.read(&k, 0..n).await.unwrap()).await.unwrap(),
         data

@@ -430,6 +430,28 @@ impl ObjectLister for FsStore {
     }
 }
 
+/// What the request side of an append hands its writer thread.
+enum Feed {
+    Chunk(Bytes),
+    /// The whole body arrived: keep it.
+    Done,
+    /// The body failed: roll back.
+    Fail,
+}
+
+/// The size of the upload open (and locked) as `file`, after checking that `path` still
+/// names that file: a commit or abort that won the lock first has renamed or removed
+/// it, and the upload is over (`NotFound`).
+fn open_upload_size(file: &File, path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    let named = fs::metadata(path)?;
+    if open.ino() != named.ino() || open.dev() != named.dev() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "upload ended"));
+    }
+    Ok(open.len())
+}
+
 /// Start writeback of `len` bytes at `offset` without waiting for it.
 #[allow(unsafe_code)] // reason: sync_file_range has no safe wrapper in std; the fd is owned and open
 fn start_writeback(file: &File, offset: u64, len: u64) {
@@ -474,34 +496,66 @@ impl UploadStore for FsStore {
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
         let path = self.inner.upload_path(id);
         let fsync = self.inner.fsync;
-        let file = blocking(move || {
-            let f = OpenOptions::new().write(true).open(&path)?;
-            let len = f.metadata()?.len();
-            Ok((f, len))
+        // Open and lock before reading a byte of the body: a second append finds the
+        // lock held and is refused at once, with where the upload stands.
+        let opened = blocking(move || {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            Ok(match file.try_lock() {
+                Ok(()) => {
+                    let current = open_upload_size(&file, &path)?;
+                    Ok((file, current))
+                }
+                Err(fs::TryLockError::WouldBlock) => Err(file.metadata()?.len()),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            })
         })
         .await;
-        let (mut file, current) = match file {
-            Ok(x) => x,
+        let (file, current) = match opened {
+            Ok(Ok(x)) => x,
+            Ok(Err(busy_at)) => return Err(StoreError::OffsetMismatch { current: busy_at }),
             Err(e) if not_found(&e) => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
         };
         if current != offset {
             return Err(StoreError::OffsetMismatch { current });
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
-            file.seek(SeekFrom::Start(offset))?;
-            let mut pos = offset;
-            let mut flushed = offset;
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                pos += chunk.len() as u64;
-                if fsync && pos - flushed >= WRITEBACK_EVERY {
-                    start_writeback(&file, flushed, pos - flushed);
-                    flushed = pos;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Feed>(WRITE_QUEUE);
+        // The writer owns the locked file until the append has ended either way; a
+        // rollback happens under the same lock, so no other append sees the cut.
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut file = file;
+            let written = (|| -> io::Result<Option<u64>> {
+                file.seek(SeekFrom::Start(offset))?;
+                let mut pos = offset;
+                let mut flushed = offset;
+                // A request dropped mid-body closes the channel without `Done`: that
+                // is a failure too, so a cancelled append leaves nothing behind.
+                while let Some(feed) = rx.blocking_recv() {
+                    let chunk = match feed {
+                        Feed::Chunk(chunk) => chunk,
+                        Feed::Done => return Ok(Some(pos)),
+                        Feed::Fail => return Ok(None),
+                    };
+                    file.write_all(&chunk)?;
+                    pos += chunk.len() as u64;
+                    if fsync && pos - flushed >= WRITEBACK_EVERY {
+                        start_writeback(&file, flushed, pos - flushed);
+                        flushed = pos;
+                    }
+                }
+                Ok(None)
+            })();
+            match written {
+                Ok(Some(pos)) => Ok(pos),
+                failed => {
+                    // All or nothing: cut the upload back to where this append started.
+                    file.set_len(offset)?;
+                    match failed {
+                        Err(e) => Err(e),
+                        _ => Err(io::Error::other("append abandoned")),
+                    }
                 }
             }
-            Ok((file, pos))
         });
         let mut failure: Option<io::Error> = None;
         while let Some(item) = data.next().await {
@@ -510,7 +564,7 @@ impl UploadStore for FsStore {
                     if chunk.is_empty() {
                         continue;
                     }
-                    if tx.send(chunk).await.is_err() {
+                    if tx.send(Feed::Chunk(chunk)).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
                 }
@@ -520,25 +574,20 @@ impl UploadStore for FsStore {
                 }
             }
         }
+        let _ = tx
+            .send(if failure.is_none() {
+                Feed::Done
+            } else {
+                Feed::Fail
+            })
+            .await;
         drop(tx);
         let written = writer
             .await
             .unwrap_or_else(|e| Err(io::Error::other(format!("writer task failed: {e}"))));
         match (failure, written) {
-            (None, Ok((_, pos))) => Ok(pos),
-            (failure, written) => {
-                // All or nothing: cut the upload back to where this append started.
-                let err = failure.unwrap_or_else(|| {
-                    written
-                        .err()
-                        .unwrap_or_else(|| io::Error::other("append failed"))
-                });
-                let path = self.inner.upload_path(id);
-                let _ =
-                    blocking(move || OpenOptions::new().write(true).open(&path)?.set_len(offset))
-                        .await;
-                Err(err.into())
-            }
+            (None, Ok(pos)) => Ok(pos),
+            (Some(e), _) | (None, Err(e)) => Err(e.into()),
         }
     }
 
@@ -561,29 +610,53 @@ impl UploadStore for FsStore {
         }
     }
 
-    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
+    async fn upload_commit(&self, id: &UploadId, dest: &Key, size: u64) -> Result<()> {
         let inner = self.inner.clone();
         let from = inner.upload_path(id);
         let to = inner.path(dest);
         let r = blocking(move || {
-            if inner.fsync {
-                File::open(&from)?.sync_data()?;
+            // Under the upload's lock: an append in flight finishes (or is cut back)
+            // first, and one that starts later finds the file renamed away.
+            let file = File::open(&from)?;
+            file.lock()?;
+            let current = open_upload_size(&file, &from)?;
+            if current != size {
+                return Ok(Err(current));
             }
-            inner.publish(&from, &to)
+            if inner.fsync {
+                file.sync_data()?;
+            }
+            inner.publish(&from, &to).map(Ok)
         })
         .await;
         match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(current)) => Err(StoreError::OffsetMismatch { current }),
             Err(e) if not_found(&e) => Err(StoreError::NotFound),
-            r => r.map_err(Into::into),
+            Err(e) => Err(e.into()),
         }
     }
 
     async fn upload_abort(&self, id: &UploadId) -> Result<bool> {
         let path = self.inner.upload_path(id);
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if not_found(&e) => Ok(false),
-            Err(e) => Err(e),
+        blocking(move || {
+            // Taken like a commit: an append in flight ends before the bytes go.
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if not_found(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            file.lock()?;
+            match open_upload_size(&file, &path) {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if not_found(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
         .map_err(Into::into)

@@ -137,14 +137,23 @@ pub trait UploadStore: Send + Sync {
     /// Append `data` at `offset`, which must equal the current size (else
     /// `OffsetMismatch`). All or nothing: if the stream fails, the upload is left at its
     /// previous size. Returns the new size.
+    ///
+    /// Appends to one upload are serialised by the backend, whichever process sends
+    /// them: the offset check and the write happen under one lock (fs: an OS file lock;
+    /// S3: a conditional write of the upload's state), so two appends at the same offset
+    /// never both succeed, and an upload is append-only (a rollback cuts only the failed
+    /// append's own bytes). An append that finds the upload committed or aborted, even
+    /// one that began before, fails with `NotFound` and writes nothing.
     async fn upload_append(&self, id: &UploadId, offset: u64, data: ByteStream) -> Result<u64>;
     /// Bytes `range` of what was appended so far (`None`: all of it), to re-hash an
     /// upload whose hash state was lost or to serve a blob while it is still arriving.
     /// `InvalidRange` when the range reaches past what was appended.
     async fn upload_read(&self, id: &UploadId, range: Option<Range<u64>>) -> Result<ByteStream>;
     /// Make the upload's bytes the object at `dest` atomically (and durably, where the
-    /// backend is configured so) and forget the upload.
-    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()>;
+    /// backend is configured so) and forget the upload — only if it holds exactly
+    /// `size` bytes (the bytes the caller verified; else `OffsetMismatch`). From the
+    /// moment it begins, no append of this upload can change what is published.
+    async fn upload_commit(&self, id: &UploadId, dest: &Key, size: u64) -> Result<()>;
     /// Forget an upload and its bytes; `false` when it was unknown.
     async fn upload_abort(&self, id: &UploadId) -> Result<bool>;
     /// Every upload in progress, for garbage collection of abandoned ones.

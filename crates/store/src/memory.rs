@@ -192,8 +192,12 @@ impl UploadStore for MemoryStore {
         Ok(slice_stream(&bytes, range))
     }
 
-    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
+    async fn upload_commit(&self, id: &UploadId, dest: &Key, size: u64) -> Result<()> {
         let mut state = self.lock();
+        let current = state.uploads.get(id).ok_or(StoreError::NotFound)?.0.len() as u64;
+        if current != size {
+            return Err(StoreError::OffsetMismatch { current });
+        }
         let (buf, _) = state.uploads.remove(id).ok_or(StoreError::NotFound)?;
         state
             .objects

@@ -86,6 +86,10 @@ fn time(t: chrono::DateTime<chrono::Utc>) -> SystemTime {
 struct UploadState {
     /// Staged objects, in order: (name under the upload's folder, size).
     parts: Vec<(String, u64)>,
+    /// Set (by a conditional write) when a commit begins: from then on no append may
+    /// change the upload, whichever replica sends it.
+    #[serde(default)]
+    sealed: bool,
 }
 
 impl UploadState {
@@ -448,6 +452,9 @@ impl UploadStore for S3Store {
 
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
         let (mut state, version, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+        if state.sealed {
+            return Err(StoreError::NotFound);
+        }
         let current = state.size();
         if offset != current {
             return Err(StoreError::OffsetMismatch { current });
@@ -523,14 +530,15 @@ impl UploadStore for S3Store {
         {
             Ok(_) => Ok(state.size()),
             Err(object_store::Error::Precondition { .. }) => {
-                // Another append won the race; report where the upload is now.
+                // Another append or a commit won the race; report where the upload
+                // is now.
                 discard(staged).await;
-                let current = self
-                    .state(id)
-                    .await?
-                    .map(|(s, _, _)| s.size())
-                    .ok_or(StoreError::NotFound)?;
-                Err(StoreError::OffsetMismatch { current })
+                match self.state(id).await? {
+                    Some((s, _, _)) if !s.sealed => {
+                        Err(StoreError::OffsetMismatch { current: s.size() })
+                    }
+                    _ => Err(StoreError::NotFound),
+                }
             }
             Err(e) => {
                 discard(staged).await;
@@ -547,8 +555,39 @@ impl UploadStore for S3Store {
         Ok(self.staged(id, &state, range))
     }
 
-    async fn upload_commit(&self, id: &UploadId, dest: &Key) -> Result<()> {
-        let (state, _, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+    async fn upload_commit(&self, id: &UploadId, dest: &Key, size: u64) -> Result<()> {
+        let (mut state, version, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
+        if state.size() != size {
+            return Err(StoreError::OffsetMismatch {
+                current: state.size(),
+            });
+        }
+        if !state.sealed {
+            // Seal first, conditionally: an append that read the state before this
+            // finds its own conditional write refused, so nothing changes what the
+            // caller verified. A commit that dies after this leaves a sealed upload
+            // that a retried commit (or the abandoned-upload sweep) finishes.
+            state.sealed = true;
+            let body = serde_json::to_vec(&state).unwrap_or_default();
+            let opts = PutOptions {
+                mode: PutMode::Update(version),
+                ..PutOptions::default()
+            };
+            match self
+                .s3
+                .put_opts(&self.state_path(id), PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => {}
+                Err(object_store::Error::Precondition { .. }) => {
+                    return match self.state(id).await? {
+                        Some((s, _, _)) => Err(StoreError::OffsetMismatch { current: s.size() }),
+                        None => Err(StoreError::NotFound),
+                    };
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
         let target = self.path(dest.as_str());
         let dir = self.upload_dir(id);
         match state.parts.as_slice() {
@@ -770,7 +809,7 @@ mod tests {
             Err(StoreError::OffsetMismatch { current }) if current == offset
         ));
         let dest = Key::new("blobs/big").unwrap();
-        b.upload_commit(&id, &dest).await.unwrap();
+        b.upload_commit(&id, &dest, offset).await.unwrap();
         let mut got = Vec::new();
         let mut s = a.read(&dest, 0..offset).await.unwrap();
         while let Some(c) = s.next().await {

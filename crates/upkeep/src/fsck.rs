@@ -456,8 +456,8 @@ impl Checker<'_> {
         store.upload_create(&id).await?;
         let copied = async {
             let body = store.read(&key, 0..meta.size).await?;
-            store.upload_append(&id, 0, body).await?;
-            store.upload_commit(&id, &dest).await
+            let size = store.upload_append(&id, 0, body).await?;
+            store.upload_commit(&id, &dest, size).await
         }
         .await;
         if let Err(e) = copied {

@@ -7,6 +7,7 @@ mod challenge;
 mod dns;
 
 pub use challenge::Challenge;
+pub use challenge::parse as parse_challenge;
 pub use dns::{DNS_TIMEOUT, DnsOptions, FallbackResolver};
 
 use base64::Engine as _;
