@@ -477,6 +477,27 @@ pub struct ServerConfig {
     /// Largest blob a client may upload (`"20GiB"`); no limit when absent.
     #[serde(default, deserialize_with = "de_opt_size")]
     pub max_blob_size: Option<u64>,
+    /// Slowest a request body may arrive, per second, over each `client_timeout`
+    /// window (`"1KiB"`; `"0"` turns it off): ends uploads dripped a byte at a time.
+    #[serde(default = "default_min_body_rate", deserialize_with = "de_size")]
+    pub min_body_rate: u64,
+    /// Reverse proxies (CIDRs, `"10.0.0.0/8"`, `"::1/128"`) whose `X-Forwarded-For`
+    /// and `X-Forwarded-Proto` are believed; none by default, so those headers from
+    /// anyone else are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The URL clients reach the main listener by (`"https://registry.example.com"`),
+    /// when a proxy is in front: token realms and `Location` headers use it instead of
+    /// the request's `Host`.
+    #[serde(default, deserialize_with = "de_external_url")]
+    pub external_url: Option<server::transport::ExternalUrl>,
+}
+
+fn de_external_url<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<server::transport::ExternalUrl>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl Default for ServerConfig {
@@ -487,8 +508,15 @@ impl Default for ServerConfig {
             tls_key: None,
             client_timeout: default_client_timeout(),
             max_blob_size: None,
+            min_body_rate: default_min_body_rate(),
+            trusted_proxies: Vec::new(),
+            external_url: None,
         }
     }
+}
+
+fn default_min_body_rate() -> u64 {
+    server::transport::MIN_BODY_RATE
 }
 
 fn default_client_timeout() -> std::time::Duration {

@@ -81,6 +81,12 @@ pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec
 /// Build the application state for a configuration.
 pub async fn build_app(config: &Config) -> anyhow::Result<server::App> {
     let store = open_store(config).await?;
+    build_app_on(config, store)
+}
+
+/// Build the application state for a configuration on a store opened elsewhere (tests
+/// wrap the configured one, e.g. in [`store::faults::FaultyStore`]).
+pub fn build_app_on(config: &Config, store: Arc<dyn store::Store>) -> anyhow::Result<server::App> {
     let registry = Registry::new(
         store,
         RegistryOptions {
@@ -445,6 +451,9 @@ pub fn serve_options(config: &Config) -> anyhow::Result<server::ServeOptions> {
     Ok(server::ServeOptions {
         tls,
         client_timeout: config.server.client_timeout,
+        min_body_rate: config.server.min_body_rate,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        external_url: config.server.external_url.clone(),
     })
 }
 
@@ -497,7 +506,13 @@ pub async fn run_server(
         let router = server::upstream_router(app.clone(), &u.name)
             .ok_or_else(|| anyhow::anyhow!("upstream {} vanished", u.name))?;
         let what = format!("upstream {}", u.name);
-        side_listener(addr, router, options.clone(), &stop_tx, &what).await?;
+        // The external URL names the main listener; a dedicated one is reached by its
+        // own address.
+        let own = server::ServeOptions {
+            external_url: None,
+            ..options.clone()
+        };
+        side_listener(addr, router, own, &stop_tx, &what).await?;
     }
     if let Some(addr) = config.metrics.listen {
         // Plain HTTP: scrapers on a management network rarely carry the registry's CA.

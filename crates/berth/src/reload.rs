@@ -65,6 +65,14 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.max_blob_size != new.server.max_blob_size {
         keys.push("[server] max_blob_size");
     }
+    if old.server.min_body_rate != new.server.min_body_rate {
+        keys.push("[server] min_body_rate");
+    }
+    if old.server.trusted_proxies != new.server.trusted_proxies
+        || old.server.external_url != new.server.external_url
+    {
+        keys.push("[server] trusted_proxies/external_url");
+    }
     if old.storage != new.storage {
         keys.push("[storage]");
     }

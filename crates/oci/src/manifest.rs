@@ -28,6 +28,8 @@ pub mod media {
 pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
+    /// An int64 in the image spec: sizes above `i64::MAX` are refused when parsed.
+    #[serde(deserialize_with = "int64_size")]
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
@@ -65,6 +67,18 @@ impl Descriptor {
 pub enum ManifestKind {
     Image,
     Index,
+}
+
+/// A descriptor size as the image spec defines it (int64, never negative): a larger
+/// value would wrap sums and offsets downstream, so it is refused at the boundary.
+fn int64_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let size = u64::deserialize(d)?;
+    if size > i64::MAX as u64 {
+        return Err(serde::de::Error::custom(format!(
+            "descriptor size {size} exceeds the int64 maximum"
+        )));
+    }
+    Ok(size)
 }
 
 /// Why manifest bytes were refused.
@@ -232,6 +246,23 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn descriptor_sizes_are_int64() {
+        let with_size = |size: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":{size}}},"layers":[]}}"#
+            )
+        };
+        for bad in ["18446744073709551615", "9223372036854775808", "-1"] {
+            assert!(
+                ParsedManifest::parse(with_size(bad).as_bytes(), None).is_err(),
+                "{bad}"
+            );
+        }
+        let max = ParsedManifest::parse(with_size("9223372036854775807").as_bytes(), None).unwrap();
+        assert_eq!(max.config.unwrap().size, i64::MAX as u64);
     }
 
     #[test]

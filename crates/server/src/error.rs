@@ -50,11 +50,20 @@ impl From<RegistryError> for ApiError {
             BodyInterrupted(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 StatusCode::REQUEST_TIMEOUT
             }
+            Storage(s) if s.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "storage failure");
+        }
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            tracing::error!(error = %e, "storage is full");
+            return ApiError::new(
+                status,
+                "UNKNOWN",
+                "insufficient storage: the registry's storage is full; nothing of this request was kept",
+            );
         }
         let mut err = ApiError::new(status, e.code(), e.to_string());
         if let Some(d) = e.digest() {

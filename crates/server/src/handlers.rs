@@ -131,6 +131,7 @@ pub async fn not_found() -> Response {
 pub(crate) async fn dispatch(
     State(ctx): State<Ctx>,
     ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
+    external: Option<axum::Extension<crate::transport::ExternalUrl>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -191,6 +192,15 @@ pub(crate) async fn dispatch(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
+    // Behind a proxy, locations name the URL clients use (`[server] external_url`).
+    if let Some(axum::Extension(url)) = external
+        && let Some(loc) = resp.headers().get(header::LOCATION)
+        && let Ok(path) = loc.to_str()
+        && path.starts_with('/')
+    {
+        let absolute = hv(&format!("{}://{}{path}", url.scheme, url.authority));
+        resp.headers_mut().insert(header::LOCATION, absolute);
+    }
     if let Some(repo) = pulled
         && resp.status() == StatusCode::OK
     {

@@ -14,14 +14,19 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
-/// Resolve a `Range` header value against a blob of `size` bytes.
+/// Resolve a `Range` header value against a blob of `size` bytes. A range unit other
+/// than `bytes` is ignored (RFC 9110 §14.2: a server MUST ignore a Range header field
+/// with a unit it does not understand), so the whole blob is sent.
 pub fn resolve(header: Option<&str>, size: u64) -> RangeRequest {
     let Some(h) = header else {
         return RangeRequest::Whole;
     };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+    let Some((unit, spec)) = h.trim().split_once('=') else {
         return RangeRequest::Unsatisfiable;
     };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeRequest::Whole;
+    }
     if spec.contains(',') {
         return RangeRequest::Unsatisfiable;
     }
@@ -67,7 +72,9 @@ pub fn content_range(h: &str) -> Option<(u64, u64)> {
     if end < start {
         return None;
     }
-    Some((start, end - start + 1))
+    // The exclusive end must fit in a u64 (`0-18446744073709551615` would cover 2^64
+    // bytes), so start + length never overflows downstream.
+    Some((start, end.checked_add(1)? - start))
 }
 
 #[cfg(test)]
@@ -86,7 +93,6 @@ mod tests {
             "bytes=10-",
             "bytes=5-4",
             "bytes=a-b",
-            "items=0-1",
             "bytes=0-1,3-4",
             "bytes=-0",
             "bytes=-",
@@ -95,6 +101,9 @@ mod tests {
             assert_eq!(resolve(Some(bad), 10), RangeRequest::Unsatisfiable, "{bad}");
         }
         assert_eq!(resolve(Some("bytes=0-0"), 0), RangeRequest::Unsatisfiable);
+        // Units the server does not understand are ignored: the whole body.
+        assert_eq!(resolve(Some("items=0-1"), 10), RangeRequest::Whole);
+        assert_eq!(resolve(Some("Bytes=0-1"), 10), RangeRequest::Part(0..2));
     }
 
     #[test]
@@ -103,5 +112,11 @@ mod tests {
         assert_eq!(content_range("bytes 100-199/*"), Some((100, 100)));
         assert_eq!(content_range("5-4"), None);
         assert_eq!(content_range("x"), None);
+        assert_eq!(content_range("0-18446744073709551615"), None);
+        assert_eq!(content_range("1-18446744073709551615"), None);
+        assert_eq!(
+            content_range("1-18446744073709551614"),
+            Some((1, u64::MAX - 1))
+        );
     }
 }

@@ -28,6 +28,12 @@ use tower::Service;
 /// open gets each one closed after it.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The slowest a request body may arrive, in bytes per second, measured over each
+/// window of the client timeout: a client dripping a byte a second never trips the
+/// idle timeout but holds an upload (and its lock) forever. 1 KiB/s is far below any
+/// real link yet ends a drip within one window.
+pub const MIN_BODY_RATE: u64 = 1024;
+
 /// How long to back off after `accept` fails (out of file descriptors, usually), so
 /// the loop does not spin while connections drain.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -46,6 +52,53 @@ pub struct ServeOptions {
     pub tls: Option<Arc<TlsCerts>>,
     /// See [`CLIENT_TIMEOUT`].
     pub client_timeout: Duration,
+    /// See [`MIN_BODY_RATE`]; 0 turns the floor off.
+    pub min_body_rate: u64,
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed (reverse
+    /// proxies). From anyone else those headers are removed before a handler sees them.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The URL clients use to reach this listener (`https://registry.example.com`), when
+    /// it is behind a proxy: token realms and `Location` headers are built from it, never
+    /// from the request's `Host` header.
+    pub external_url: Option<ExternalUrl>,
+}
+
+/// The scheme and authority clients use, from `[server] external_url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalUrl {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Host and optional port.
+    pub authority: http::uri::Authority,
+}
+
+impl std::str::FromStr for ExternalUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ExternalUrl, String> {
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("external_url {s:?} is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => {
+                return Err(format!(
+                    "external_url {s:?} must start with http:// or https://"
+                ));
+            }
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "external_url {s:?} must not have a path: OCI clients expect /v2/ at the root"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("external_url {s:?} has no host"))?;
+        Ok(ExternalUrl { scheme, authority })
+    }
 }
 
 impl Default for ServeOptions {
@@ -53,18 +106,21 @@ impl Default for ServeOptions {
         ServeOptions {
             tls: None,
             client_timeout: CLIENT_TIMEOUT,
+            min_body_rate: MIN_BODY_RATE,
+            trusted_proxies: Vec::new(),
+            external_url: None,
         }
     }
 }
 
 /// The error a request body gives when its client went silent for longer than the
-/// client timeout.
+/// client timeout, or sent slower than the minimum rate over a whole window.
 #[derive(Debug)]
-pub struct BodyTimedOut(Duration);
+pub struct BodyTimedOut(String);
 
 impl std::fmt::Display for BodyTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client sent nothing for {:?}", self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -72,15 +128,59 @@ impl std::error::Error for BodyTimedOut {}
 
 pin_project_lite::pin_project! {
     /// A request body that fails with [`BodyTimedOut`] when no data arrives for the
-    /// timeout while it is being read. Time the reader spends elsewhere (a slow disk)
-    /// does not count: data already arrived is always delivered first.
+    /// timeout while it is being read, or when less than `min_rate` bytes a second
+    /// arrived over a window of the timeout. Time the reader spends elsewhere (a slow
+    /// disk) does not count toward the idle timeout: data already arrived is always
+    /// delivered first.
     struct IdleTimeout<B> {
         #[pin]
         body: B,
         #[pin]
         sleep: Option<Sleep>,
         timeout: Duration,
+        min_rate: u64,
+        // The current rate window: when it began and the bytes received since.
+        window: Option<(std::time::Instant, u64)>,
     }
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(body: B, timeout: Duration, min_rate: u64) -> IdleTimeout<B> {
+        IdleTimeout {
+            body,
+            sleep: None,
+            timeout,
+            min_rate,
+            window: None,
+        }
+    }
+}
+
+/// Count `n` more bytes into `window`; an error when a full window (`timeout` long)
+/// brought fewer than `min_rate` bytes a second.
+fn check_rate(
+    window: &mut Option<(std::time::Instant, u64)>,
+    n: u64,
+    timeout: Duration,
+    min_rate: u64,
+) -> Result<(), BodyTimedOut> {
+    if min_rate == 0 {
+        return Ok(());
+    }
+    let now = std::time::Instant::now();
+    let (start, bytes) = window.get_or_insert((now, 0));
+    *bytes += n;
+    let elapsed = now.duration_since(*start);
+    if elapsed >= timeout {
+        let rate = (*bytes as f64 / elapsed.as_secs_f64()) as u64;
+        if rate < min_rate {
+            return Err(BodyTimedOut(format!(
+                "client sent {rate} bytes/s over {elapsed:?}, below the minimum of {min_rate}"
+            )));
+        }
+        *window = Some((now, 0));
+    }
+    Ok(())
 }
 
 impl<B> HttpBody for IdleTimeout<B>
@@ -98,13 +198,23 @@ where
         let mut this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             this.sleep.set(None);
+            if let Some(Ok(f)) = &frame {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                if let Err(e) = check_rate(this.window, n, *this.timeout, *this.min_rate) {
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         if this.sleep.is_none() {
             this.sleep.set(Some(tokio::time::sleep(*this.timeout)));
         }
         match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyTimedOut(*this.timeout).into()))),
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyTimedOut(format!(
+                "client sent nothing for {:?}",
+                this.timeout
+            ))
+            .into()))),
             _ => Poll::Pending,
         }
     }
@@ -205,7 +315,44 @@ async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
 /// in `:authority` rather than `Host`, and the scheme comes from the connection (a
 /// client cannot claim plain HTTP on a TLS connection). Handlers read both to build
 /// absolute URLs such as the token realm.
-fn normalise<B>(req: &mut hyper::Request<B>, tls: bool) {
+/// Headers a client could use to pose as a proxy's report about itself.
+const FORWARDED_HEADERS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Make the request say what is true of it before any handler looks: `Host` present,
+/// `X-Forwarded-Proto` only from a trusted proxy (or `https` on TLS), the external URL's
+/// host and scheme when one is configured. Returns the client's address: the peer's,
+/// or for a trusted proxy the last address in `X-Forwarded-For` that is not itself a
+/// trusted proxy (addresses further left were written by the client and prove nothing).
+fn normalise<B>(
+    req: &mut hyper::Request<B>,
+    tls: bool,
+    peer: SocketAddr,
+    options: &ServeOptions,
+) -> SocketAddr {
+    let trusted = |ip: std::net::IpAddr| options.trusted_proxies.iter().any(|n| n.contains(&ip));
+    let mut client = peer;
+    if trusted(peer.ip()) {
+        let forwarded: Vec<std::net::IpAddr> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map_while(|a| a.trim().parse().ok())
+            .collect();
+        if let Some(ip) = forwarded.iter().rev().find(|ip| !trusted(**ip)) {
+            client = SocketAddr::new(*ip, peer.port());
+        }
+    } else {
+        for h in FORWARDED_HEADERS {
+            req.headers_mut().remove(h);
+        }
+    }
     if !req.headers().contains_key(http::header::HOST)
         && let Some(authority) = req.uri().authority()
         && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
@@ -216,6 +363,16 @@ fn normalise<B>(req: &mut hyper::Request<B>, tls: bool) {
         req.headers_mut()
             .insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
     }
+    if let Some(url) = &options.external_url {
+        if let Ok(v) = http::HeaderValue::from_str(url.authority.as_str()) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        req.headers_mut().insert(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static(url.scheme),
+        );
+    }
+    client
 }
 
 async fn serve_conn<S>(
@@ -231,17 +388,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = options.client_timeout;
+    let min_rate = options.min_body_rate;
+    let options = options.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let mut req = req.map(|body| {
-            axum::body::Body::new(IdleTimeout {
-                body,
-                sleep: None,
-                timeout,
-            })
-        });
+        let mut req =
+            req.map(|body| axum::body::Body::new(IdleTimeout::new(body, timeout, min_rate)));
         // Handlers see the client's address (failed-login limits are per address).
-        req.extensions_mut().insert(ConnectInfo(peer));
-        normalise(&mut req, tls);
+        let client = normalise(&mut req, tls, peer, &options);
+        req.extensions_mut().insert(ConnectInfo(client));
+        if let Some(url) = &options.external_url {
+            req.extensions_mut().insert(url.clone());
+        }
         router.clone().call(req)
     });
     let io = TokioIo::new(stream);

@@ -5,9 +5,11 @@
 //! [`ObjectStatter`]); [`Store`] is the sum every backend implements. Backends:
 //! [`fs::FsStore`] (the default), [`s3::S3Store`] (S3-compatible buckets, for several
 //! replicas) and [`memory::MemoryStore`] (tests). Every backend runs
-//! the same [`conformance`] suite.
+//! the same [`conformance`] suite; [`faults::FaultyStore`] wraps any of them to make
+//! chosen operations fail in tests.
 
 pub mod conformance;
+pub mod faults;
 pub mod fs;
 mod key;
 pub mod mapped;
@@ -36,6 +38,22 @@ pub enum StoreError {
     InvalidRange { start: u64, end: u64, size: u64 },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Did the store refuse for lack of space (ENOSPC, or a quota)? The caller can say
+    /// so (507) instead of reporting a fault.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Io(e) => {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -40,13 +40,24 @@ impl TestServer {
     }
 
     async fn start_configured(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_wrapped(dir, f, |s| s).await
+    }
+
+    /// Start a server whose configured store is first passed through `wrap` (a fault
+    /// injector, say).
+    pub async fn start_wrapped(
+        dir: tempfile::TempDir,
+        f: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(std::sync::Arc<dyn store::Store>) -> std::sync::Arc<dyn store::Store>,
+    ) -> TestServer {
         let mut config = Config::load(None).unwrap();
         config.storage.path = dir.path().join("data");
         config.storage.fsync = false; // tests do not need power-loss durability
         // Tests push anonymously unless they configure users and rules themselves.
         config.access = vec![anyone_may_do_anything()];
         f(&mut config);
-        let app = berth::build_app(&config).await.unwrap();
+        let store = wrap(berth::open_store(&config).await.unwrap());
+        let app = berth::build_app_on(&config, store).unwrap();
         let background = berth::start_background(&config, &app).unwrap();
         let served = app.clone();
         let options = berth::serve_options(&config).unwrap();
