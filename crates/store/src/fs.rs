@@ -83,6 +83,18 @@ impl Inner {
     /// Create `dir` and its missing ancestors, making each new directory entry durable
     /// (fsync of the parent it was created in).
     fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        // A delete pruning empty folders may remove one we just made before its child
+        // is created (the child then fails with NotFound): start over a few times.
+        let mut attempts = 0;
+        loop {
+            match self.create_dirs_once(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => attempts += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn create_dirs_once(&self, dir: &Path) -> io::Result<()> {
         let mut missing = Vec::new();
         let mut cur = dir;
         while !cur.exists() && cur != self.root {
@@ -141,7 +153,12 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        self.sync_dir(parent)
+        match self.sync_dir(parent) {
+            // A delete of this very key, right after the rename, pruned the folder:
+            // that delete came later, and there is nothing left to make durable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
     }
 }
 

@@ -15,5 +15,6 @@ mod gc_fsck;
 mod ops;
 mod replicas;
 mod skopeo;
+mod stress;
 mod transport;
 mod trust;

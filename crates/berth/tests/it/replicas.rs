@@ -5,7 +5,7 @@ use crate::common::*;
 use crate::skopeo::{build_multi_layout, layout_manifest, p, require_tools, skopeo};
 
 /// Point `c` at the test bucket under `prefix` (shared by the replicas of one test).
-fn on_s3(c: &mut berth::config::Config, o: &store::s3::S3Options) {
+pub(crate) fn on_s3(c: &mut berth::config::Config, o: &store::s3::S3Options) {
     c.storage.kind = berth::config::StorageKind::S3;
     c.storage.bucket = Some(o.bucket.clone());
     c.storage.endpoint = o.endpoint.clone();
