@@ -120,6 +120,36 @@ impl Api {
         Ok(received)
     }
 
+    /// `PUT /v2/<repo>/manifests/<reference>` with `bytes` of `media_type`.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let resp = self
+            .client
+            .put(self.url(&format!("v2/{repo}/manifests/{reference}"))?)
+            .header(CONTENT_TYPE, media_type)
+            .body(bytes)
+            .send()
+            .await?;
+        expect(resp, StatusCode::CREATED, "PUT manifest").await?;
+        Ok(())
+    }
+
+    /// `DELETE /v2/<repo>/manifests/<digest>`.
+    pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
+        let resp = self
+            .client
+            .delete(self.url(&format!("v2/{repo}/manifests/{digest}"))?)
+            .send()
+            .await?;
+        expect(resp, StatusCode::ACCEPTED, "DELETE manifest").await?;
+        Ok(())
+    }
+
     /// Push `image`'s two blobs and its manifest as `repo:tag`.
     pub async fn push_image(&self, repo: &str, tag: &str, image: &Image) -> Result<()> {
         self.push_monolithic(repo, &image.config).await?;

@@ -13,6 +13,7 @@ mod pull;
 mod report;
 mod s3;
 mod server;
+mod soak;
 mod upkeep;
 
 use anyhow::{Context, Result};
@@ -95,6 +96,27 @@ struct Cli {
     /// one bucket.
     #[arg(long)]
     only_s3: bool,
+    /// Run only the soak: one berth under mixed concurrent pushes, pulls (hosted and
+    /// cached), deletes, GC, retention and scrub for DURATION (default 10m); then every
+    /// acknowledged push must pull byte-exact and `berth fsck --deep` be clean. RSS is
+    /// sampled over the run.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m", value_parser = parse_duration)]
+    soak: Option<Duration>,
+}
+
+/// `90s`, `10m`, `1h`: a number and a unit.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 90s, 10m, 1h"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -176,6 +198,13 @@ async fn run(cli: Cli) -> Result<()> {
             kind.label(),
             binary.display()
         );
+    }
+    if let Some(duration) = cli.soak {
+        let berth = cli.berth.clone().unwrap_or_else(default_berth);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        return soak::run(&berth, &cli.distribution, &client, duration).await;
     }
     if cli.only_s3 {
         // 256 MiB blobs whatever the run: SeaweedFS on the same disk keeps staged and

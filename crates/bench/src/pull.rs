@@ -59,6 +59,11 @@ impl Upstream {
         Ok(Upstream { server, proxy, api })
     }
 
+    /// A client of the upstream itself (not through the counting proxy).
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
     /// The address the caches are configured with: the counting proxy's.
     pub fn cache_facing_addr(&self) -> SocketAddr {
         self.proxy.addr

@@ -94,6 +94,9 @@ impl Kind {
                          tag_ttl = \"{CACHE_TAG_TTL}\"\n"
                     ));
                 }
+                if let Role::Soak { upstream } = role {
+                    toml.push_str(&crate::soak::config(upstream));
+                }
                 ("config.toml", toml)
             }
         }
@@ -114,6 +117,9 @@ pub enum Role {
     /// A pull-through cache of the registry reached at `upstream` (distribution's proxy
     /// mode, berth's `[[upstream]]`).
     Cache { upstream: SocketAddr },
+    /// berth under the soak: hosted and a cache of `upstream` at once, with garbage
+    /// collection, retention and the scrub on short schedules.
+    Soak { upstream: SocketAddr },
 }
 
 impl Role {
@@ -122,6 +128,7 @@ impl Role {
             Role::Hosted => kind.label().to_owned(),
             Role::Upstream => "upstream".to_owned(),
             Role::Cache { .. } => format!("{} cache", kind.label()),
+            Role::Soak { .. } => format!("{} soak", kind.label()),
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     log: PathBuf,
+    /// Its configuration file (berth tools run on the same store read it).
+    pub config: PathBuf,
     // Dropped after `child` is killed (see `Drop`), so the server never sees it vanish.
     dir: Option<TempDir>,
 }
@@ -164,6 +173,7 @@ impl Server {
         let log = dir.path().join("server.log");
         let log_file = File::create(&log)?;
         let mut cmd = Command::new(binary);
+        let config = config.clone();
         match kind {
             Kind::Distribution => cmd.arg("serve").arg(&config),
             Kind::Berth { .. } | Kind::BerthS3 { .. } => {
@@ -184,6 +194,7 @@ impl Server {
             addr,
             child,
             log,
+            config,
             dir: Some(dir),
         };
         server.wait_ready(client).await?;
@@ -235,6 +246,17 @@ impl Server {
         Ok(())
     }
 
+    /// The server's log lines at error level (the last `n`).
+    pub fn log_errors(&self, n: usize) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let errors: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(str::to_owned)
+            .collect();
+        errors[errors.len().saturating_sub(n)..].to_vec()
+    }
+
     fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(LOG_TAIL_BYTES);
@@ -267,6 +289,11 @@ impl Server {
     /// process has mapped as well as its own memory.
     pub fn peak_rss_bytes(&self) -> Result<u64> {
         status_bytes(self.pid(), "VmHWM")
+    }
+
+    /// Resident set size now (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        status_bytes(self.pid(), "VmRSS")
     }
 
     /// Start sampling the process's anonymous resident memory (RssAnon: heap, stacks,

@@ -103,6 +103,39 @@ fn untar(tar_path: &Path, dir: &Path) -> anyhow::Result<()> {
                 path.display()
             );
         }
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            // docker save links a layer saved twice to its first copy: allowed when the
+            // link, resolved where it stands, stays inside the archive (so nothing read
+            // or written through it later can reach outside the extraction directory).
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry.link_name()?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: link {} has no target",
+                        tar_path.display(),
+                        path.display()
+                    )
+                })?;
+                let from = if entry.header().entry_type() == tar::EntryType::Symlink {
+                    path.parent().unwrap_or(Path::new("")).to_owned()
+                } else {
+                    std::path::PathBuf::new()
+                };
+                if !stays_inside(&from, &target) {
+                    anyhow::bail!(
+                        "{}: link {} -> {} leaves the archive",
+                        tar_path.display(),
+                        path.display(),
+                        target.display()
+                    );
+                }
+            }
+            other => anyhow::bail!(
+                "{}: entry {} is a {other:?}, which an image archive never holds",
+                tar_path.display(),
+                path.display()
+            ),
+        }
         if !entry.unpack_in(dir)? {
             anyhow::bail!(
                 "{}: entry {} leaves the archive",
@@ -112,6 +145,30 @@ fn untar(tar_path: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Does `target`, taken relative to the archive folder `from`, name something inside the
+/// archive? Judged on the names alone: absolute targets and `..` past the top are out.
+fn stays_inside(from: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = from
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .count() as isize;
+    for c in target.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// One image of a `docker save` archive's `manifest.json`.
@@ -260,4 +317,65 @@ pub async fn import(
         platform: None,
     };
     copy::copy(&src, &reference, dst, tag, &opts, progress).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar holding one link `name -> target` (a symlink, or a hard link).
+    fn tar_with_link(name: &str, target: &str, kind: tar::EntryType) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(file.reopen().unwrap());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        b.append_data(&mut dir, "sub", std::io::empty()).unwrap();
+        let mut data = tar::Header::new_gnu();
+        data.set_size(2);
+        data.set_mode(0o644);
+        b.append_data(&mut data, "sub/real", &b"hi"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, name, target).unwrap();
+        b.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn links_that_leave_the_archive_are_refused_and_inner_ones_kept() {
+        for (name, target, kind) in [
+            ("oci-layout", "../../escaped", tar::EntryType::Symlink),
+            ("sub/x", "../../escaped", tar::EntryType::Symlink),
+            ("oci-layout", "/etc/shadow", tar::EntryType::Symlink),
+            ("blobs", "/", tar::EntryType::Symlink),
+            ("oci-layout", "../escaped", tar::EntryType::Link),
+        ] {
+            let tar = tar_with_link(name, target, kind);
+            let out = tempfile::tempdir().unwrap();
+            let dir = out.path().join("x");
+            std::fs::create_dir(&dir).unwrap();
+            let err = untar(tar.path(), &dir).unwrap_err().to_string();
+            assert!(
+                err.contains("leaves the archive"),
+                "{name} -> {target}: {err}"
+            );
+            let beside: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+            assert_eq!(
+                beside.len(),
+                1,
+                "nothing written beside the extraction directory"
+            );
+        }
+        // docker save's own kind of link: a layer pointing at another inside.
+        let tar = tar_with_link("sub/again", "real", tar::EntryType::Symlink);
+        let out = tempfile::tempdir().unwrap();
+        untar(tar.path(), out.path()).unwrap();
+        assert_eq!(std::fs::read(out.path().join("sub/again")).unwrap(), b"hi");
+        assert!(stays_inside(Path::new("a/b"), Path::new("../../c")));
+        assert!(!stays_inside(Path::new("a/b"), Path::new("../../../c")));
+    }
 }

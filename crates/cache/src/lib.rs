@@ -211,6 +211,15 @@ impl Cache {
         tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
     }
 
+    /// Count and log an upstream failure with nothing cached to fall back on.
+    fn unavailable(&self, up: &CachedUpstream, e: UpstreamError) -> CacheError {
+        self.outage(up, &e);
+        CacheError::Unavailable {
+            upstream: up.name.clone(),
+            message: e.to_string(),
+        }
+    }
+
     /// A manifest of an upstream repository, by tag or digest.
     pub async fn get_manifest(
         &self,
@@ -334,13 +343,7 @@ impl Cache {
         {
             Ok(f) => f,
             Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
-            Err(e) => {
-                self.outage(up, &e);
-                return Err(CacheError::Unavailable {
-                    upstream: up.name.clone(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(self.unavailable(up, e)),
         };
         self.registry
             .cache_manifest(
@@ -399,13 +402,7 @@ impl Cache {
                 // Another size under the same digest: the download below verifies.
                 Ok(_) => {}
                 Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
-                Err(e) => {
-                    self.outage(up, &e);
-                    return Err(CacheError::Unavailable {
-                        upstream: up.name.clone(),
-                        message: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(self.unavailable(up, e)),
             }
         }
         let fill = {

@@ -210,10 +210,24 @@ impl Registry {
             return Ok(w);
         }
         let mut h = Hasher::new(algorithm);
-        let mut s = self.store.upload_read(id, None).await?;
+        let mut s = match self.store.upload_read(id, None).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
+            Err(e) => return Err(e.into()),
+        };
         let mut seen = 0u64;
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(StoreError::from)?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                // Its bytes vanished under the read: committed or cancelled by another
+                // replica meanwhile, so the upload is over; anything else is a fault.
+                Err(e) => {
+                    return Err(match self.store.upload_stat(id).await {
+                        Ok(None) => RegistryError::BlobUploadUnknown,
+                        _ => StoreError::from(e).into(),
+                    });
+                }
+            };
             seen += chunk.len() as u64;
             h.update(&chunk);
         }
@@ -336,6 +350,8 @@ impl Registry {
             Err(StoreError::OffsetMismatch { current }) => {
                 Err(RegistryError::RangeInvalid { current })
             }
+            // Committed or cancelled meanwhile (by another replica): the upload is over.
+            Err(StoreError::NotFound) => Err(RegistryError::BlobUploadUnknown),
             Err(e) => Err(e.into()),
         }
     }
@@ -495,6 +511,58 @@ mod tests {
         // a's cached state is stale (offset 6): it must notice and rebuild too
         a.finish_upload(&repo, &id, &d, None).await.unwrap();
         assert_eq!(read_all(&b, &repo, &d).await, b"first second");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn requests_of_one_upload_are_serialised_and_a_commit_ends_it() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            RegistryOptions::default(),
+        );
+        let repo: RepoName = "r".parse().unwrap();
+        let id = r.start_upload(&repo).await.unwrap();
+        let (started, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        // A is mid-body when B (same range) and a commit of A's bytes arrive.
+        let a = r.append_upload(
+            &repo,
+            &id,
+            Some(0),
+            Some(8),
+            store::conformance::gated(b"aaaa", b"AAAA", started.clone(), gate.clone()),
+        );
+        let others = async {
+            started.notified().await;
+            let b = r.append_upload(&repo, &id, Some(0), Some(8), body(b"bbbbbbbb"));
+            let d = Digest::sha256_of(b"aaaaAAAA");
+            let commit = r.finish_upload(&repo, &id, &d, None);
+            let open = async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                gate.notify_one();
+            };
+            let (b, c, ()) = futures::join!(b, commit, open);
+            (b, c)
+        };
+        let (a, (b, c)) = futures::join!(a, others);
+        assert_eq!(a.unwrap().size, 8, "the first request wins");
+        assert!(
+            matches!(b, Err(RegistryError::RangeInvalid { current: 8 })),
+            "the second PATCH of the range waits, then finds the offset moved"
+        );
+        c.unwrap();
+        assert_eq!(
+            read_all(&r, &repo, &Digest::sha256_of(b"aaaaAAAA")).await,
+            b"aaaaAAAA"
+        );
+        // The upload is over for every later request.
+        assert!(matches!(
+            r.append_upload(&repo, &id, Some(8), Some(1), body(b"x"))
+                .await,
+            Err(RegistryError::BlobUploadUnknown)
+        ));
+        assert!(r.upload_locks.len() == 0, "no lock outlives its requests");
     }
 
     #[tokio::test(flavor = "multi_thread")]

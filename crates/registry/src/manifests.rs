@@ -81,7 +81,9 @@ impl Registry {
             .ok_or(RegistryError::ManifestUnknown)?;
         let stored = Arc::new(Stored {
             media_type: String::from_utf8_lossy(&link).trim().to_owned(),
-            bytes,
+            // Its own allocation, not a slice of a backend's read buffer (see
+            // `store_manifest`).
+            bytes: Bytes::copy_from_slice(&bytes),
         });
         self.manifests.insert(ck, (stored.clone(), Instant::now()));
         Ok(stored)
@@ -177,6 +179,11 @@ impl Registry {
         parsed: &ParsedManifest,
         bytes: Bytes,
     ) -> Result<()> {
+        // Bytes taken whole from a request or response are often a slice of the
+        // connection's read buffer: kept in the metadata cache, each would pin that whole
+        // buffer (hundreds of KiB) for as long as the entry lives. The soak found the
+        // cache holding a GiB that way; a copy of at most a few KiB is the cure.
+        let bytes = Bytes::copy_from_slice(&bytes);
         let size = bytes.len() as u64;
         let blob_key = layout::blob(digest)?;
         match self.store.stat(&blob_key).await? {

@@ -297,8 +297,8 @@ async fn failed_append_is_all_or_nothing(s: &dyn Store) {
 }
 
 /// A body that sends `first`, tells `started`, waits for `gate`, then sends `second`:
-/// an append caught in the middle of its body.
-fn gated(
+/// an append caught in the middle of its body (also for the registry's own race tests).
+pub fn gated(
     first: &'static [u8],
     second: &'static [u8],
     started: std::sync::Arc<tokio::sync::Notify>,

@@ -87,10 +87,23 @@ struct UploadState {
     /// Staged objects, in order: (name under the upload's folder, size).
     parts: Vec<(String, u64)>,
     /// Set (by a conditional write) when a commit begins: from then on no append may
-    /// change the upload, whichever replica sends it.
+    /// change the upload, and no other commit may run, whichever replica sends it.
     #[serde(default)]
-    sealed: bool,
+    sealed: Option<Seal>,
 }
+
+/// Which commit sealed an upload, and when (milliseconds since the Unix epoch).
+#[derive(serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
+struct Seal {
+    by: String,
+    at_ms: u64,
+}
+
+/// How long a commit's seal keeps other commits of the same upload out. A commit that
+/// died after sealing (its replica was killed) leaves the upload sealed; after this a
+/// retried commit takes it over. Long enough for the slowest commit (a multipart copy of
+/// a large blob), short enough that a client retrying after a crash soon succeeds.
+const COMMIT_SEAL_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 impl UploadState {
     fn size(&self) -> u64 {
@@ -162,6 +175,24 @@ impl S3Store {
         let state: UploadState = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Io(std::io::Error::other(format!("upload state: {e}"))))?;
         Ok(Some((state, version, modified)))
+    }
+
+    /// Replace an upload's state only if it is still `version`: the one step that
+    /// orders appends and commits of one upload across replicas.
+    async fn replace_state(
+        &self,
+        id: &UploadId,
+        state: &UploadState,
+        version: UpdateVersion,
+    ) -> object_store::Result<object_store::PutResult> {
+        let body = serde_json::to_vec(state).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Update(version),
+            ..PutOptions::default()
+        };
+        self.s3
+            .put_opts(&self.state_path(id), PutPayload::from(body), opts)
+            .await
     }
 
     /// The staged bytes of an upload in `range`, part after part.
@@ -452,7 +483,7 @@ impl UploadStore for S3Store {
 
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
         let (mut state, version, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
-        if state.sealed {
+        if state.sealed.is_some() {
             return Err(StoreError::NotFound);
         }
         let current = state.size();
@@ -518,23 +549,14 @@ impl UploadStore for S3Store {
             return Err(e);
         }
         state.parts.extend(staged.iter().cloned());
-        let body = serde_json::to_vec(&state).unwrap_or_default();
-        let opts = PutOptions {
-            mode: PutMode::Update(version),
-            ..PutOptions::default()
-        };
-        match self
-            .s3
-            .put_opts(&self.state_path(id), PutPayload::from(body), opts)
-            .await
-        {
+        match self.replace_state(id, &state, version).await {
             Ok(_) => Ok(state.size()),
             Err(object_store::Error::Precondition { .. }) => {
                 // Another append or a commit won the race; report where the upload
                 // is now.
                 discard(staged).await;
                 match self.state(id).await? {
-                    Some((s, _, _)) if !s.sealed => {
+                    Some((s, _, _)) if s.sealed.is_none() => {
                         Err(StoreError::OffsetMismatch { current: s.size() })
                     }
                     _ => Err(StoreError::NotFound),
@@ -562,31 +584,31 @@ impl UploadStore for S3Store {
                 current: state.size(),
             });
         }
-        if !state.sealed {
-            // Seal first, conditionally: an append that read the state before this
-            // finds its own conditional write refused, so nothing changes what the
-            // caller verified. A commit that dies after this leaves a sealed upload
-            // that a retried commit (or the abandoned-upload sweep) finishes.
-            state.sealed = true;
-            let body = serde_json::to_vec(&state).unwrap_or_default();
-            let opts = PutOptions {
-                mode: PutMode::Update(version),
-                ..PutOptions::default()
-            };
-            match self
-                .s3
-                .put_opts(&self.state_path(id), PutPayload::from(body), opts)
-                .await
-            {
-                Ok(_) => {}
-                Err(object_store::Error::Precondition { .. }) => {
-                    return match self.state(id).await? {
-                        Some((s, _, _)) => Err(StoreError::OffsetMismatch { current: s.size() }),
-                        None => Err(StoreError::NotFound),
-                    };
-                }
-                Err(e) => return Err(io(e)),
+        // Seal first, conditionally: an append that read the state before this finds
+        // its own conditional write refused, so nothing changes what the caller
+        // verified; and a second commit of the same upload (another replica, a retry)
+        // finds the seal and is told the upload is over. Only a seal older than
+        // COMMIT_SEAL_TTL (its commit died) is taken over.
+        if let Some(seal) = &state.sealed
+            && crate::now_ms().saturating_sub(seal.at_ms) < COMMIT_SEAL_TTL.as_millis() as u64
+        {
+            return Err(StoreError::NotFound);
+        }
+        state.sealed = Some(Seal {
+            by: uuid::Uuid::new_v4().to_string(),
+            at_ms: crate::now_ms(),
+        });
+        match self.replace_state(id, &state, version).await {
+            Ok(_) => {}
+            Err(object_store::Error::Precondition { .. }) => {
+                return match self.state(id).await? {
+                    Some((s, _, _)) if s.sealed.is_none() => {
+                        Err(StoreError::OffsetMismatch { current: s.size() })
+                    }
+                    _ => Err(StoreError::NotFound),
+                };
             }
+            Err(e) => return Err(io(e)),
         }
         let target = self.path(dest.as_str());
         let dir = self.upload_dir(id);

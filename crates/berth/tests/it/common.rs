@@ -398,3 +398,9 @@ pub async fn serve_process(
     }
     child
 }
+
+/// `location` with `query` appended (`?` or `&`, as the location already has a query).
+pub fn with_query(location: &str, query: &str) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}{query}")
+}

@@ -80,10 +80,9 @@ async fn push(s: &TestServer, repo: &str, image: &Image) -> Result<(), u16> {
         loc = r.headers()["location"].to_str().unwrap().to_owned();
     }
     let l = digest_of(&image.layer);
-    let sep = if loc.contains('?') { '&' } else { '?' };
     ok(
         client()
-            .put(s.url(&format!("{loc}{sep}digest={l}")))
+            .put(s.url(&with_query(&loc, &format!("digest={l}"))))
             .send()
             .await
             .unwrap(),
@@ -145,8 +144,8 @@ async fn assert_nothing_partial(s: &TestServer, repo: &str, image: &Image, what:
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_failing_step_of_a_push_is_a_clear_error_and_leaves_nothing_partial() {
+/// A server on the filesystem store behind a fault injector, and the injector.
+async fn faulty_server() -> (TestServer, Arc<FaultyStore>) {
     let mut faulty: Option<Arc<FaultyStore>> = None;
     let s = TestServer::start_wrapped(
         tempfile::tempdir().unwrap(),
@@ -158,7 +157,12 @@ async fn every_failing_step_of_a_push_is_a_clear_error_and_leaves_nothing_partia
         },
     )
     .await;
-    let faulty = faulty.unwrap();
+    (s, faulty.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_failing_step_of_a_push_is_a_clear_error_and_leaves_nothing_partial() {
+    let (s, faulty) = faulty_server().await;
 
     // Count the steps of a clean push.
     let ops = [
@@ -227,18 +231,7 @@ async fn every_failing_step_of_a_push_is_a_clear_error_and_leaves_nothing_partia
 /// A slow store (every append delayed) slows the push down but changes nothing else.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_store_is_only_slow() {
-    let mut faulty: Option<Arc<FaultyStore>> = None;
-    let s = TestServer::start_wrapped(
-        tempfile::tempdir().unwrap(),
-        |_| {},
-        |inner| {
-            let f = Arc::new(FaultyStore::new(inner));
-            faulty = Some(f.clone());
-            f
-        },
-    )
-    .await;
-    let faulty = faulty.unwrap();
+    let (s, faulty) = faulty_server().await;
     for k in 0..3 {
         faulty.arm(
             Op::UploadAppend,

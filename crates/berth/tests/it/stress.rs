@@ -46,11 +46,6 @@ impl Told {
     }
 }
 
-fn with_query(location: &str, query: &str) -> String {
-    let sep = if location.contains('?') { '&' } else { '?' };
-    format!("{location}{sep}{query}")
-}
-
 async fn race_one_upload(servers: &[&TestServer], repo: String, seed: u64, clients: u64) -> Told {
     let r = client()
         .post(servers[0].url(&format!("/v2/{repo}/blobs/uploads/")))
@@ -93,7 +88,7 @@ async fn race_one_upload(servers: &[&TestServer], repo: String, seed: u64, clien
                             );
                         }
                         416 | 404 => {}
-                        other => panic!("PATCH answered {other}"),
+                        other => panic!("PATCH answered {other}: {}", r.text().await.unwrap()),
                     }
                 } else if choice < 15 {
                     let r = client().get(url).send().await.unwrap();
@@ -117,7 +112,7 @@ async fn race_one_upload(servers: &[&TestServer], repo: String, seed: u64, clien
                             t.committed = Some(d);
                         }
                         400 | 404 | 416 => {}
-                        other => panic!("PUT answered {other}"),
+                        other => panic!("PUT answered {other}: {}", r.text().await.unwrap()),
                     }
                 } else {
                     let r = client().delete(url).send().await.unwrap();

@@ -39,11 +39,6 @@ fn patch(s: &TestServer, location: &str, start: u64, len: u64) -> reqwest::Reque
         .header("content-length", len)
 }
 
-fn with_query(location: &str, query: &str) -> String {
-    let sep = if location.contains('?') { '&' } else { '?' };
-    format!("{location}{sep}{query}")
-}
-
 async fn blob_status(s: &TestServer, repo: &str, d: &oci::Digest) -> (u16, Bytes) {
     let r = client()
         .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
@@ -292,6 +287,13 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
             rule("private/**", &["alice"], &["pull", "push"]),
             rule("private/**", &["anonymous", "authenticated"], &[]),
             rule("mallory/**", &["mallory"], &["pull", "push"]),
+            // One name per cached repository, whichever route reaches it.
+            rule(&format!("{key}/lib/closed/**"), &["alice"], &["pull"]),
+            rule(
+                &format!("{key}/lib/closed/**"),
+                &["anonymous", "authenticated"],
+                &[],
+            ),
             rule("**", &["anonymous", "authenticated"], &["pull"]),
         ];
         c.upstreams.push(upstream_config(
@@ -323,6 +325,36 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
                 "{method} via {route}: a private blob through a cache name"
             );
         }
+    }
+
+    // A rule on the cached repository's store name holds on every route.
+    for (route, url) in cache_urls(
+        &s,
+        &key,
+        &name,
+        dedicated,
+        "/v2/lib/closed/app/manifests/v1",
+    ) {
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401, "anonymous via {route}");
+        let r = client()
+            .get(&url)
+            .basic_auth("mallory", Some("mallory-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "mallory via {route}");
+        let r = client()
+            .get(&url)
+            .basic_auth("alice", Some("alice-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "alice via {route}: allowed, and the upstream has none"
+        );
     }
 
     // 2. Nothing sent into a cache namespace creates state: uploads, mounts and
