@@ -154,15 +154,8 @@ impl Api {
     pub async fn push_image(&self, repo: &str, tag: &str, image: &Image) -> Result<()> {
         self.push_monolithic(repo, &image.config).await?;
         self.push_monolithic(repo, &image.layer).await?;
-        let resp = self
-            .client
-            .put(self.url(&format!("v2/{repo}/manifests/{tag}"))?)
-            .header(CONTENT_TYPE, OCI_MANIFEST)
-            .body(image.manifest.clone())
-            .send()
-            .await?;
-        expect(resp, StatusCode::CREATED, "PUT manifest").await?;
-        Ok(())
+        self.put_manifest(repo, tag, OCI_MANIFEST, image.manifest.clone())
+            .await
     }
 
     /// The manifest URL the load hammers, after checking once that it serves `expected`.
