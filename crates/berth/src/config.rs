@@ -665,6 +665,13 @@ pub const DEFAULT_ACCESS: [(&str, &str, &[&str]); 2] = [
     ("**", "anonymous", &["pull"]),
 ];
 
+/// The rules when there are neither `[[access]]` tables nor users (`[auth] htpasswd`):
+/// anyone may pull and push, as distribution and zot do out of the box, so a first run
+/// works with any client; deleting still needs a rule. `serve` warns when such a
+/// listener is reachable from other hosts.
+pub const DEFAULT_ACCESS_WITHOUT_USERS: [(&str, &str, &[&str]); 1] =
+    [("**", "anonymous", &["pull", "push"])];
+
 impl GcConfig {
     /// How old needed content may get before an operation renews it: a quarter of the
     /// grace period, so content a client checked stays protected for at least three
@@ -757,11 +764,17 @@ impl Config {
         Ok(())
     }
 
-    /// The access rules in force: the `[[access]]` tables, or [`DEFAULT_ACCESS`].
+    /// The access rules in force: the `[[access]]` tables, or [`DEFAULT_ACCESS`] (with
+    /// users) or [`DEFAULT_ACCESS_WITHOUT_USERS`] (without).
     pub fn access_rules(&self) -> Result<auth::AccessRules, String> {
         let defaults: Vec<AccessConfig>;
         let tables = if self.access.is_empty() {
-            defaults = DEFAULT_ACCESS
+            let chosen: &[(&str, &str, &[&str])] = if self.auth.htpasswd.is_none() {
+                &DEFAULT_ACCESS_WITHOUT_USERS
+            } else {
+                &DEFAULT_ACCESS
+            };
+            defaults = chosen
                 .iter()
                 .map(|(r, u, a)| AccessConfig {
                     repositories: (*r).to_owned(),
@@ -803,8 +816,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_users_anyone_may_push_and_an_exposed_listener_is_warned_about() {
+        let repo: oci::RepoName = "team/app".parse().unwrap();
+        let mut c = Config::load(None).unwrap();
+        let open = c
+            .access_rules()
+            .unwrap()
+            .allowed(&auth::Subject::Anonymous, &repo);
+        assert!(open.contains(auth::Action::Pull) && open.contains(auth::Action::Push));
+        assert!(
+            !open.contains(auth::Action::Delete),
+            "deleting still needs a rule"
+        );
+        assert_eq!(crate::open_registry_warning(&c), None, "loopback only");
+        c.server.listen = "0.0.0.0:5000".parse().unwrap();
+        let warning = crate::open_registry_warning(&c).unwrap();
+        assert!(warning.contains("0.0.0.0:5000") && warning.contains("[auth] htpasswd"));
+        // Once users exist, pushing needs one.
+        c.auth.htpasswd = Some(PathBuf::from("/etc/berth/htpasswd"));
+        let anon = c
+            .access_rules()
+            .unwrap()
+            .allowed(&auth::Subject::Anonymous, &repo);
+        assert!(anon.contains(auth::Action::Pull) && !anon.contains(auth::Action::Push));
+        assert_eq!(crate::open_registry_warning(&c), None);
+    }
+
+    #[test]
     fn embedded_default_and_example_parse() {
         let c = Config::load(None).unwrap();
+        let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "docker.io",
+                "ghcr.io",
+                "quay.io",
+                "registry.k8s.io",
+                "reg.kyverno.io"
+            ]
+        );
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.storage.path, PathBuf::from("./berth-data"));
         assert!(c.storage.fsync);

@@ -481,6 +481,27 @@ fn on_hangup(options: &server::ServeOptions) {
 
 /// Bind the configured listener and serve until `shutdown` completes (then at most
 /// [`SHUTDOWN_GRACE`] longer for in-flight requests).
+/// What to tell the operator when anyone who can reach a listener may push: no users
+/// and no `[[access]]` rules (the first-run default), on an address other hosts reach.
+pub fn open_registry_warning(config: &Config) -> Option<String> {
+    let open = config.access.is_empty() && config.auth.htpasswd.is_none();
+    let mut exposed: Vec<std::net::SocketAddr> = vec![config.server.listen];
+    exposed.extend(config.upstreams.iter().filter_map(|u| u.listen));
+    let exposed: Vec<String> = exposed
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    (open && !exposed.is_empty()).then(|| {
+        format!(
+            "no users are configured, so anyone who can reach {} may pull and push; add users \
+             with [auth] htpasswd = \"FILE\" (htpasswd -B -c FILE NAME) and, if needed, \
+             [[access]] rules (docs/config.md)",
+            exposed.join(", ")
+        )
+    })
+}
+
 pub async fn run_server(
     config: &Config,
     path: Option<&std::path::Path>,
@@ -498,6 +519,9 @@ pub async fn run_server(
         upstreams = config.upstreams.len(),
         "berth is serving"
     );
+    if let Some(warning) = open_registry_warning(config) {
+        tracing::warn!("{warning}");
+    }
     let mut helpers: Vec<_> = watch_certificates(&options).into_iter().collect();
     // Dedicated upstream listeners and the metrics listener stop with the main one.
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);

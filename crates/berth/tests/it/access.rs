@@ -163,13 +163,33 @@ async fn login_catalog_and_mount_respect_the_rules() {
     );
 }
 
+/// Without `[[access]]` rules: with no users anyone may pull and push (a first run);
+/// once users exist, anonymous callers may only pull. Deleting needs a rule either way.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_default_rules_allow_anonymous_pull_and_refuse_anonymous_push() {
-    let s = TestServer::start_with(|c| c.access.clear()).await;
+async fn the_default_rules_open_a_first_run_and_close_push_once_users_exist() {
+    let first_run = TestServer::start_with(|c| c.access.clear()).await;
+    let r = try_push_blob(&first_run, "any/repo", b"x", None).await;
+    assert_eq!(r.status(), 201, "no users: anyone may push");
+    let d = digest_of(b"x");
+    let r = client()
+        .delete(first_run.url(&format!("/v2/any/repo/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "deleting needs a rule");
+
+    let dir = tempfile::tempdir().unwrap().keep();
+    let htpasswd = dir.join("htpasswd");
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw")]);
+    let s = TestServer::start_with(move |c| {
+        c.access.clear();
+        c.auth.htpasswd = Some(htpasswd);
+    })
+    .await;
     let r = try_push_blob(&s, "any/repo", b"x", None).await;
     assert_eq!(r.status(), 401);
-    let r = client().get(s.url("/v2/")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "no users configured: nothing to log in to");
+    let r = try_push_blob(&s, "any/repo", b"x", Some(("alice", "alice-pw"))).await;
+    assert_eq!(r.status(), 201, "a user may push");
     let r = client()
         .get(s.url("/v2/any/repo/manifests/latest"))
         .send()

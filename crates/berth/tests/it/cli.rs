@@ -107,6 +107,31 @@ fn serve_without_config_uses_the_embedded_default() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The README's push and pull, exactly as written there, against this first run:
+    // without users the default lets anyone push.
+    let quickstart = readme_push_and_pull();
+    let push_pull = answered.then(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(crate::skopeo::build_image(
+            &dir.path().join("layout"),
+            "v1",
+            "amd64",
+            7,
+            4096,
+        ));
+        quickstart
+            .iter()
+            .map(|line| {
+                let out = Command::new("sh")
+                    .arg("-c")
+                    .arg(line)
+                    .current_dir(dir.path())
+                    .output()
+                    .unwrap();
+                (line.clone(), out)
+            })
+            .collect::<Vec<_>>()
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert!(answered, "berth serve did not answer on 127.0.0.1:5000");
@@ -114,4 +139,35 @@ fn serve_without_config_uses_the_embedded_default() {
         dir.path().join("berth-data").is_dir(),
         "no ./berth-data created"
     );
+    for (line, out) in push_pull.unwrap() {
+        assert!(
+            out.status.success(),
+            "README command failed: {line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pushed = crate::skopeo::layout_manifest(&dir.path().join("layout"), "v1");
+    let pulled = crate::skopeo::layout_manifest(&dir.path().join("out"), "v1");
+    assert_eq!(
+        pushed.0, pulled.0,
+        "the README's pull brings back what it pushed"
+    );
+}
+
+/// The README's skopeo push and pull of `team/app:v1` (the two lines after "Push and
+/// pull with any OCI client"), as written there.
+fn readme_push_and_pull() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let lines: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("skopeo copy") && l.contains("127.0.0.1:5000/team/app:v1"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the README's quickstart push and pull: {lines:?}"
+    );
+    lines
 }
