@@ -90,14 +90,32 @@ pub(crate) async fn token(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let started = Instant::now();
     let scopes: Vec<String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.into_owned())
         .collect();
-    ctx.app
+    let resp = ctx
+        .app
         .access()
         .token(&headers, Some(client.ip()), &scopes)
-        .await
+        .await;
+    // Logged and counted like every `/v2` request (the scopes asked for, never the
+    // credentials or the token).
+    let took = started.elapsed();
+    ctx.app
+        .metrics
+        .request("token", &Method::GET, resp.status().as_u16(), took);
+    tracing::debug!(
+        method = "GET",
+        path = uri.path(),
+        route = "token",
+        scopes = ?scopes,
+        status = resp.status().as_u16(),
+        micros = took.as_micros() as u64,
+        "request"
+    );
+    resp
 }
 
 /// `GET /metrics`: every meter in the Prometheus text format.
@@ -156,6 +174,12 @@ pub(crate) async fn dispatch(
         },
         _ => None,
     };
+    // The registry-proxying section of the distribution spec: a cached repository's
+    // responses name the upstream they stand for.
+    let namespace = match &target {
+        Ok(t) => t.upstream.as_ref().map(|u| hv(&u.name)),
+        Err(_) => None,
+    };
     let mut resp = match target {
         Ok(t) => match authorize(app, &t, &method, &headers, client.ip()).await {
             Err(refusal) => refusal,
@@ -192,6 +216,9 @@ pub(crate) async fn dispatch(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
+    if let Some(ns) = namespace {
+        resp.headers_mut().insert("oci-namespace", ns);
+    }
     // Behind a proxy, locations name the URL clients use (`[server] external_url`).
     if let Some(axum::Extension(url)) = external
         && let Some(loc) = resp.headers().get(header::LOCATION)

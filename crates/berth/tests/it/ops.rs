@@ -100,6 +100,14 @@ async fn metrics_pass_promtool_and_count_what_happened() {
         get_bytes(&cached(&format!("blobs/{layer}"))).await.len(),
         layer_len
     );
+    // A token request: without users there is no token service (404), and the
+    // request is counted like any other.
+    let r = client()
+        .get(s.url("/token?service=berth&scope=repository:team/app:pull"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     // Bad credentials.
     let r = client()
         .get(s.url("/v2/"))
@@ -135,6 +143,10 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     );
     assert_eq!(
         get("berth_http_requests_total{route=\"base\",method=\"GET\",code=\"401\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("berth_http_requests_total{route=\"token\",method=\"GET\",code=\"404\"}"),
         1.0
     );
     assert_eq!(

@@ -431,6 +431,11 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
     ) {
         let r = client().get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200, "via {route}");
+        assert_eq!(
+            r.headers()["oci-namespace"],
+            name.as_str(),
+            "via {route}: a cached response names its upstream"
+        );
         let bytes = r.bytes().await.unwrap();
         assert_eq!(
             digest_of(&bytes),
