@@ -210,11 +210,11 @@ impl Registry {
             return Ok(w);
         }
         let mut h = Hasher::new(algorithm);
-        let mut s = match self.store.upload_read(id, None).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
-            Err(e) => return Err(e.into()),
-        };
+        let mut s = self
+            .store
+            .upload_read(id, None)
+            .await
+            .map_err(upload_error)?;
         let mut seen = 0u64;
         while let Some(chunk) = s.next().await {
             let chunk = match chunk {
@@ -347,12 +347,7 @@ impl Registry {
                 | std::io::ErrorKind::UnexpectedEof => RegistryError::BodyInterrupted(e),
                 _ => RegistryError::Storage(StoreError::Io(e)),
             }),
-            Err(StoreError::OffsetMismatch { current }) => {
-                Err(RegistryError::RangeInvalid { current })
-            }
-            // Committed or cancelled meanwhile (by another replica): the upload is over.
-            Err(StoreError::NotFound) => Err(RegistryError::BlobUploadUnknown),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(upload_error(e)),
         }
     }
 
@@ -401,14 +396,10 @@ impl Registry {
             let blob_key = layout::blob(digest)?;
             // Conditional on the size just verified: if another process appended in
             // between, nothing is published and the client is told where it stands.
-            match self.store.upload_commit(id, &blob_key, size).await {
-                Ok(()) => {}
-                Err(StoreError::OffsetMismatch { current }) => {
-                    return Err(RegistryError::RangeInvalid { current });
-                }
-                Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
-                Err(e) => return Err(e.into()),
-            }
+            self.store
+                .upload_commit(id, &blob_key, size)
+                .await
+                .map_err(upload_error)?;
             // The upload's bytes carry the time of its last append, which may be long ago.
             self.store.touch(&blob_key).await?;
             self.link_blob(repo, digest).await?;
@@ -465,6 +456,17 @@ impl Registry {
             let _ = self.discard_upload(repo, &id).await;
         }
         r
+    }
+}
+
+/// What a store error on an upload session means for its client: the upload moved on
+/// (`RangeInvalid` with where it is now), or it is over — committed or cancelled,
+/// perhaps by another replica (`BlobUploadUnknown`); anything else is a storage fault.
+fn upload_error(e: StoreError) -> RegistryError {
+    match e {
+        StoreError::OffsetMismatch { current } => RegistryError::RangeInvalid { current },
+        StoreError::NotFound => RegistryError::BlobUploadUnknown,
+        e => e.into(),
     }
 }
 

@@ -100,22 +100,33 @@ pub(crate) async fn token(
         .access()
         .token(&headers, Some(client.ip()), &scopes)
         .await;
-    // Logged and counted like every `/v2` request (the scopes asked for, never the
-    // credentials or the token).
+    // Logged and counted like every `/v2` request (the scopes asked for are logged
+    // separately; never the credentials or the token).
+    tracing::debug!(scopes = ?scopes, "token requested");
+    record(&ctx.app, "token", &Method::GET, &uri, &resp, started);
+    resp
+}
+
+/// Count a finished request in the metrics and log it (at debug level).
+fn record(
+    app: &App,
+    class: &'static str,
+    method: &Method,
+    uri: &Uri,
+    resp: &Response,
+    started: Instant,
+) {
     let took = started.elapsed();
-    ctx.app
-        .metrics
-        .request("token", &Method::GET, resp.status().as_u16(), took);
+    app.metrics
+        .request(class, method, resp.status().as_u16(), took);
     tracing::debug!(
-        method = "GET",
+        method = %method,
         path = uri.path(),
-        route = "token",
-        scopes = ?scopes,
+        route = class,
         status = resp.status().as_u16(),
         micros = took.as_micros() as u64,
         "request"
     );
-    resp
 }
 
 /// `GET /metrics`: every meter in the Prometheus text format.
@@ -233,17 +244,7 @@ pub(crate) async fn dispatch(
     {
         app.metrics.pulled(repo);
     }
-    let took = started.elapsed();
-    app.metrics
-        .request(class, &method, resp.status().as_u16(), took);
-    tracing::debug!(
-        method = %method,
-        path = uri.path(),
-        route = class,
-        status = resp.status().as_u16(),
-        micros = took.as_micros() as u64,
-        "request"
-    );
+    record(app, class, &method, &uri, &resp, started);
     resp.map(|b| app.metrics.count_sent(class, b))
 }
 

@@ -487,6 +487,15 @@ fn open_upload_size(file: &File, path: &Path) -> io::Result<u64> {
     Ok(open.len())
 }
 
+/// Open the upload at `path` and wait for its lock (commit and abort; an append only
+/// tries it): the locked file and the upload's size, or `NotFound` once it has ended.
+fn lock_upload(path: &Path) -> io::Result<(File, u64)> {
+    let file = File::open(path)?;
+    file.lock()?;
+    let size = open_upload_size(&file, path)?;
+    Ok((file, size))
+}
+
 /// Start writeback of `len` bytes at `offset` without waiting for it.
 #[allow(unsafe_code)] // reason: sync_file_range has no safe wrapper in std; the fd is owned and open
 fn start_writeback(file: &File, offset: u64, len: u64) {
@@ -653,9 +662,7 @@ impl UploadStore for FsStore {
         let r = blocking(move || {
             // Under the upload's lock: an append in flight finishes (or is cut back)
             // first, and one that starts later finds the file renamed away.
-            let file = File::open(&from)?;
-            file.lock()?;
-            let current = open_upload_size(&file, &from)?;
+            let (file, current) = lock_upload(&from)?;
             if current != size {
                 return Ok(Err(current));
             }
@@ -677,17 +684,11 @@ impl UploadStore for FsStore {
         let path = self.inner.upload_path(id);
         blocking(move || {
             // Taken like a commit: an append in flight ends before the bytes go.
-            let file = match File::open(&path) {
-                Ok(f) => f,
+            let _locked = match lock_upload(&path) {
+                Ok(l) => l,
                 Err(e) if not_found(&e) => return Ok(false),
                 Err(e) => return Err(e),
             };
-            file.lock()?;
-            match open_upload_size(&file, &path) {
-                Ok(_) => {}
-                Err(e) if not_found(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            }
             match fs::remove_file(&path) {
                 Ok(()) => Ok(true),
                 Err(e) if not_found(&e) => Ok(false),

@@ -86,17 +86,11 @@ fn time(t: chrono::DateTime<chrono::Utc>) -> SystemTime {
 struct UploadState {
     /// Staged objects, in order: (name under the upload's folder, size).
     parts: Vec<(String, u64)>,
-    /// Set (by a conditional write) when a commit begins: from then on no append may
-    /// change the upload, and no other commit may run, whichever replica sends it.
+    /// When a commit began (milliseconds since the Unix epoch), set by a conditional
+    /// write: from then on no append may change the upload, and no other commit may run,
+    /// whichever replica sends it.
     #[serde(default)]
-    sealed: Option<Seal>,
-}
-
-/// Which commit sealed an upload, and when (milliseconds since the Unix epoch).
-#[derive(serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
-struct Seal {
-    by: String,
-    at_ms: u64,
+    sealed_at_ms: Option<u64>,
 }
 
 /// How long a commit's seal keeps other commits of the same upload out. A commit that
@@ -193,6 +187,18 @@ impl S3Store {
         self.s3
             .put_opts(&self.state_path(id), PutPayload::from(body), opts)
             .await
+    }
+
+    /// The error for a conditional state write that lost: where the upload is now
+    /// (`OffsetMismatch`), or `NotFound` when a commit sealed or ended it.
+    async fn lost_race(&self, id: &UploadId) -> StoreError {
+        match self.state(id).await {
+            Ok(Some((s, _, _))) if s.sealed_at_ms.is_none() => {
+                StoreError::OffsetMismatch { current: s.size() }
+            }
+            Ok(_) => StoreError::NotFound,
+            Err(e) => e,
+        }
     }
 
     /// The staged bytes of an upload in `range`, part after part.
@@ -483,7 +489,7 @@ impl UploadStore for S3Store {
 
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
         let (mut state, version, _) = self.state(id).await?.ok_or(StoreError::NotFound)?;
-        if state.sealed.is_some() {
+        if state.sealed_at_ms.is_some() {
             return Err(StoreError::NotFound);
         }
         let current = state.size();
@@ -552,15 +558,9 @@ impl UploadStore for S3Store {
         match self.replace_state(id, &state, version).await {
             Ok(_) => Ok(state.size()),
             Err(object_store::Error::Precondition { .. }) => {
-                // Another append or a commit won the race; report where the upload
-                // is now.
+                // Another append or a commit won the race.
                 discard(staged).await;
-                match self.state(id).await? {
-                    Some((s, _, _)) if s.sealed.is_none() => {
-                        Err(StoreError::OffsetMismatch { current: s.size() })
-                    }
-                    _ => Err(StoreError::NotFound),
-                }
+                Err(self.lost_race(id).await)
             }
             Err(e) => {
                 discard(staged).await;
@@ -589,25 +589,15 @@ impl UploadStore for S3Store {
         // verified; and a second commit of the same upload (another replica, a retry)
         // finds the seal and is told the upload is over. Only a seal older than
         // COMMIT_SEAL_TTL (its commit died) is taken over.
-        if let Some(seal) = &state.sealed
-            && crate::now_ms().saturating_sub(seal.at_ms) < COMMIT_SEAL_TTL.as_millis() as u64
+        if let Some(at) = state.sealed_at_ms
+            && crate::now_ms().saturating_sub(at) < COMMIT_SEAL_TTL.as_millis() as u64
         {
             return Err(StoreError::NotFound);
         }
-        state.sealed = Some(Seal {
-            by: uuid::Uuid::new_v4().to_string(),
-            at_ms: crate::now_ms(),
-        });
+        state.sealed_at_ms = Some(crate::now_ms());
         match self.replace_state(id, &state, version).await {
             Ok(_) => {}
-            Err(object_store::Error::Precondition { .. }) => {
-                return match self.state(id).await? {
-                    Some((s, _, _)) if s.sealed.is_none() => {
-                        Err(StoreError::OffsetMismatch { current: s.size() })
-                    }
-                    _ => Err(StoreError::NotFound),
-                };
-            }
+            Err(object_store::Error::Precondition { .. }) => return Err(self.lost_race(id).await),
             Err(e) => return Err(io(e)),
         }
         let target = self.path(dest.as_str());
