@@ -355,17 +355,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num.parse().map_err(|_| {
         format!("invalid duration {s:?}: expected a number with s, m, h or d, like \"5m\"")
     })?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         other => {
             return Err(format!(
                 "invalid duration unit {other:?} in {s:?}: use s, m, h or d"
             ));
         }
     };
+    // Found by the config fuzz target: `13350170495401940308m` overflowed the multiply.
+    let secs = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
     Ok(std::time::Duration::from_secs(secs))
 }
 
@@ -840,6 +844,24 @@ mod tests {
             .allowed(&auth::Subject::Anonymous, &repo);
         assert!(anon.contains(auth::Action::Pull) && !anon.contains(auth::Action::Push));
         assert_eq!(crate::open_registry_warning(&c), None);
+    }
+
+    #[test]
+    fn durations_and_sizes_too_large_for_a_u64_are_refused() {
+        assert!(
+            parse_duration("13350170495401940308m")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert_eq!(
+            parse_duration("2h").unwrap(),
+            std::time::Duration::from_secs(7200)
+        );
+        assert!(
+            parse_size("18446744073709551615KiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
