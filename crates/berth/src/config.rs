@@ -579,10 +579,11 @@ pub struct StorageConfig {
     pub access_key_id: Option<String>,
     /// S3: secret key; otherwise `AWS_SECRET_ACCESS_KEY` and the usual AWS chain.
     pub secret_access_key: Option<String>,
-    /// S3: put the bucket in the path instead of the host name (most self-hosted
-    /// servers need this).
+    /// S3: put the bucket in the path instead of the host name. Unset: path style
+    /// whenever `endpoint` is set (every self-hosted server takes it), virtual-host
+    /// style for AWS without one.
     #[serde(default)]
-    pub path_style: bool,
+    pub path_style: Option<bool>,
     /// S3: answer blob GETs with a 307 to a presigned URL, so bytes flow from the bucket
     /// to clients without passing through berth (clients must reach the endpoint).
     #[serde(default)]
@@ -601,7 +602,7 @@ impl Default for StorageConfig {
             prefix: None,
             access_key_id: None,
             secret_access_key: None,
-            path_style: false,
+            path_style: None,
             redirect: false,
         }
     }
@@ -625,7 +626,7 @@ impl StorageConfig {
             prefix: self.prefix.clone(),
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
-            path_style: self.path_style,
+            path_style: self.path_style.unwrap_or(self.endpoint.is_some()),
         })
     }
 }

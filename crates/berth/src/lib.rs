@@ -32,23 +32,82 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     std::fs::rename(&tmp, path)
 }
 
-/// Open the store a configuration names.
+/// Open the store a configuration names. An S3 bucket is checked with one request
+/// first, so a wrong bucket, key or endpoint is reported by name instead of by the
+/// first push.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.storage.kind {
-        StorageKind::Fs => {
-            let store = store::fs::FsStore::open(store::fs::FsOptions {
-                root: config.storage.path.clone(),
-                fsync: config.storage.fsync,
-            })
-            .await
-            .with_context(|| format!("cannot open storage at {}", config.storage.path.display()))?;
-            Ok(Arc::new(store))
-        }
+    Ok(match config.storage.kind {
+        StorageKind::Fs => Arc::new(open_fs(config).await?),
         StorageKind::S3 => {
             let options = config.storage.s3().map_err(anyhow::Error::msg)?;
+            store::s3::S3Store::check(&options)
+                .await
+                .with_context(|| format!("cannot use {}", describe_store(config)))?;
             let store = store::s3::S3Store::open(&options)
-                .with_context(|| format!("cannot open S3 bucket {}", options.bucket))?;
-            Ok(Arc::new(store))
+                .with_context(|| format!("cannot open {}", describe_store(config)))?;
+            Arc::new(store)
+        }
+    })
+}
+
+async fn open_fs(config: &Config) -> anyhow::Result<store::fs::FsStore> {
+    store::fs::FsStore::open(store::fs::FsOptions {
+        root: config.storage.path.clone(),
+        fsync: config.storage.fsync,
+    })
+    .await
+    .with_context(|| format!("cannot open storage at {}", config.storage.path.display()))
+}
+
+/// The least free space `berth serve` starts with on a filesystem store. Below it the
+/// first push would fail with 507 anyway; the operator learns it at start, by path.
+/// (Maintenance commands still run on a full disk: `berth gc` is how it is freed.)
+pub const MIN_FREE_TO_SERVE: u64 = 1024 * 1024;
+
+/// The store `berth serve` runs on: [`open_store`], and for a filesystem store proof
+/// that its directory is writable and not full.
+pub async fn open_store_to_serve(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.storage.kind != StorageKind::Fs {
+        return open_store(config).await;
+    }
+    let path = config.storage.path.display();
+    let fs = open_fs(config).await?;
+    fs.check_writable()
+        .await
+        .with_context(|| format!("storage at {path} is not writable"))?;
+    if let Some(space) = store::Store::space(&fs)
+        && space.available < MIN_FREE_TO_SERVE
+    {
+        anyhow::bail!(
+            "storage at {path} is full ({} bytes free); free space or point [storage] path elsewhere",
+            space.available
+        );
+    }
+    Ok(Arc::new(fs))
+}
+
+/// The store a configuration names, for logs: a directory, or
+/// `s3://bucket/prefix at endpoint`.
+pub fn describe_store(config: &Config) -> String {
+    let s = &config.storage;
+    match s.kind {
+        StorageKind::Fs => format!("fs:{}", s.path.display()),
+        StorageKind::S3 => {
+            let prefix = s
+                .prefix
+                .as_deref()
+                .map(|p| p.trim_matches('/'))
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("/{p}"))
+                .unwrap_or_default();
+            let at = match &s.endpoint {
+                Some(e) => e.clone(),
+                None => format!("AWS {}", s.region.as_deref().unwrap_or("us-east-1")),
+            };
+            format!(
+                "s3://{}{prefix} at {at}",
+                s.bucket.as_deref().unwrap_or_default()
+            )
         }
     }
 }
@@ -507,7 +566,7 @@ pub async fn run_server(
     path: Option<&std::path::Path>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = build_app(config).await?;
+    let app = build_app_on(config, open_store_to_serve(config).await?)?;
     let options = serve_options(config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -515,7 +574,7 @@ pub async fn run_server(
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = options.tls.is_some(),
-        storage = %config.storage.path.display(),
+        storage = %describe_store(config),
         upstreams = config.upstreams.len(),
         "berth is serving"
     );

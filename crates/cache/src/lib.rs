@@ -126,6 +126,15 @@ pub enum BlobSource {
     Filling(FillReader),
 }
 
+/// Where a blob's size comes from ([`Cache::blob_size`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlobSize {
+    /// In the store, linked into the repository.
+    Local(u64),
+    /// Not cached; the upstream's HEAD announced it.
+    Upstream(u64),
+}
+
 /// The pull-through cache over a registry.
 pub struct Cache {
     registry: Registry,
@@ -366,6 +375,36 @@ impl Cache {
 
     /// A blob of an upstream repository: from the store, or from a fill (started now or
     /// joined if one is under way).
+    /// The size of a blob, for a HEAD: from the store when this repository has it, else
+    /// the upstream's answer to a HEAD, without downloading anything (a cache in front
+    /// of this one must not see a false 404, nor make it fetch what nobody pulls).
+    pub async fn blob_size(
+        &self,
+        up: &Arc<CachedUpstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobSize, CacheError> {
+        let local = up.local(repo)?;
+        match self.registry.stat_blob(&local, digest).await {
+            Ok(size) => {
+                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(BlobSize::Local(size));
+            }
+            Err(RegistryError::BlobUnknown) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match timed(
+            &up.stats.upstream_latency,
+            up.client.head_blob(repo.as_str(), digest),
+        )
+        .await
+        {
+            Ok(size) => Ok(BlobSize::Upstream(size)),
+            Err(UpstreamError::NotFound) => Err(CacheError::NotFound),
+            Err(e) => Err(self.unavailable(up, e)),
+        }
+    }
+
     pub async fn blob(
         &self,
         up: &Arc<CachedUpstream>,

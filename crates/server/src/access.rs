@@ -15,6 +15,17 @@ use base64::Engine;
 use oci::RepoName;
 use std::sync::Arc;
 
+/// A repository as access control sees it.
+#[derive(Clone, Copy)]
+pub struct Named<'a> {
+    /// Its name in the store: the one name rules and tokens refer to, whichever route
+    /// reached it (`docker.io/library/nginx`).
+    pub stored: &'a RepoName,
+    /// The name a token request on the same listener carries for it: the name its
+    /// clients use (`library/nginx` on a dedicated listener), named in challenges.
+    pub asked: &'a RepoName,
+}
+
 /// Users and rules of one server.
 pub struct Access {
     /// `None`: no users are configured; every caller is anonymous.
@@ -232,15 +243,15 @@ impl Access {
         &self,
         headers: &HeaderMap,
         who: &Caller,
-        repo: &RepoName,
+        repo: Named<'_>,
         action: Action,
     ) -> Result<(), Response> {
-        if self.allowed(who, repo).contains(action) {
+        if self.allowed(who, repo.stored).contains(action) {
             return Ok(());
         }
-        let message = format!("{action} access to {repo} is not granted");
+        let message = format!("{action} access to {} is not granted", repo.stored);
         let scope = auth::Scope {
-            resource: auth::token::Resource::Repository(repo.clone()),
+            resource: auth::token::Resource::Repository(repo.asked.clone()),
             actions: auth::ActionSet::of(&[action]),
         };
         Err(match who {
@@ -256,12 +267,15 @@ impl Access {
 
     /// `GET /token`: a token for the subset of the requested scopes the caller is
     /// granted (none requested or none granted: a token granting nothing, as clients
-    /// expect for anonymous pulls of public content).
+    /// expect for anonymous pulls of public content). `stored` turns a repository name
+    /// as the listener's clients write it into its name in the store, the one name rules
+    /// and tokens know (`None`: a name no repository can have there; never granted).
     pub async fn token(
         &self,
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
         scopes: &[String],
+        stored: impl Fn(&RepoName) -> Option<RepoName>,
     ) -> Response {
         let Some(signer) = &self.tokens else {
             return ApiError::new(
@@ -288,15 +302,19 @@ impl Access {
                         .into_response();
                 }
             };
-            let allowed = match &scope.resource {
-                auth::token::Resource::Repository(r) => {
-                    self.rules.allowed(&who, r).intersect(scope.actions)
-                }
-                auth::token::Resource::Catalog => scope.actions,
+            let (resource, allowed) = match scope.resource {
+                auth::token::Resource::Repository(r) => match stored(&r) {
+                    Some(r) => {
+                        let allowed = self.rules.allowed(&who, &r).intersect(scope.actions);
+                        (auth::token::Resource::Repository(r), allowed)
+                    }
+                    None => continue,
+                },
+                auth::token::Resource::Catalog => (auth::token::Resource::Catalog, scope.actions),
             };
             if allowed != auth::ActionSet::NONE {
                 granted.push(auth::Scope {
-                    resource: scope.resource,
+                    resource,
                     actions: allowed,
                 });
             }

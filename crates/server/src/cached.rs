@@ -10,7 +10,7 @@ use crate::{App, Ctx};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use cache::{BlobSource, CacheError, CachedUpstream};
+use cache::{BlobSize, BlobSource, CacheError, CachedUpstream};
 use oci::{Digest, RepoName};
 use std::sync::Arc;
 
@@ -72,6 +72,27 @@ pub(crate) fn target(ctx: &Ctx, uri: &Uri) -> Result<Target, TargetError> {
         None => route,
     };
     Ok(Target { route, upstream })
+}
+
+/// The store name of repository `name` as this listener's clients write it, the one name
+/// rules and tokens know: on a dedicated listener every name is its upstream's; elsewhere
+/// a name whose first component is an upstream's name or key is that upstream's, and any
+/// other is hosted. `None` for a name no repository can have (too long once prefixed).
+pub(crate) fn stored_name(ctx: &Ctx, name: &RepoName) -> Option<RepoName> {
+    let cache = &ctx.app.cache;
+    let (up, repo) = match &ctx.fixed {
+        Some(fixed) => (cache.upstream(fixed)?, name.clone()),
+        None => {
+            let Some((first, tail)) = name.as_str().split_once('/') else {
+                return Some(name.clone());
+            };
+            match cache.for_prefix(first) {
+                Some(up) => (up, tail.parse().ok()?),
+                None => return Some(name.clone()),
+            }
+        }
+    };
+    up.local(&up.normalize(repo)).ok()
 }
 
 /// Apply the upstream's name normalisation (Docker Hub's `library/`) to a route.
@@ -153,6 +174,17 @@ async fn blob(
     head: bool,
 ) -> Result<Response> {
     let local = local(up, repo)?;
+    if head {
+        return match app
+            .cache
+            .blob_size(up, repo, digest)
+            .await
+            .map_err(|e| cache_error(e, "BLOB_UNKNOWN"))?
+        {
+            BlobSize::Local(_) => handlers::get_blob(app, &local, digest, headers, true).await,
+            BlobSize::Upstream(size) => Ok(blob_head(digest, Some(size))),
+        };
+    }
     let source = app
         .cache
         .blob(up, repo, digest)
@@ -160,12 +192,12 @@ async fn blob(
         .map_err(|e| cache_error(e, "BLOB_UNKNOWN"))?;
     let mut reader = match source {
         BlobSource::Local(size) => {
-            if !head && !headers.contains_key(header::RANGE) {
+            if !headers.contains_key(header::RANGE) {
                 up.stats
                     .served_bytes
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
             }
-            return handlers::get_blob(app, &local, digest, headers, head).await;
+            return handlers::get_blob(app, &local, digest, headers, false).await;
         }
         BlobSource::Filling(reader) => reader,
     };
@@ -180,9 +212,8 @@ async fn blob(
             ));
         }
     };
-    // A range, or a HEAD without an announced size, waits for the whole blob; a plain
-    // GET streams it as it arrives.
-    if headers.contains_key(header::RANGE) || (head && total.is_none()) {
+    // A range waits for the whole blob; a plain GET streams it as it arrives.
+    if headers.contains_key(header::RANGE) {
         reader.finished().await.map_err(|m| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -190,22 +221,24 @@ async fn blob(
                 format!("upstream {}: {m}", up.name),
             )
         })?;
-        return handlers::get_blob(app, &local, digest, headers, head).await;
+        return handlers::get_blob(app, &local, digest, headers, false).await;
     }
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from_stream(reader.stream())
-    };
-    let mut resp = Response::new(body);
+    let mut resp = blob_head(digest, total);
+    *resp.body_mut() = Body::from_stream(reader.stream());
+    Ok(resp)
+}
+
+/// The headers of a blob response, with an empty body.
+fn blob_head(digest: &Digest, size: Option<u64>) -> Response {
+    let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Some(t) = total {
+    if let Some(t) = size {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(t));
     }
     h.insert(DIGEST_HEADER, hv(&digest.to_string()));
-    Ok(resp)
+    resp
 }

@@ -98,7 +98,9 @@ pub(crate) async fn token(
     let resp = ctx
         .app
         .access()
-        .token(&headers, Some(client.ip()), &scopes)
+        .token(&headers, Some(client.ip()), &scopes, |name| {
+            cached::stored_name(&ctx, name)
+        })
         .await;
     // Logged and counted like every `/v2` request (the scopes asked for are logged
     // separately; never the credentials or the token).
@@ -192,9 +194,16 @@ pub(crate) async fn dispatch(
         Err(_) => None,
     };
     let mut resp = match target {
-        Ok(t) => match authorize(app, &t, &method, &headers, client.ip()).await {
+        Ok(t) => match authorize(&ctx, &t, &method, &headers, client.ip()).await {
             Err(refusal) => refusal,
             Ok(who) => match t {
+                // A dedicated listener's catalog lists its upstream's cached repositories.
+                cached::Target {
+                    route: Route::Catalog,
+                    upstream,
+                } if method == Method::GET => catalog(app, &who, &uri, upstream.as_deref())
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
                 cached::Target {
                     route,
                     upstream: Some(up),
@@ -271,13 +280,13 @@ fn route_error(e: RouteError, method: &Method) -> Response {
 /// The caller, if it may make this request; else the refusal. Cached repositories are
 /// checked under their name in the store (`docker.io/library/nginx`).
 async fn authorize(
-    app: &App,
+    ctx: &Ctx,
     t: &cached::Target,
     method: &Method,
     headers: &HeaderMap,
     client: std::net::IpAddr,
 ) -> std::result::Result<Caller, Response> {
-    let access = app.access();
+    let access = ctx.app.access();
     let who = access.caller(headers, Some(client)).await?;
     let repo = match &t.route {
         Route::Base => {
@@ -315,11 +324,17 @@ async fn authorize(
         Some(up) => up.local(repo).unwrap_or_else(|_| repo.clone()),
         None => repo.clone(),
     };
+    // A dedicated listener's clients name its repositories without the upstream; a
+    // token they ask for on it names them so (and `/token` there maps them back).
+    let asked = if ctx.fixed.is_some() { repo } else { &local };
     let content_delete = matches!(t.route, Route::Manifest(..) | Route::Blob(..));
     access.check(
         headers,
         &who,
-        &local,
+        crate::access::Named {
+            stored: &local,
+            asked,
+        },
         crate::access::action_for(method, content_delete),
     )?;
     Ok(who)
@@ -341,7 +356,6 @@ async fn handle(
             if *method == Method::HEAD { "" } else { "{}" },
         )
             .into_response()),
-        (Route::Catalog, Method::GET) => catalog(app, who, uri).await,
         (Route::Tags(repo), Method::GET) => tags(app, &repo, uri).await,
         (Route::Manifest(repo, r), Method::GET) => get_manifest(app, &repo, &r, false).await,
         (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, &repo, &r, true).await,
@@ -427,17 +441,35 @@ fn json_response(
     resp
 }
 
-async fn catalog(app: &App, who: &Caller, uri: &Uri) -> Result<Response> {
+/// `GET /v2/_catalog`: the hosted and cached repositories the caller may pull, or with
+/// `within` only that upstream's, named as its clients name them.
+async fn catalog(
+    app: &App,
+    who: &Caller,
+    uri: &Uri,
+    within: Option<&cache::CachedUpstream>,
+) -> Result<Response> {
     let page = page_of(uri)?;
-    // Only what the caller may pull, filtered before the page is cut.
+    let prefix = within.map(|up| format!("{}/", up.key));
+    // Only what the caller may pull, filtered before the page is cut. A token holder
+    // (its token grants the catalog, names no repository) sees what its subject may pull.
     let access = app.access();
+    let subject = who.subject();
     let visible: Vec<String> = app
         .registry
         .all_repositories()
         .await?
         .into_iter()
-        .filter(|r| access.allowed(who, r).contains(auth::Action::Pull))
-        .map(|r| r.to_string())
+        .filter(|r| {
+            access
+                .rules
+                .allowed(&subject, r)
+                .contains(auth::Action::Pull)
+        })
+        .filter_map(|r| match &prefix {
+            Some(p) => r.as_str().strip_prefix(p.as_str()).map(str::to_owned),
+            None => Some(r.to_string()),
+        })
         .collect();
     let (repos, more) = page.apply(visible);
     let link = more

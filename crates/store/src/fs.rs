@@ -201,6 +201,26 @@ impl FsStore {
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
+
+    /// Prove the store can be written: a small file created, synced and removed in its
+    /// temporary folder. The error names the path (a read-only mount, a directory
+    /// owned by someone else, a full disk).
+    pub async fn check_writable(&self) -> Result<()> {
+        let i = self.inner.clone();
+        blocking(move || {
+            let probe = i.root.join(".tmp").join("startup-check");
+            let write = || -> io::Result<()> {
+                let mut f = fs::File::create(&probe)?;
+                io::Write::write_all(&mut f, b"berth")?;
+                f.sync_all()
+            };
+            let written = write().map_err(|e| at(&probe, e));
+            let _ = fs::remove_file(&probe);
+            written
+        })
+        .await
+        .map_err(StoreError::from)
+    }
 }
 
 #[async_trait]

@@ -105,23 +105,45 @@ impl UploadState {
     }
 }
 
+/// How long the start-up check waits for the bucket's answer: enough for a slow
+/// endpoint's first TLS handshake, short enough that a wrong address is reported while
+/// the operator is still watching the start.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the bucket cannot be used, as [`S3Store::check`] found it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("the bucket does not exist (NoSuchBucket)")]
+    NoSuchBucket,
+    #[error("access denied: check the access key and secret key ({0})")]
+    Denied(String),
+    #[error("no answer: is the endpoint right and reachable? ({0})")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn builder(o: &S3Options) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&o.bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_virtual_hosted_style_request(!o.path_style);
+    if let Some(e) = &o.endpoint {
+        b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    if let Some(r) = &o.region {
+        b = b.with_region(r);
+    }
+    if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
+        b = b.with_access_key_id(k).with_secret_access_key(s);
+    }
+    b
+}
+
 impl S3Store {
     /// Connect to the bucket (nothing is sent until the first request).
     pub fn open(o: &S3Options) -> Result<S3Store> {
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&o.bucket)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_virtual_hosted_style_request(!o.path_style);
-        if let Some(e) = &o.endpoint {
-            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-        }
-        if let Some(r) = &o.region {
-            b = b.with_region(r);
-        }
-        if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
-            b = b.with_access_key_id(k).with_secret_access_key(s);
-        }
-        let s3 = b
+        let s3 = builder(o)
             .build()
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         let prefix = o
@@ -132,6 +154,42 @@ impl S3Store {
             .map(|p| format!("{p}/"))
             .unwrap_or_default();
         Ok(S3Store { s3, prefix })
+    }
+
+    /// One cheap authenticated request, without retries: a listing of a folder that is
+    /// empty, which proves the endpoint answers, the bucket exists and the credentials
+    /// are accepted (a HEAD could not tell a missing bucket from a missing key).
+    pub async fn check(o: &S3Options) -> std::result::Result<(), CheckError> {
+        let s3 = builder(o)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(
+                        o.endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
+                    )
+                    .with_timeout(CHECK_TIMEOUT)
+                    .with_connect_timeout(CHECK_TIMEOUT),
+            )
+            .build()
+            .map_err(|e| CheckError::Other(e.to_string()))?;
+        let probe = Path::from(format!(
+            "{}{INTERNAL}/startup-check",
+            o.prefix
+                .as_deref()
+                .map(|p| p.trim_matches('/'))
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("{p}/"))
+                .unwrap_or_default()
+        ));
+        match s3.list_with_delimiter(Some(&probe)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(classify(&e)),
+        }
     }
 
     fn path(&self, key: &str) -> Path {
@@ -767,6 +825,26 @@ impl Store for S3Store {
     }
 }
 
+/// What a failed check means, from the S3 error code in the answer (or its absence).
+fn classify(e: &object_store::Error) -> CheckError {
+    let text = e.to_string();
+    let has = |code: &str| text.contains(code);
+    if has("NoSuchBucket") {
+        CheckError::NoSuchBucket
+    } else if has("AccessDenied")
+        || has("SignatureDoesNotMatch")
+        || has("InvalidAccessKeyId")
+        || has("403 Forbidden")
+    {
+        CheckError::Denied(text)
+    } else if has("error sending request") || has("connect") || has("timed out") || has("dns error")
+    {
+        CheckError::Unreachable(text)
+    } else {
+        CheckError::Other(text)
+    }
+}
+
 /// The S3 server the test setup started (`scripts/test` starts SeaweedFS), from
 /// `BERTH_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`, under a fresh
 /// prefix so runs never see each other's objects.
@@ -789,6 +867,40 @@ pub fn test_options() -> S3Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_start_up_check_names_what_is_wrong() {
+        let good = test_options();
+        S3Store::check(&good).await.unwrap();
+        let bucket = S3Options {
+            bucket: "no-such-bucket-here".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            S3Store::check(&bucket).await,
+            Err(CheckError::NoSuchBucket)
+        ));
+        let secret = S3Options {
+            secret_access_key: Some("wrong".into()),
+            ..good.clone()
+        };
+        let e = S3Store::check(&secret).await.unwrap_err();
+        assert!(
+            matches!(&e, CheckError::Denied(m) if m.contains("SignatureDoesNotMatch")),
+            "{e}"
+        );
+        let nobody = S3Options {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            ..good.clone()
+        };
+        let started = std::time::Instant::now();
+        let e = S3Store::check(&nobody).await.unwrap_err();
+        assert!(matches!(e, CheckError::Unreachable(_)), "{e}");
+        assert!(
+            started.elapsed() < CHECK_TIMEOUT,
+            "refused at once, not retried"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn conformance_s3() {

@@ -455,3 +455,180 @@ async fn credentials_and_tokens_never_reach_the_log() {
     let signature = token.rsplit('.').next().unwrap();
     assert!(!text.contains(signature));
 }
+
+/// The scope a 401 challenge names (`repository:library/hello:pull`) and its realm.
+fn challenge_of(r: &reqwest::Response) -> (String, String) {
+    let v = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let field = |name: &str| {
+        let start = v
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{v}"))
+            + name.len()
+            + 2;
+        v[start..start + v[start..].find('"').unwrap()].to_owned()
+    };
+    (field("realm"), field("scope"))
+}
+
+/// Follow a 401 the way docker does: ask the challenge's realm for its scope with
+/// credentials, then retry with the token.
+async fn get_via_token_flow(url: &str, creds: (&str, &str)) -> reqwest::Response {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "{url}");
+    let (realm, scope) = challenge_of(&r);
+    let t = as_user(
+        client()
+            .get(&realm)
+            .query(&[("service", "berth"), ("scope", scope.as_str())]),
+        Some(creds),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(t.status(), 200, "{realm}");
+    let token: serde_json::Value = t.json().await.unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    client().get(url).bearer_auth(token).send().await.unwrap()
+}
+
+async fn token_at(base: &str, scope: &str, creds: (&str, &str)) -> String {
+    let t = as_user(
+        client()
+            .get(format!("{base}/token"))
+            .query(&[("service", "berth"), ("scope", scope)]),
+        Some(creds),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(t.status(), 200);
+    let v: serde_json::Value = t.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Issue 15: a cached repository has one name for rules and tokens, whichever route
+/// reaches it. docker on a Docker Hub mirror's dedicated listener asks its `/token` for
+/// `repository:library/hello:pull`; that token must work there, and the rules written
+/// for `docker.io/library/hello` decide it. The catalog lists, for a token holder, what
+/// its subject may pull.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_repository_has_one_name_for_rules_and_tokens_on_every_route() {
+    let upstream = TestServer::start().await;
+    let image = push_image(&upstream, "library/hello", "v1", "one-name").await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let htpasswd = dir.join("htpasswd");
+    write_htpasswd(&htpasswd, &[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    let upstream_url = upstream.url("");
+    let s = TestServer::start_with(move |c| {
+        c.auth.htpasswd = Some(htpasswd);
+        c.upstreams = vec![upstream_config(
+            "docker.io",
+            &upstream_url,
+            std::time::Duration::from_secs(60),
+        )];
+        c.access = vec![rule("docker.io/library/hello", &["alice"], &["pull"])];
+    })
+    .await;
+    let dedicated = format!("http://{}", dedicated_listener(&s, "docker.io").await);
+    let alice = ("alice", "alice-pw");
+
+    // Dedicated listener, as docker asks: the challenge names the listener's own name.
+    let url = format!("{dedicated}/v2/library/hello/manifests/v1");
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        challenge_of(&r),
+        (
+            format!("{dedicated}/token"),
+            "repository:library/hello:pull".to_owned()
+        )
+    );
+    let r = get_via_token_flow(&url, alice).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], image.to_string());
+    // Docker Hub's short names mean the same repository there.
+    let t = token_at(&dedicated, "repository:hello:pull", alice).await;
+    let r = client()
+        .get(format!("{dedicated}/v2/hello/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Path prefix and ?ns= on the main listener: the store name, from the same rules.
+    for path in [
+        "/v2/docker.io/library/hello/manifests/v1".to_owned(),
+        "/v2/library/hello/manifests/v1?ns=docker.io".to_owned(),
+    ] {
+        let url = s.url(&path);
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(
+            challenge_of(&r).1,
+            "repository:docker.io/library/hello:pull",
+            "{path}"
+        );
+        let r = get_via_token_flow(&url, alice).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["docker-content-digest"], image.to_string());
+    }
+
+    // A token for the hosted name library/hello grants nothing on the cached one, on any
+    // listener: the name means the hosted repository on the main listener.
+    let hosted = token_at(&s.url(""), "repository:library/hello:pull", alice).await;
+    for url in [
+        format!("{dedicated}/v2/library/hello/manifests/v1"),
+        s.url("/v2/docker.io/library/hello/manifests/v1"),
+    ] {
+        let r = client()
+            .get(&url)
+            .bearer_auth(&hosted)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{url}");
+    }
+    // bob has no rule: his token grants nothing, whichever listener issued it.
+    let bob = token_at(
+        &dedicated,
+        "repository:library/hello:pull",
+        ("bob", "bob-pw"),
+    )
+    .await;
+    let r = client()
+        .get(format!("{dedicated}/v2/library/hello/manifests/v1"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The catalog for token holders (podman search asks with a Bearer token): alice
+    // sees what she may pull, by the names each listener's clients use; bob nothing.
+    for (base, expect) in [
+        (s.url(""), "docker.io/library/hello"),
+        (dedicated.clone(), "library/hello"),
+    ] {
+        let t = token_at(&base, "registry:catalog:*", alice).await;
+        let v: serde_json::Value = client()
+            .get(format!("{base}/v2/_catalog"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["repositories"], serde_json::json!([expect]), "{base}");
+        let t = token_at(&base, "registry:catalog:*", ("bob", "bob-pw")).await;
+        let v: serde_json::Value = client()
+            .get(format!("{base}/v2/_catalog"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["repositories"], serde_json::json!([]), "{base}");
+    }
+}

@@ -611,14 +611,17 @@ async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
         "truncated blob stored"
     );
 
-    // Not visible: asking again (by HEAD, through the prefix route) goes upstream again.
-    let r = client()
-        .head(s.url(&via_prefix(&fake, "blobs", &d.to_string())))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status() == 200 || r.status() == 502, "{}", r.status());
-    assert_eq!(fake.count("GET", &upstream_blob(&d)), 2, "HEAD refetched");
+    // Not visible: a HEAD (through the prefix route) is answered by the upstream's HEAD,
+    // and a GET goes upstream again.
+    let prefixed = s.url(&via_prefix(&fake, "blobs", &d.to_string()));
+    let r = client().head(&prefixed).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], blob.len().to_string());
+    assert_eq!(fake.count("HEAD", &upstream_blob(&d)), 1, "asked upstream");
+    assert_eq!(fake.count("GET", &upstream_blob(&d)), 1, "a HEAD downloads nothing");
+    let got = download(&c, &prefixed, &blob).await;
+    assert!(!got.intact(&blob), "still truncated: {got:?}");
+    assert_eq!(fake.count("GET", &upstream_blob(&d)), 2, "refetched");
     eventually("the second truncated fill to fail", || {
         up.stats.upstream_errors.load(Ordering::Relaxed) == 2
     })

@@ -171,3 +171,119 @@ fn readme_push_and_pull() -> Vec<String> {
     );
     lines
 }
+
+/// `berth serve` with a configuration, expected to refuse to start: its output.
+fn refused(dir: &std::path::Path, config: &str) -> String {
+    let file = dir.join("refused.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut child = berth()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth serve started on {config}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{config}");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 15: storage that cannot work is refused at start, by name, rather than by
+/// the first push: a read-only or full data directory, a missing S3 bucket, wrong keys.
+/// An S3 endpoint without `path_style` gets path-style addressing, and the start-up log
+/// names the store really in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_storage_it_cannot_use() {
+    use crate::common::*;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let fs_at =
+        |path: &std::path::Path| format!("{listen}[storage]\npath = {:?}\n", path.join("data"));
+    if let Some(_ro) = Tmpfs::mount(&dir.path().join("ro"), "ro,size=1m") {
+        let out = refused(dir.path(), &fs_at(&dir.path().join("ro")));
+        assert!(
+            out.contains(&format!("{}", dir.path().join("ro").display())),
+            "{out}"
+        );
+        assert!(out.contains("Read-only file system"), "{out}");
+    }
+    let full = dir.path().join("full");
+    if let Some(_full) = Tmpfs::mount(&full, "size=1m") {
+        std::fs::create_dir_all(full.join("data/.tmp")).unwrap();
+        // Fill it to the last block.
+        let _ = std::fs::write(full.join("filler"), vec![0u8; 2 * 1024 * 1024]);
+        let out = refused(dir.path(), &fs_at(&full));
+        assert!(
+            out.contains(&format!("storage at {} is ", full.join("data").display())),
+            "{out}"
+        );
+        assert!(
+            out.contains("full") || out.contains("No space left"),
+            "{out}"
+        );
+    }
+
+    let Ok(endpoint) = std::env::var("BERTH_TEST_S3_ENDPOINT") else {
+        eprintln!(
+            "SKIPPED (S3 half): BERTH_TEST_S3_ENDPOINT is not set; scripts/test starts SeaweedFS"
+        );
+        return;
+    };
+    let o = store::s3::test_options();
+    let s3 = |bucket: &str, secret: &str| {
+        format!(
+            "{listen}[storage]\nkind = \"s3\"\nbucket = {bucket:?}\nendpoint = {endpoint:?}\nprefix = {:?}\naccess_key_id = {:?}\nsecret_access_key = {secret:?}\n",
+            o.prefix.as_deref().unwrap(),
+            o.access_key_id.as_deref().unwrap(),
+        )
+    };
+    let secret = o.secret_access_key.clone().unwrap();
+    let out = refused(dir.path(), &s3("no-such-bucket", &secret));
+    for part in ["no-such-bucket", endpoint.as_str(), "does not exist"] {
+        assert!(out.contains(part), "{part:?} missing from: {out}");
+    }
+    let out = refused(dir.path(), &s3(&o.bucket, "wrong-secret"));
+    assert!(out.contains("access denied"), "{out}");
+
+    // The right bucket, with an endpoint and no path_style: it serves, on the bucket.
+    let config = dir.path().join("s3.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\", \"push\"]\n",
+            s3(&o.bucket, &secret)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("s3.log");
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = serve_process(&config, &base, Some(&log), &[]).await;
+    let d = digest_of(b"on the bucket");
+    let r = client()
+        .post(format!("{base}/v2/s3/app/blobs/uploads/?digest={d}"))
+        .body(&b"on the bucket"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let named = format!(
+        "s3://{}/{} at {endpoint}",
+        o.bucket,
+        o.prefix.as_deref().unwrap()
+    );
+    assert!(logged.contains(&named), "{named} not in: {logged}");
+}

@@ -404,3 +404,32 @@ pub fn with_query(location: &str, query: &str) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}{query}")
 }
+
+/// A tmpfs mounted at a fresh directory `at` with mount `options` (`size=4m`, `ro`),
+/// unmounted when dropped; `None` (with the reason printed) where this machine does
+/// not let the test mount (it needs root).
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &std::path::Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            return None;
+        }
+        Some(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

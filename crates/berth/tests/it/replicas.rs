@@ -13,7 +13,7 @@ pub(crate) fn on_s3(c: &mut berth::config::Config, o: &store::s3::S3Options) {
     c.storage.prefix = o.prefix.clone();
     c.storage.access_key_id = o.access_key_id.clone();
     c.storage.secret_access_key = o.secret_access_key.clone();
-    c.storage.path_style = o.path_style;
+    c.storage.path_style = Some(o.path_style);
 }
 
 async fn two_replicas() -> (TestServer, TestServer) {

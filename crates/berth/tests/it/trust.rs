@@ -382,6 +382,29 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
             .unwrap();
         assert_eq!(r.status(), 405, "manifest PUT via {route}");
     }
+    // A HEAD for a layer the upstream has and the cache does not answers from the
+    // upstream (a cache in front of this one must not see a false 404), without a
+    // download and without creating the repository.
+    for (route, url) in cache_urls(
+        &s,
+        &key,
+        &name,
+        dedicated,
+        &format!("/v2/lib/app/blobs/{public_d}"),
+    ) {
+        let r = client().head(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "HEAD via {route}");
+        assert_eq!(r.headers()["content-length"], public.len().to_string());
+        assert_eq!(r.headers()["docker-content-digest"], public_d.to_string());
+    }
+    assert_eq!(
+        stats(&s, &name)
+            .stats
+            .upstream_blob_gets
+            .load(Ordering::Relaxed),
+        0,
+        "a HEAD downloads nothing"
+    );
     let all = s.app.registry.all_repositories().await.unwrap();
     assert!(
         all.iter().all(|r| !r.as_str().starts_with(&key)),
@@ -667,25 +690,9 @@ async fn proxy_headers_are_believed_only_from_trusted_proxies() {
 async fn a_full_disk_answers_507_and_keeps_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("small");
-    std::fs::create_dir(&mount).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mount)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+    let Some(_unmount) = Tmpfs::mount(&mount, "size=4m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
+    };
     let data = mount.join("data");
     let s = TestServer::start_with(move |c| c.storage.path = data).await;
     let big = pseudo_random(31, 6 * 1024 * 1024);
