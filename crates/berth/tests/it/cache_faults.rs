@@ -618,7 +618,11 @@ async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], blob.len().to_string());
     assert_eq!(fake.count("HEAD", &upstream_blob(&d)), 1, "asked upstream");
-    assert_eq!(fake.count("GET", &upstream_blob(&d)), 1, "a HEAD downloads nothing");
+    assert_eq!(
+        fake.count("GET", &upstream_blob(&d)),
+        1,
+        "a HEAD downloads nothing"
+    );
     let got = download(&c, &prefixed, &blob).await;
     assert!(!got.intact(&blob), "still truncated: {got:?}");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 2, "refetched");

@@ -1,6 +1,6 @@
 //! berth's integration tests: one test binary, one module per area. Servers run
 //! in-process on port 0 (see `common`), except where a test needs a real process to
-//! kill or a real client (skopeo) to talk to.
+//! kill or a real client (docker, podman, buildah, ctr, skopeo) to talk to.
 
 mod access;
 mod api;
@@ -8,6 +8,7 @@ mod cache;
 mod cache_faults;
 mod cli;
 mod client;
+mod clients;
 mod common;
 mod crash;
 mod faults;

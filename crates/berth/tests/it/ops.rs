@@ -32,12 +32,12 @@ fn promtool(args: &[&str], stdin: &[u8]) -> (bool, String) {
 }
 
 /// The value of the sample `series` (name and labels exactly as written) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn scrape(s: &TestServer) -> String {
+pub(crate) async fn scrape(s: &TestServer) -> String {
     let r = client().get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
@@ -255,7 +255,7 @@ fn shipped_alert_rules_pass_promtool_check_and_unit_tests() {
 
 /// A containerd daemon of its own (root, state and socket under a temporary directory),
 /// killed on drop.
-struct Containerd {
+pub(crate) struct Containerd {
     _child: KillOnDrop,
     socket: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -263,7 +263,7 @@ struct Containerd {
 
 impl Containerd {
     /// Start containerd, or say why it cannot run here.
-    fn start() -> Result<Containerd, String> {
+    pub(crate) fn start() -> Result<Containerd, String> {
         require_tool("containerd");
         require_tool("ctr");
         // A short path: the socket's must fit in sun_path.
@@ -321,7 +321,7 @@ impl Containerd {
         }
     }
 
-    fn ctr(&self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn ctr(&self, args: &[&str]) -> (bool, String) {
         let out = std::process::Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
