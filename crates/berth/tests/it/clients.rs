@@ -475,7 +475,14 @@ async fn docker_pulls_docker_hub_names_through_the_mirror() {
         let dir = tempfile::tempdir().unwrap();
         let upstream = Distribution::start(None).await;
         let (s, mirror) = mirror_for(&upstream, users.then_some(dir.path())).await;
-        let dockerd = Dockerd::start(&[&format!("--registry-mirror=http://{mirror}")]).await;
+        // The daemon.json of docs/clients.md.
+        let daemon_json = dir.path().join("daemon.json");
+        std::fs::write(
+            &daemon_json,
+            format!("{{\n  \"registry-mirrors\": [\"http://{mirror}\"]\n}}\n"),
+        )
+        .unwrap();
+        let dockerd = Dockerd::start(&[&format!("--config-file={}", daemon_json.display())]).await;
         // The image exists only upstream (a name Docker Hub does not have, so a fallback
         // to the real Docker Hub could never succeed).
         let ctx = build_context(dir.path(), 3, 2);
@@ -789,7 +796,8 @@ async fn podman_pushes_pulls_searches_and_mirrors_through_a_path_prefix() {
 }
 
 /// buildah builds FROM scratch, logs in through the token flow, pushes, and pulls the
-/// same image ID back; bob is refused the push.
+/// same image ID back, by tag and by digest, and per platform from a manifest list it
+/// pushed; bob is refused the push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buildah_pushes_and_pulls_through_the_token_flow() {
     if let Some(why) = not_root() {
@@ -880,6 +888,52 @@ async fn buildah_pushes_and_pulls_through_the_token_flow() {
         .ok(&["pull", "--tls-verify=false", &by_digest])
         .await;
     assert_eq!(buildah.id(&by_digest).await, id);
+
+    // Multi-platform: an arm64 image beside it, and a manifest list over both.
+    let c = buildah.ok(&["from", "scratch"]).await;
+    let c = c.trim();
+    buildah
+        .ok(&["copy", c, ctx.join("f1.bin").to_str().unwrap(), "/data/"])
+        .await;
+    buildah
+        .ok(&["config", "--arch", "arm64", "--os", "linux", c])
+        .await;
+    buildah.ok(&["commit", c, "localhost/arm:v1"]).await;
+    let arm_id = buildah.id("localhost/arm:v1").await;
+    buildah
+        .ok(&["manifest", "create", "localhost/both:v1"])
+        .await;
+    for image in [by_digest.as_str(), "localhost/arm:v1"] {
+        buildah
+            .ok(&[
+                "manifest",
+                "add",
+                "localhost/both:v1",
+                &format!("containers-storage:{image}"),
+            ])
+            .await;
+    }
+    let both = format!("{host}/bld/both:v1");
+    buildah
+        .ok(&[
+            "manifest",
+            "push",
+            "--all",
+            "--tls-verify=false",
+            "localhost/both:v1",
+            &format!("docker://{both}"),
+        ])
+        .await;
+    buildah.ok(&["rmi", "--all", "--force"]).await;
+    buildah
+        .ok(&["pull", "--tls-verify=false", "--arch", "arm64", &both])
+        .await;
+    assert_eq!(buildah.id(&both).await, arm_id);
+    buildah.ok(&["rmi", "--all", "--force"]).await;
+    buildah
+        .ok(&["pull", "--tls-verify=false", "--arch", "amd64", &both])
+        .await;
+    assert_eq!(buildah.id(&both).await, id);
 }
 
 /// ctr (with a containerd of its own) and skopeo log in with `--user` / `--creds`
