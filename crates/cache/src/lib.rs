@@ -120,17 +120,16 @@ pub enum CacheError {
 
 /// Where a blob's bytes come from.
 pub enum BlobSource {
-    /// In the store, linked into the repository, of this size.
-    Local(u64),
+    /// In the store, linked into the repository (looked up: serve it from this).
+    Local(registry::OpenBlob),
     /// Arriving from upstream; read it as it is stored.
     Filling(FillReader),
 }
 
 /// Where a blob's size comes from ([`Cache::blob_size`]).
-#[derive(Debug, PartialEq, Eq)]
 pub enum BlobSize {
-    /// In the store, linked into the repository.
-    Local(u64),
+    /// In the store, linked into the repository (looked up: serve it from this).
+    Local(registry::OpenBlob),
     /// Not cached; the upstream's HEAD announced it.
     Upstream(u64),
 }
@@ -385,10 +384,10 @@ impl Cache {
         digest: &Digest,
     ) -> Result<BlobSize, CacheError> {
         let local = up.local(repo)?;
-        match self.registry.stat_blob(&local, digest).await {
-            Ok(size) => {
+        match self.registry.open_blob(&local, digest).await {
+            Ok(blob) => {
                 up.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(BlobSize::Local(size));
+                return Ok(BlobSize::Local(blob));
             }
             Err(RegistryError::BlobUnknown) => {}
             Err(e) => return Err(e.into()),
@@ -412,10 +411,10 @@ impl Cache {
         digest: &Digest,
     ) -> Result<BlobSource, CacheError> {
         let local = up.local(repo)?;
-        match self.registry.stat_blob(&local, digest).await {
-            Ok(size) => {
+        match self.registry.open_blob(&local, digest).await {
+            Ok(blob) => {
                 up.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(BlobSource::Local(size));
+                return Ok(BlobSource::Local(blob));
             }
             Err(RegistryError::BlobUnknown) => {}
             Err(e) => return Err(e.into()),
@@ -434,8 +433,15 @@ impl Cache {
             {
                 Ok(size) if size == stored => {
                     if self.registry.relink_blob(&local, digest).await? {
-                        up.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(BlobSource::Local(stored));
+                        match self.registry.open_blob(&local, digest).await {
+                            Ok(blob) => {
+                                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                                return Ok(BlobSource::Local(blob));
+                            }
+                            // Collected between the link and now: download it.
+                            Err(RegistryError::BlobUnknown) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
                 // Another size under the same digest: the download below verifies.

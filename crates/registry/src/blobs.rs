@@ -24,11 +24,44 @@ pub struct UploadState {
     pub size: u64,
 }
 
+/// A blob a repository links, looked up once: its size, and the way to its bytes. A
+/// request takes one and uses it for every answer it gives (size, range, body, redirect),
+/// so the store is asked once per request, not once per step.
+pub struct OpenBlob {
+    /// Total size of the blob.
+    pub size: u64,
+    key: store::Key,
+    store: std::sync::Arc<dyn store::Store>,
+}
+
+impl OpenBlob {
+    /// Bytes `range` (`None`: all of it); `InvalidRange` when it does not fit.
+    pub async fn read(&self, range: Option<Range<u64>>) -> Result<ByteStream> {
+        match self
+            .store
+            .read(&self.key, range.unwrap_or(0..self.size))
+            .await
+        {
+            Ok(body) => Ok(body),
+            // Collected since it was opened (only possible past the renewal window).
+            Err(StoreError::NotFound) => Err(RegistryError::BlobUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A URL the blob can be fetched from directly for `ttl` (S3 presigned); `None`
+    /// when the store has none.
+    pub async fn presigned(&self, ttl: std::time::Duration) -> Result<Option<String>> {
+        Ok(self.store.presigned_get(&self.key, ttl).await?)
+    }
+}
+
 impl Registry {
-    /// Size of blob `digest` if the repository links it. A blob found here is needed
-    /// (a client about to push a manifest that references it checks it this way), so its
-    /// link and bytes are renewed against garbage collection.
-    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+    /// Blob `digest` if the repository links it. A blob found here is needed (a client
+    /// about to push a manifest that references it checks it this way), so its link and
+    /// bytes are renewed against garbage collection: two stats, and a touch only when
+    /// the renewal is due.
+    pub async fn open_blob(&self, repo: &RepoName, digest: &Digest) -> Result<OpenBlob> {
         let link_key = layout::blob_link(repo, digest)?;
         let Some(link) = self.store.stat(&link_key).await? else {
             return Err(RegistryError::BlobUnknown);
@@ -43,39 +76,30 @@ impl Registry {
                 return Err(RegistryError::BlobUnknown);
             }
         }
-        Ok(blob.size)
+        Ok(OpenBlob {
+            size: blob.size,
+            key: blob_key,
+            store: self.store.clone(),
+        })
     }
 
-    /// A URL the blob can be fetched from directly for `ttl` (S3 presigned), after the
-    /// same check and renewal as [`Registry::stat_blob`]; `None` when the store has none.
-    pub async fn blob_url(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        ttl: std::time::Duration,
-    ) -> Result<Option<String>> {
-        self.stat_blob(repo, digest).await?;
-        Ok(self
-            .store
-            .presigned_get(&layout::blob(digest)?, ttl)
-            .await?)
+    /// Size of blob `digest` if the repository links it (see [`Registry::open_blob`]).
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        Ok(self.open_blob(repo, digest).await?.size)
     }
 
-    /// Bytes `range` of a blob the repository links (the caller has checked the range
-    /// against [`Registry::stat_blob`]).
+    /// Bytes `range` of a blob the repository links.
     pub async fn read_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobRead> {
-        let size = self.stat_blob(repo, digest).await?;
-        let range = range.unwrap_or(0..size);
-        match self.store.read(&layout::blob(digest)?, range).await {
-            Ok(body) => Ok(BlobRead { size, body }),
-            Err(StoreError::NotFound) => Err(RegistryError::BlobUnknown),
-            Err(e) => Err(e.into()),
-        }
+        let blob = self.open_blob(repo, digest).await?;
+        Ok(BlobRead {
+            size: blob.size,
+            body: blob.read(range).await?,
+        })
     }
 
     /// Remove the repository's link to a blob; the bytes go later, by GC.

@@ -14,7 +14,7 @@ mod listing;
 mod manifests;
 mod upload_lock;
 
-pub use blobs::{BlobRead, UploadState};
+pub use blobs::{BlobRead, OpenBlob, UploadState};
 pub use error::{RegistryError, Result};
 pub use listing::Page;
 pub use manifests::{Manifest, PutManifest, PutOutcome, Stored};
@@ -77,6 +77,7 @@ type TimedCache<K, V> = Arc<quick_cache::sync::Cache<K, Timed<V>>>;
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    store_ops: Arc<store::metered::OpCounts>,
     options: RegistryOptions,
     tags: TimedCache<(RepoName, Tag), Digest>,
     manifests: TimedCache<(RepoName, Digest), Arc<Stored>>,
@@ -108,8 +109,12 @@ const PUSH_EVENTS: usize = 1024;
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, options: RegistryOptions) -> Registry {
+        // Every operation on the backend is counted (`berth_store_operations_total`).
+        let metered = store::metered::Metered::new(store);
+        let store_ops = metered.counts();
         Registry {
-            store,
+            store: Arc::new(metered),
+            store_ops,
             options,
             tags: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
             manifests: Arc::new(quick_cache::sync::Cache::new(METADATA_CACHE_ENTRIES)),
@@ -163,6 +168,11 @@ impl Registry {
     /// The store underneath, for tools that walk it (gc, fsck).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Operations made on the store so far, by kind (requests, jobs and tools alike).
+    pub fn store_ops(&self) -> &store::metered::OpCounts {
+        &self.store_ops
     }
 
     pub fn options(&self) -> &RegistryOptions {

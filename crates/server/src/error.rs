@@ -70,7 +70,7 @@ impl From<RegistryError> for ApiError {
             err.detail = serde_json::json!({ "digest": d.to_string() });
         }
         if let RangeInvalid { current } = e {
-            err = err.with_header(header::RANGE, crate::handlers::range_header(current));
+            err = err.with_header(header::RANGE, crate::headers::range_header(current));
         }
         err
     }

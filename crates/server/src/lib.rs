@@ -4,13 +4,22 @@
 //!
 //! [`serve`] takes an already-bound listener, a shutdown future and [`ServeOptions`]
 //! (TLS, client timeouts), so tests bind port 0 and run the server in-process.
+//!
+//! Inside, imports run one way ([`LAYERS`], checked by a test): `headers` and `error`
+//! at the bottom; `respond` (responses both kinds of repository share) and `listing`
+//! above them; `hosted` and `cached` (the two kinds of handler) above those; `dispatch`
+//! (targeting, authorisation, the entry points) on top.
 
 pub mod access;
 mod cached;
+mod dispatch;
 mod error;
-mod handlers;
+mod headers;
+mod hosted;
+mod listing;
 pub mod metrics;
 pub mod range;
+mod respond;
 pub mod route;
 pub mod tls;
 pub mod transport;
@@ -93,15 +102,15 @@ pub(crate) type Ctx = Arc<ListenerState>;
 
 fn router_with(state: ListenerState) -> Router {
     let mut r = Router::new()
-        .route("/v2", any(handlers::dispatch))
-        .route("/v2/", any(handlers::dispatch))
-        .route("/v2/{*rest}", any(handlers::dispatch))
-        .route("/token", axum::routing::get(handlers::token))
-        .route("/ui", axum::routing::get(handlers::ui));
+        .route("/v2", any(dispatch::dispatch))
+        .route("/v2/", any(dispatch::dispatch))
+        .route("/v2/{*rest}", any(dispatch::dispatch))
+        .route("/token", axum::routing::get(dispatch::token))
+        .route("/ui", axum::routing::get(dispatch::ui));
     if state.app.metrics_at == MetricsAt::Api {
-        r = r.route("/metrics", axum::routing::get(handlers::metrics));
+        r = r.route("/metrics", axum::routing::get(dispatch::metrics));
     }
-    r.fallback(handlers::not_found).with_state(Arc::new(state))
+    r.fallback(dispatch::not_found).with_state(Arc::new(state))
 }
 
 /// The axum router for the whole API.
@@ -112,8 +121,8 @@ pub fn router(app: App) -> Router {
 /// The router of a dedicated metrics listener (`[metrics] listen`): `/metrics` only.
 pub fn metrics_router(app: App) -> Router {
     Router::new()
-        .route("/metrics", axum::routing::get(handlers::metrics))
-        .fallback(handlers::not_found)
+        .route("/metrics", axum::routing::get(dispatch::metrics))
+        .fallback(dispatch::not_found)
         .with_state(Arc::new(ListenerState { app, fixed: None }))
 }
 
@@ -137,4 +146,76 @@ pub async fn serve(
     options: ServeOptions,
 ) -> std::io::Result<()> {
     transport::serve(listener, router(app), shutdown, options).await
+}
+
+/// The modules of this crate in the order their imports run: each uses only modules
+/// before it (and the crate root's types).
+pub const LAYERS: &[&str] = &[
+    "headers",
+    "error",
+    "range",
+    "route",
+    "tls",
+    "transport",
+    "metrics",
+    "access",
+    "respond",
+    "listing",
+    "hosted",
+    "cached",
+    "ui",
+    "dispatch",
+];
+
+#[cfg(test)]
+mod layering {
+    /// Architecture Invariant: imports inside the server run one way, so no two modules
+    /// need each other.
+    #[test]
+    fn imports_inside_the_crate_run_one_way() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".rs") && f != "lib.rs")
+            .collect();
+        files.sort();
+        let modules: Vec<&str> = files.iter().map(|f| f.trim_end_matches(".rs")).collect();
+        assert_eq!(
+            {
+                let mut m = super::LAYERS.to_vec();
+                m.sort();
+                m
+            },
+            modules,
+            "LAYERS names every module"
+        );
+        let at = |m: &str| super::LAYERS.iter().position(|l| *l == m);
+        for module in super::LAYERS {
+            let text = std::fs::read_to_string(dir.join(format!("{module}.rs"))).unwrap();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let used: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let names: Vec<String> = if used.is_empty() && rest.starts_with('{') {
+                    rest[1..rest.find('}').unwrap()]
+                        .split(',')
+                        .map(|n| n.trim().split("::").next().unwrap().to_owned())
+                        .collect()
+                } else {
+                    vec![used]
+                };
+                for name in names {
+                    if let (Some(user), Some(used)) = (at(module), at(&name)) {
+                        assert!(
+                            used < user,
+                            "{module} imports {name}, which comes after it in LAYERS"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -328,6 +328,16 @@ pub fn render(app: &App) -> String {
     }
 
     // Storage.
+    let name = "berth_store_operations_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Operations made on the store (requests, jobs and tools), by kind; on S3 each is a round trip.",
+    );
+    let ops = app.registry.store_ops();
+    for op in store::metered::Op::ALL {
+        e.sample(name, &[("op", op.name())], ops.get(op) as f64);
+    }
     if let Some(space) = app.registry.store().space() {
         e.single(
             "berth_storage_filesystem_size_bytes",

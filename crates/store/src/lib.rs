@@ -14,6 +14,7 @@ pub mod fs;
 mod key;
 pub mod mapped;
 pub mod memory;
+pub mod metered;
 pub mod s3;
 
 use async_trait::async_trait;

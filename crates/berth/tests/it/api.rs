@@ -974,3 +974,66 @@ async fn an_early_error_on_a_request_with_a_body_closes_the_connection() {
     assert_eq!(r.status(), 416);
     assert_eq!(header(&r, "connection"), "close");
 }
+
+/// Store operations one request costs, by kind (`stat=2 read=1`), read from the
+/// registry's own counters around the request.
+async fn ops_of(s: &TestServer, request: reqwest::RequestBuilder) -> (u16, String) {
+    use store::metered::Op;
+    let counts = s.app.registry.store_ops();
+    let before: Vec<u64> = Op::ALL.iter().map(|op| counts.get(*op)).collect();
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    let spent: Vec<String> = Op::ALL
+        .iter()
+        .zip(before)
+        .filter_map(|(op, was)| {
+            let n = counts.get(*op) - was;
+            (n > 0).then(|| format!("{}={n}", op.name()))
+        })
+        .collect();
+    (status, spent.join(" "))
+}
+
+/// Issue 16: a blob is looked up once per request. A hosted blob GET costs the link and
+/// blob stats and one read; a HEAD the two stats; a cache hit the same as a hosted GET
+/// (it does not go through the hosted handler a second time).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_request_asks_the_store_once() {
+    let s = TestServer::start().await;
+    let bytes = pseudo_random(61, 64 * 1024);
+    let d = push_blob(&s, "ops/app", &bytes).await;
+    let url = s.url(&format!("/v2/ops/app/blobs/{d}"));
+    let get = ops_of(&s, client().get(&url)).await;
+    let head = ops_of(&s, client().head(&url)).await;
+    let range = ops_of(&s, client().get(&url).header("range", "bytes=10-99")).await;
+    eprintln!(
+        "hosted GET: {}; HEAD: {}; range GET: {}",
+        get.1, head.1, range.1
+    );
+    assert_eq!(get, (200, "stat=2 read=1".to_owned()));
+    assert_eq!(head, (200, "stat=2".to_owned()));
+    assert_eq!(range, (206, "stat=2 read=1".to_owned()));
+
+    // Through a cache whose upstream is the first server: the miss, then a hit.
+    let upstream = s.url("");
+    let c = TestServer::start_with(move |c| {
+        c.upstreams = vec![upstream_config(
+            "up.test",
+            &upstream,
+            std::time::Duration::from_secs(60),
+        )];
+    })
+    .await;
+    let cached = c.url(&format!("/v2/ops/app/blobs/{d}?ns=up.test"));
+    let miss = ops_of(&c, client().get(&cached)).await;
+    let hit = ops_of(&c, client().get(&cached)).await;
+    let hit_head = ops_of(&c, client().head(&cached)).await;
+    eprintln!(
+        "cache miss: {}; hit: {}; hit HEAD: {}",
+        miss.1, hit.1, hit_head.1
+    );
+    assert_eq!(miss.0, 200);
+    assert_eq!(hit, (200, "stat=2 read=1".to_owned()));
+    assert_eq!(hit_head, (200, "stat=2".to_owned()));
+}
