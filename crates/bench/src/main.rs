@@ -409,15 +409,16 @@ impl Bench {
                 format!("round {} of {}", i + 1, self.rounds.len()),
             );
             let cold_one = cache.cold(&blobs[0], 1).await?;
-            let (warm_one, warm_one_gets) = cache.warm(&blobs[0], 1).await?;
+            let (warm_one, warm_one_gets, store_ops_per_hit) = cache.warm(&blobs[0], 1).await?;
             let cold_many = cache.cold(&blobs[1], COLD_CLIENTS).await?;
-            let (warm_many, warm_many_gets) = cache.warm(&blobs[1], COLD_CLIENTS).await?;
+            let (warm_many, warm_many_gets, _) = cache.warm(&blobs[1], COLD_CLIENTS).await?;
             rounds.push(CacheRound {
                 cold_one,
                 cold_many,
                 warm_one,
                 warm_many,
                 warm_upstream_gets: warm_one_gets + warm_many_gets,
+                store_ops_per_hit,
             });
         }
         progress(
@@ -445,9 +446,14 @@ impl Bench {
         let push_monolithic = self
             .push_monolithic(label, api, &monolithic_repo, &blobs.monolithic)
             .await?;
+        let ops_before = server.store_ops(&self.client).await;
         let get_one = self
             .get(server, api, &monolithic_repo, &blobs.monolithic, 1)
             .await?;
+        let store_ops_per_get = match (ops_before, server.store_ops(&self.client).await) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+            _ => None,
+        };
         let get_many = self
             .get(
                 server,
@@ -468,6 +474,7 @@ impl Bench {
             manifest_per_second,
             push_monolithic_bytes_per_second: push_monolithic,
             push_chunked_bytes_per_second: push_chunked,
+            store_ops_per_get,
         })
     }
 

@@ -224,13 +224,23 @@ impl<'a> CacheServer<'a> {
     /// has fetched it): the pull and the upstream blob GETs it caused. Upstream GETs the
     /// readiness probe causes (distribution answers a HEAD like a GET, fetching the blob
     /// again if it has not committed its copy yet) are logged, not counted.
-    pub async fn warm(&mut self, blob: &Blob, clients: usize) -> Result<(Outcome<PullStats>, u64)> {
+    /// Also the store operations the pull cost per client, where the server counts them.
+    pub async fn warm(
+        &mut self,
+        blob: &Blob,
+        clients: usize,
+    ) -> Result<(Outcome<PullStats>, u64, Option<f64>)> {
         self.settle().await;
         let (before_probe, _) = self.upstream.counts(&blob.digest);
         let cached_after = self.wait_cached(blob).await?;
         let (before, _) = self.upstream.counts(&blob.digest);
         let cpu_before = self.server.cpu_ticks()?;
+        let ops_before = self.server.store_ops(&self.client).await;
         let pull = self.pull(blob, clients, Check::Length).await?;
+        let ops = match (ops_before, self.server.store_ops(&self.client).await) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / clients as f64),
+            _ => None,
+        };
         let cpu_seconds = (self.server.cpu_ticks()? - cpu_before) as f64 / self.ticks_per_second;
         self.settle().await;
         let gets = self.upstream.counts(&blob.digest).0 - before;
@@ -259,7 +269,7 @@ impl<'a> CacheServer<'a> {
             ),
         );
         self.server.ensure_running()?;
-        Ok((pull, gets))
+        Ok((pull, gets, ops))
     }
 
     /// Wait until the cache answers a HEAD for `blob` without asking the upstream (the

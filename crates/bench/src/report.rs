@@ -29,6 +29,9 @@ pub struct Round {
     pub manifest_per_second: f64,
     pub push_monolithic_bytes_per_second: f64,
     pub push_chunked_bytes_per_second: f64,
+    /// Store operations of the 1-client blob GET (one request); `None` where the server
+    /// does not count them.
+    pub store_ops_per_get: Option<f64>,
 }
 
 /// A cache measurement's numbers, or the short reason it failed (shown in the cell).
@@ -74,6 +77,9 @@ pub struct CacheRound {
     pub warm_many: Outcome<PullStats>,
     /// Upstream blob GETs during both warm pulls.
     pub warm_upstream_gets: u64,
+    /// Store operations of the 1-client warm pull (one GET, a cache hit); `None` where
+    /// the server does not count them.
+    pub store_ops_per_hit: Option<f64>,
 }
 
 /// Everything measured against one server: its rounds and its peak memory at the end.
@@ -128,6 +134,10 @@ enum Value {
     PerRound(fn(&Round) -> f64),
     /// Measured once per server.
     Once(fn(&Results) -> f64),
+    /// Measured every round where the server can tell (otherwise the cell shows "–").
+    PerRoundWhereKnown(fn(&Round) -> Option<f64>),
+    /// Measured every cache round where the server can tell.
+    CacheWhereKnown(fn(&CacheRound) -> Option<f64>),
     /// Measured every cache round, one or more samples a round, each of which may have
     /// failed.
     Cache(fn(&CacheRound) -> Vec<Outcome<f64>>),
@@ -150,6 +160,8 @@ impl Row {
             Value::PerRound(f) => r.rounds.iter().map(|x| Ok(f(x))).collect(),
             Value::Once(f) => vec![Ok(f(r))],
             Value::Cache(f) => r.cache.iter().flat_map(f).collect(),
+            Value::PerRoundWhereKnown(f) => r.rounds.iter().filter_map(f).map(Ok).collect(),
+            Value::CacheWhereKnown(f) => r.cache.iter().filter_map(f).map(Ok).collect(),
         };
         raw.into_iter().map(|s| s.map(|v| v / self.unit)).collect()
     }
@@ -247,6 +259,13 @@ const ROWS: &[Row] = &[
         ratio: true,
     },
     Row {
+        label: "store operations per blob GET, hosted (berth counts them)",
+        value: Value::PerRoundWhereKnown(|x| x.store_ops_per_get),
+        unit: 1.0,
+        decimals: 0,
+        ratio: false,
+    },
+    Row {
         label: "peak RSS, VmHWM (MiB, lower is better)",
         value: Value::Once(|r| r.peak_rss_bytes as f64),
         unit: MIB,
@@ -280,6 +299,13 @@ const ROWS: &[Row] = &[
         unit: 1.0,
         decimals: 2,
         ratio: true,
+    },
+    Row {
+        label: "store operations per blob GET, cache hit (berth counts them)",
+        value: Value::CacheWhereKnown(|c| c.store_ops_per_hit),
+        unit: 1.0,
+        decimals: 0,
+        ratio: false,
     },
     Row {
         label: "cold pull, 16-client wall / 1-client wall (target ≤ 1.3)",
@@ -448,6 +474,7 @@ mod tests {
             manifest_per_second: 10_000.0 * scale,
             push_monolithic_bytes_per_second: 5e8 * scale,
             push_chunked_bytes_per_second: 4e8 * scale,
+            store_ops_per_get: Some(3.0),
         }
     }
 
@@ -476,6 +503,7 @@ mod tests {
             warm_one: Ok(pull(0.5 * scale)),
             warm_many: Ok(pull(0.8 * scale)),
             warm_upstream_gets: 0,
+            store_ops_per_hit: Some(3.0),
         }
     }
 

@@ -150,6 +150,25 @@ pub struct Server {
 }
 
 impl Server {
+    /// Store operations the server has made so far (`berth_store_operations_total`,
+    /// every kind summed); `None` for a server without that counter (distribution).
+    pub async fn store_ops(&self, client: &reqwest::Client) -> Option<u64> {
+        let text = client
+            .get(self.base.join("/metrics").ok()?)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let samples: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("berth_store_operations_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
+    }
+
     /// Start `binary` as a `kind` server in `role` and wait until `GET /v2/` answers 200.
     pub async fn start(
         kind: Kind,
