@@ -141,33 +141,32 @@ impl Registry {
 }
 
 impl Registry {
-    fn digests_under(entries: Vec<Entry>, algo: &str) -> Vec<Digest> {
-        entries
-            .into_iter()
-            .filter_map(|e| match e {
-                Entry::Object(hex) => format!("{algo}:{hex}").parse().ok(),
-                Entry::Prefix(_) => None,
-            })
-            .collect()
-    }
-
-    async fn linked(&self, repo: &RepoName, folder: &str) -> Result<Vec<Digest>> {
+    async fn linked(&self, repo: &RepoName, kind: layout::Links) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
-        for algo in ["sha256", "sha512"] {
-            let dir = Key::new(format!("{}/{repo}/{folder}/{algo}", layout::REPOS))?;
-            out.extend(Self::digests_under(self.store.list(&dir).await?, algo));
+        for algo in layout::ALGORITHMS {
+            let dir = layout::links(repo, kind, algo)?;
+            out.extend(
+                self.store
+                    .list(&dir)
+                    .await?
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Entry::Object(name) => layout::link_digest(algo, &name),
+                        Entry::Prefix(_) => None,
+                    }),
+            );
         }
         Ok(out)
     }
 
     /// Digests of every manifest the repository holds.
     pub async fn manifest_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
-        self.linked(repo, "_manifests").await
+        self.linked(repo, layout::Links::Manifests).await
     }
 
     /// Digests of every blob the repository links.
     pub async fn blob_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
-        self.linked(repo, "_blobs").await
+        self.linked(repo, layout::Links::Blobs).await
     }
 
     /// Size of the stored bytes of `digest` (blob or manifest), if present.
