@@ -1,4 +1,4 @@
-//! Fuzzes `berth::archive::import` on arbitrary bytes written as a tar file, importing
+//! Fuzzes `client::archive::import` on arbitrary bytes written as a tar file, importing
 //! into an in-memory registry: it never panics, never writes outside the temporary
 //! directory it extracts in (the directory around it gains no entries, and the
 //! extraction directory is gone afterwards), and succeeds only for a well-formed
@@ -9,7 +9,7 @@
 //! With `BERTH_FUZZ_VERBOSE` set, each input's outcome is printed.
 #![no_main]
 
-use berth::copy::{ImageSink, RawManifest, Silent};
+use client::copy::{ImageSink, RawManifest, Silent};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use libfuzzer_sys::fuzz_target;
@@ -195,7 +195,7 @@ fuzz_target!(
             repo: repo.clone(),
         };
         let rt = RUNTIME.get().unwrap();
-        let result = rt.block_on(berth::archive::import(
+        let result = rt.block_on(client::archive::import(
             &input,
             &sink,
             Some(TAG),

@@ -4,9 +4,9 @@
 //! are kept. It reads the registry directly; a failed export is logged and never
 //! affects the push.
 
-use crate::archive;
 use crate::config::ExportConfig;
-use crate::copy::{CopyOptions, ImageSource, RawManifest, Silent};
+use client::archive;
+use client::copy::{CopyOptions, ImageSource, RawManifest, Silent};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use oci::{Digest, RepoName, RepoPattern};

@@ -97,7 +97,7 @@ pub fn write_hosts(config: &Config, opts: &HostsOptions) -> anyhow::Result<Vec<P
             &endpoint,
             opts.ca.as_deref(),
         );
-        crate::write_atomic(&path, text.as_bytes())
+        client::write_atomic(&path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }

@@ -2,35 +2,17 @@
 //! [`config::Config`] into a running server. Commands live in `main.rs`; protocol and
 //! storage logic live in their own crates and are only assembled here.
 
-pub mod archive;
 pub mod config;
-pub mod copy;
 pub mod exports;
 pub mod hosts;
 pub mod reload;
-pub mod remote;
 pub mod tools;
-pub mod transfer;
-pub mod verify;
 
 use anyhow::Context;
 use config::{Config, StorageKind};
 use registry::{Registry, RegistryOptions};
 use std::sync::Arc;
 use store::Store;
-
-/// Write `bytes` to `path` through a temporary file beside it and a rename, so a reader
-/// sees the old file or the new one, never a part.
-pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
 
 /// Open the store a configuration names. An S3 bucket is checked with one request
 /// first, so a wrong bucket, key or endpoint is reported by name instead of by the

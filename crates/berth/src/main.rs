@@ -182,9 +182,9 @@ struct ImagesArgs {
     platform: Option<String>,
 }
 
-impl From<ImagesArgs> for berth::copy::CopyOptions {
+impl From<ImagesArgs> for client::copy::CopyOptions {
     fn from(a: ImagesArgs) -> Self {
-        berth::copy::CopyOptions {
+        client::copy::CopyOptions {
             all: a.all,
             platform: a.platform,
         }
@@ -205,9 +205,9 @@ struct RemoteArgs {
     creds_file: Option<PathBuf>,
 }
 
-impl From<RemoteArgs> for berth::remote::Connect {
+impl From<RemoteArgs> for client::remote::Connect {
     fn from(a: RemoteArgs) -> Self {
-        berth::remote::Connect {
+        client::remote::Connect {
             plain_http: a.plain_http,
             creds: a.creds,
             creds_file: a.creds_file,
@@ -336,16 +336,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             use std::io::Write;
             tool_config(None)?;
-            let image: berth::remote::ImageRef = image.parse()?;
-            let connect = berth::remote::Connect::from(remote);
+            let image: client::remote::ImageRef = image.parse()?;
+            let connect = client::remote::Connect::from(remote);
             let client = connect.client(&image)?;
-            let opts = berth::verify::VerifyOptions { deep, referrers };
-            let report = runtime()?.block_on(berth::verify::verify(&client, &image, opts));
+            let opts = client::verify::VerifyOptions { deep, referrers };
+            let report = runtime()?.block_on(client::verify::verify(&client, &image, opts));
             if json {
                 serde_json::to_writer_pretty(&mut out, &report)?;
                 writeln!(out)?;
             } else {
-                write!(out, "{}", berth::verify::render(&report))?;
+                write!(out, "{}", client::verify::render(&report))?;
             }
             Ok(report.is_ok())
         }
@@ -359,16 +359,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             use std::io::Write;
             tool_config(None)?;
-            let src: berth::copy::Endpoint = src.parse()?;
-            let dst: berth::copy::Endpoint = dst.parse()?;
-            let connect = |creds| berth::remote::Connect {
+            let src: client::copy::Endpoint = src.parse()?;
+            let dst: client::copy::Endpoint = dst.parse()?;
+            let connect = |creds| client::remote::Connect {
                 plain_http,
                 creds,
                 creds_file: None,
             };
-            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
-            let opts = berth::copy::CopyOptions::from(images);
-            let report = runtime()?.block_on(berth::copy::copy_endpoints(
+            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
+            let opts = client::copy::CopyOptions::from(images);
+            let report = runtime()?.block_on(client::copy::copy_endpoints(
                 &src,
                 &dst,
                 &connect(src_creds),
@@ -384,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 report.digest,
                 report.manifests,
                 report.blobs_copied,
-                berth::tools::human_bytes(report.bytes_copied),
+                client::human_bytes(report.bytes_copied),
                 report.blobs_existing,
                 report.blobs_mounted
             )?;
@@ -397,13 +397,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             remote,
         } => {
             tool_config(None)?;
-            let image: berth::remote::ImageRef = image.parse()?;
-            let connect = berth::remote::Connect::from(remote);
-            let src = berth::copy::Endpoint::Registry(image.clone()).source(&connect)?;
+            let image: client::remote::ImageRef = image.parse()?;
+            let connect = client::remote::Connect::from(remote);
+            let src = client::copy::Endpoint::Registry(image.clone()).source(&connect)?;
             let tag = image.tag().map(|t| t.to_string());
-            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
-            let opts = berth::copy::CopyOptions::from(images);
-            let report = runtime()?.block_on(berth::archive::export(
+            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
+            let opts = client::copy::CopyOptions::from(images);
+            let report = runtime()?.block_on(client::archive::export(
                 src.as_ref(),
                 &image.target.to_string(),
                 tag.as_deref(),
@@ -421,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 report.digest,
                 report.manifests,
                 report.blobs_copied,
-                berth::tools::human_bytes(report.bytes_copied)
+                client::human_bytes(report.bytes_copied)
             )?;
             Ok(true)
         }
@@ -431,14 +431,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             remote,
         } => {
             tool_config(None)?;
-            let image: berth::remote::ImageRef = image.parse()?;
+            let image: client::remote::ImageRef = image.parse()?;
             let Some(tag) = image.tag().map(|t| t.to_string()) else {
                 anyhow::bail!("import needs a tag to push to, not a digest")
             };
-            let connect = berth::remote::Connect::from(remote);
-            let dst = berth::copy::Endpoint::Registry(image.clone()).sink(&connect)?;
-            let progress = std::sync::Arc::new(berth::transfer::TransferProgress::new());
-            let report = runtime()?.block_on(berth::archive::import(
+            let connect = client::remote::Connect::from(remote);
+            let dst = client::copy::Endpoint::Registry(image.clone()).sink(&connect)?;
+            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
+            let report = runtime()?.block_on(client::archive::import(
                 &input,
                 dst.as_ref(),
                 Some(&tag),

@@ -3,62 +3,29 @@
 //! the `upkeep` crate; this module only formats and decides exit status.
 
 use crate::config::Config;
-use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::io::Write;
 
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
-pub struct Bar {
-    bar: Mutex<Option<indicatif::ProgressBar>>,
-    enabled: bool,
-}
+/// The phase bar of [`client::progress`] as an upkeep job's [`upkeep::Progress`].
+#[derive(Default)]
+pub struct Bar(client::progress::PhaseBar);
 
 impl Bar {
     pub fn new() -> Bar {
-        Bar {
-            bar: Mutex::new(None),
-            enabled: std::io::stderr().is_terminal(),
-        }
+        Bar(client::progress::PhaseBar::new())
     }
 
     fn finish(&self) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Default for Bar {
-    fn default() -> Self {
-        Bar::new()
+        self.0.finish();
     }
 }
 
 impl upkeep::Progress for Bar {
     fn phase(&self, name: &str, total: u64) {
-        if !self.enabled {
-            return;
-        }
-        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = slot.take() {
-            b.finish_and_clear();
-        }
-        let b = if total > 0 {
-            indicatif::ProgressBar::new(total).with_style(
-                indicatif::ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            )
-        } else {
-            indicatif::ProgressBar::new_spinner()
-        };
-        b.set_message(name.to_owned());
-        *slot = Some(b);
+        self.0.phase(name, total);
     }
 
     fn advance(&self, n: u64) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            b.inc(n);
-        }
+        self.0.advance(n);
     }
 }
 

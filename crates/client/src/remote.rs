@@ -1,6 +1,7 @@
 //! Image references as users type them (`registry.lan:5000/team/app:v1`,
 //! `nginx@sha256:…`) and clients for the registries they name, for the client commands
-//! (`verify`). It parses and connects; it never walks or copies images.
+//! (`verify`, `copy`, `export`, `import`). It parses and connects; it never walks or
+//! copies images.
 
 use anyhow::Context;
 use oci::{Digest, RepoName, Tag};

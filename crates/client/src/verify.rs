@@ -289,7 +289,7 @@ pub fn render(report: &VerifyReport) -> String {
         if let Some(s) = n.size
             && !matches!(n.kind, "index" | "manifest" | "referrer")
         {
-            line.push_str(&format!("  {}", server::human_bytes(s)));
+            line.push_str(&format!("  {}", crate::human_bytes(s)));
         }
         if let Some(e) = &n.error {
             match &n.parent {

@@ -1,0 +1,52 @@
+//! berth's client toolkit: image references as users type them and clients for the
+//! registries they name ([`remote`]), byte-exact copies between registries and OCI
+//! layout directories ([`copy`]), break-glass tarballs ([`archive`]), pull walks
+//! ([`verify`]) and the progress bars of berth's commands ([`progress`]). It reaches
+//! registries only through their HTTP API (`upstream::Upstream`) and writes only the
+//! files it is asked to; it never opens a berth store and never serves HTTP.
+
+pub mod archive;
+pub mod copy;
+pub mod progress;
+pub mod remote;
+pub mod verify;
+
+/// Write `bytes` to `path` through a temporary file beside it and a rename, so a reader
+/// sees the old file or the new one, never a part.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `1.5 MiB`: a byte count as people read it (binary units, one decimal).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_read_like_the_server_page() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(5 << 30), "5.0 GiB");
+    }
+}
