@@ -242,7 +242,10 @@ mod tests {
         }
         let folder = links(&repo, Links::Blobs, oci::Algorithm::Sha256).unwrap();
         let name = blob_link(&repo, &d).unwrap();
-        let hex = name.as_str().strip_prefix(&format!("{}/", folder.as_str())).unwrap();
+        let hex = name
+            .as_str()
+            .strip_prefix(&format!("{}/", folder.as_str()))
+            .unwrap();
         assert_eq!(link_digest(oci::Algorithm::Sha256, hex), Some(d.clone()));
     }
 

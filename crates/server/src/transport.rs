@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Sleep;
 use tower::Service;
 
@@ -41,9 +41,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often an HTTP/2 connection is pinged, and how long a ping may go unanswered
 /// before the connection is dropped: dead peers are found without waiting for TCP.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
-
-/// The start of every HTTP/2 connection with prior knowledge (RFC 9113, 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How a listener serves its connections.
 #[derive(Clone, Debug)]
@@ -270,22 +267,28 @@ pub async fn serve(
                             .map_err(|_| "TLS handshake timed out".to_owned())?
                             .map_err(|e| format!("TLS handshake failed: {e}"))?;
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        Ok(serve_conn(stream, true, h2, peer, router, &options, watcher).await)
+                        let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+                        serve_conn(stream, true, protocol, peer, router, &options, watcher).await
                     }
+                    // Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge, told apart by
+                    // the preface (hyper-util's auto builder).
                     None => {
-                        let h2 = tokio::time::timeout(timeout, sniff_h2(&stream))
-                            .await
-                            .map_err(|_| "client sent nothing".to_owned())?
-                            .map_err(|e| e.to_string())?;
-                        Ok(serve_conn(stream, false, h2, peer, router, &options, watcher).await)
+                        serve_conn(
+                            stream,
+                            false,
+                            Protocol::Either,
+                            peer,
+                            router,
+                            &options,
+                            watcher,
+                        )
+                        .await
                     }
                 }
             };
-            let result: Result<Result<(), hyper::Error>, String> = conn.await;
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-                Err(e) => tracing::debug!(%peer, error = %e, "connection refused"),
+            let result: Result<(), String> = conn.await;
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
@@ -294,21 +297,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether the client opens with the HTTP/2 preface (plain-text HTTP/2 with prior
-/// knowledge); waits until the first bytes tell.
-async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A prefix of the preface so far: wait for the rest.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Either, told apart by the client's first bytes.
+    Either,
 }
 
 /// Make a request look the same whichever protocol carried it: HTTP/2 names the host
@@ -378,19 +373,25 @@ fn normalise<B>(
 async fn serve_conn<S>(
     stream: S,
     tls: bool,
-    h2: bool,
+    protocol: Protocol,
     peer: SocketAddr,
     router: Router,
     options: &ServeOptions,
     watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), hyper::Error>
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = options.client_timeout;
     let min_rate = options.min_body_rate;
     let options = options.clone();
+    // Set by the first request: until then the connection has `client_timeout` to say
+    // which protocol it speaks and send its first request head (a client that opens a
+    // connection and stays silent, or sends half an HTTP/2 preface, is dropped).
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = started.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        first.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut req =
             req.map(|body| axum::body::Body::new(IdleTimeout::new(body, timeout, min_rate)));
         // Handlers see the client's address (failed-login limits are per address).
@@ -401,19 +402,33 @@ where
         }
         router.clone().call(req)
     });
-    let io = TokioIo::new(stream);
-    if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE);
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Either => builder,
+    };
+    let conn = watcher.watch(
         builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(H2_KEEPALIVE)
-            .keep_alive_timeout(H2_KEEPALIVE);
-        watcher.watch(builder.serve_connection(io, service)).await
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeout);
-        watcher.watch(builder.serve_connection(io, service)).await
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned(),
+    );
+    tokio::pin!(conn);
+    tokio::select! {
+        r = &mut conn => return r.map_err(|e| e.to_string()),
+        () = tokio::time::sleep(timeout) => {}
     }
+    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err("no request within the client timeout".into());
+    }
+    conn.await.map_err(|e| e.to_string())
 }

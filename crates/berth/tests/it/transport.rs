@@ -409,12 +409,22 @@ async fn slow_and_silent_clients_are_cut_off_and_lose_only_their_own_bytes() {
     tokio::task::spawn_blocking(move || {
         assert_closed_within(addr, b"", within);
         assert_closed_within(addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n", within);
+        // Half an HTTP/2 preface, then nothing: the protocol is never told.
+        assert_closed_within(addr, b"PRI * HTTP/2.0\r\n", within);
         // One whole request, then idle on the kept-alive connection.
         let got = assert_closed_within(addr, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", within);
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     })
     .await
     .unwrap();
+    // Plain-text HTTP/2 with prior knowledge is told from HTTP/1.1 by its preface.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .arg("--http2-prior-knowledge")
+        .arg(s.url("/v2/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
 
     // An upload: five bytes committed, then a PATCH that stalls after ten of its hundred.
     let r = client()
