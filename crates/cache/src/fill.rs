@@ -57,10 +57,36 @@ pub(crate) enum Progress {
     Done {
         size: u64,
     },
-    Failed {
-        not_found: bool,
-        message: String,
-    },
+    Failed(Arc<FillError>),
+}
+
+/// Why a fill failed, as every reader of it learns.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    /// The upstream does not have the blob.
+    #[error("not found upstream")]
+    NotFound,
+    #[error("{0}")]
+    Upstream(#[source] upstream::UpstreamError),
+    #[error("{0}")]
+    Store(#[source] registry::RegistryError),
+    /// The bytes did not verify at commit (digest or size): nothing was stored.
+    #[error("upstream blob rejected: {0}")]
+    Rejected(#[source] registry::RegistryError),
+    #[error("upstream body: {0}")]
+    Body(#[source] std::io::Error),
+    #[error("upstream sent more bytes than it announced")]
+    Overlong,
+    #[error("upstream body ended after {got} of {announced} bytes")]
+    Truncated { got: u64, announced: u64 },
+    #[error("the store stopped taking the blob")]
+    StoreStopped,
+    /// Reading back what the fill stored failed.
+    #[error("reading the stored bytes: {0}")]
+    Read(#[source] std::io::Error),
+    /// The fill's task went away without a word (it panicked or was cancelled).
+    #[error("fill task ended")]
+    Ended,
 }
 
 /// Everything a fill task needs.
@@ -143,15 +169,15 @@ impl Fill {
                 Ok(size) => {
                     let _ = tx.send(Progress::Done { size });
                 }
-                Err((not_found, message)) => {
-                    if !not_found {
+                Err(e) => {
+                    if !matches!(e, FillError::NotFound) {
                         job.upstream
                             .stats
                             .upstream_errors
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(upstream = %job.upstream.name, digest = %job.digest, %message, "blob fill failed");
-                    let _ = tx.send(Progress::Failed { not_found, message });
+                    tracing::warn!(upstream = %job.upstream.name, digest = %job.digest, error = %e, "blob fill failed");
+                    let _ = tx.send(Progress::Failed(Arc::new(e)));
                 }
             }
         });
@@ -174,7 +200,7 @@ async fn run(
     job: &FillJob,
     tx: &watch::Sender<Progress>,
     segments: &Mutex<Segments>,
-) -> Result<u64, (bool, String)> {
+) -> Result<u64, FillError> {
     let up = &job.upstream;
     // A fill of this repository that finished between the caller's look in the store
     // and its look in the map of fills leaves the blob linked here: use it instead of
@@ -183,7 +209,7 @@ async fn run(
     match job.registry.stat_blob(&job.repo, &job.digest).await {
         Ok(size) => return Ok(size),
         Err(registry::RegistryError::BlobUnknown) => {}
-        Err(e) => return Err((false, e.to_string())),
+        Err(e) => return Err(FillError::Store(e)),
     }
     up.stats.upstream_blob_gets.fetch_add(1, Ordering::Relaxed);
     let fetch = crate::timed(
@@ -191,17 +217,15 @@ async fn run(
         up.client.get_blob(job.upstream_repo.as_str(), &job.digest),
     )
     .await
-    .map_err(|e| {
-        (
-            matches!(e, upstream::UpstreamError::NotFound),
-            e.to_string(),
-        )
+    .map_err(|e| match e {
+        upstream::UpstreamError::NotFound => FillError::NotFound,
+        e => FillError::Upstream(e),
     })?;
     let id = job
         .registry
         .start_upload(&job.repo)
         .await
-        .map_err(|e| (false, e.to_string()))?;
+        .map_err(FillError::Store)?;
     let total = fetch.size;
     let _ = tx.send(Progress::Running {
         id: id.clone(),
@@ -221,11 +245,11 @@ async fn run(
                 Ok(written)
             }
             // finish_upload discards the upload on a mismatch.
-            Err(e) => Err((false, format!("upstream blob rejected: {e}"))),
+            Err(e) => Err(FillError::Rejected(e)),
         },
-        Err(message) => {
+        Err(e) => {
             let _ = job.registry.cancel_upload(&job.repo, &id).await;
-            Err((false, message))
+            Err(e)
         }
     }
 }
@@ -239,14 +263,14 @@ async fn download(
     mut body: ByteStream,
     tx: &watch::Sender<Progress>,
     segments: &Mutex<Segments>,
-) -> Result<u64, String> {
+) -> Result<u64, FillError> {
     let (unwritten_tx, mut unwritten) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_SEGMENTS);
     let receive = async move {
         let mut available = 0u64;
         while let Some(segment) = next_segment(&mut body).await? {
             let len = segment.len() as u64;
             if total.is_some_and(|t| available + len > t) {
-                return Err("upstream sent more bytes than it announced".to_owned());
+                return Err(FillError::Overlong);
             }
             lock(segments).push(available, segment.clone());
             available += len;
@@ -256,15 +280,16 @@ async fn download(
                 }
             });
             if unwritten_tx.send(segment).await.is_err() {
-                return Err("the store stopped taking the blob".to_owned());
+                return Err(FillError::StoreStopped);
             }
         }
         if let Some(t) = total
             && available != t
         {
-            return Err(format!(
-                "upstream body ended after {available} of {t} bytes"
-            ));
+            return Err(FillError::Truncated {
+                got: available,
+                announced: t,
+            });
         }
         Ok(available)
     };
@@ -287,7 +312,7 @@ async fn download(
                 .registry
                 .append_upload(&job.repo, id, Some(written), Some(len as u64), body)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(FillError::Store)?;
             written = state.size;
             lock(segments).trim(written);
             tx.send_modify(|p| {
@@ -307,17 +332,17 @@ async fn download(
 /// It does not wait for more once something is there, so the first bytes reach clients
 /// as soon as the upstream sends them. The segment is allocated to fit, so a slow
 /// upstream's small segments hold no more memory than their bytes.
-async fn next_segment(body: &mut ByteStream) -> Result<Option<Bytes>, String> {
+async fn next_segment(body: &mut ByteStream) -> Result<Option<Bytes>, FillError> {
     let first = match body.next().await {
         None => return Ok(None),
-        Some(c) => c.map_err(|e| e.to_string())?,
+        Some(c) => c.map_err(FillError::Body)?,
     };
     let mut len = first.len();
     let mut chunks = vec![first];
     while len < SEGMENT {
         match futures::FutureExt::now_or_never(body.next()) {
             Some(Some(c)) => {
-                let c = c.map_err(|e| e.to_string())?;
+                let c = c.map_err(FillError::Body)?;
                 len += c.len();
                 chunks.push(c);
             }
@@ -351,7 +376,7 @@ pub enum Started {
     /// The upstream does not have the blob.
     NotFound,
     /// The fill failed.
-    Failed(String),
+    Failed(Arc<FillError>),
 }
 
 impl FillReader {
@@ -362,47 +387,47 @@ impl FillReader {
             match p {
                 Progress::Starting => {
                     if self.progress.changed().await.is_err() {
-                        return Started::Failed("fill task ended".into());
+                        return Started::Failed(Arc::new(FillError::Ended));
                     }
                 }
                 Progress::Running { total, .. } => return Started::Streaming(total),
                 Progress::Done { size } => return Started::Streaming(Some(size)),
-                Progress::Failed {
-                    not_found: true, ..
-                } => return Started::NotFound,
-                Progress::Failed { message, .. } => return Started::Failed(message),
+                Progress::Failed(e) if matches!(*e, FillError::NotFound) => {
+                    return Started::NotFound;
+                }
+                Progress::Failed(e) => return Started::Failed(e),
             }
         }
     }
 
     /// Wait for the whole blob to be stored and linked into the reader's repository;
     /// its size, or why it failed.
-    pub async fn finished(mut self) -> Result<u64, String> {
+    pub async fn finished(mut self) -> Result<u64, Arc<FillError>> {
         loop {
             let p = self.progress.borrow_and_update().clone();
             match p {
                 Progress::Done { size } => {
-                    self.link().await?;
+                    self.link().await.map_err(Arc::new)?;
                     return Ok(size);
                 }
-                Progress::Failed { message, .. } => return Err(message),
+                Progress::Failed(e) => return Err(e),
                 _ => {
                     if self.progress.changed().await.is_err() {
-                        return Err("fill task ended".into());
+                        return Err(Arc::new(FillError::Ended));
                     }
                 }
             }
         }
     }
 
-    async fn link(&self) -> Result<(), String> {
+    async fn link(&self) -> Result<(), FillError> {
         if self.my_repo != self.fill_repo {
             self.registry
                 .mount_blob(&self.my_repo, &self.digest, Some(&self.fill_repo), &|_| {
                     true
                 })
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(FillError::Store)?;
         }
         Ok(())
     }
@@ -413,7 +438,7 @@ impl FillReader {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READER_QUEUE);
         tokio::spawn(async move {
             if let Err(e) = self.follow(&tx).await {
-                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
             }
         });
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -424,10 +449,10 @@ impl FillReader {
         s: ByteStream,
         pos: &mut u64,
         tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Arc<FillError>> {
         let mut s = s;
         while let Some(c) = s.next().await {
-            let c = c.map_err(|e| e.to_string())?;
+            let c = c.map_err(|e| Arc::new(FillError::Read(e)))?;
             *pos += c.len() as u64;
             if tx.send(Ok(c)).await.is_err() {
                 return Ok(false); // the client went away; the fill goes on without it
@@ -439,7 +464,7 @@ impl FillReader {
     async fn follow(
         mut self,
         tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Arc<FillError>> {
         let mut pos = 0u64;
         loop {
             let p = self.progress.borrow_and_update().clone();
@@ -467,7 +492,7 @@ impl FillReader {
                         // Neither kept nor stored: the segments were cleared because the
                         // fill is ending; wait for the news.
                         if self.progress.changed().await.is_err() {
-                            return Err("fill task ended".into());
+                            return Err(Arc::new(FillError::Ended));
                         }
                         continue;
                     }
@@ -480,29 +505,29 @@ impl FillReader {
                         // Committed (renamed) meanwhile: wait for the news.
                         Err(_) => {
                             if self.progress.changed().await.is_err() {
-                                return Err("fill task ended".into());
+                                return Err(Arc::new(FillError::Ended));
                             }
                         }
                     }
                 }
                 Progress::Starting | Progress::Running { .. } => {
                     if self.progress.changed().await.is_err() {
-                        return Err("fill task ended".into());
+                        return Err(Arc::new(FillError::Ended));
                     }
                 }
                 Progress::Done { size } => {
-                    self.link().await?;
+                    self.link().await.map_err(Arc::new)?;
                     if pos < size {
                         let read = self
                             .registry
                             .read_blob(&self.my_repo, &self.digest, Some(pos..size))
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| Arc::new(FillError::Store(e)))?;
                         self.forward(read.body, &mut pos, tx).await?;
                     }
                     return Ok(());
                 }
-                Progress::Failed { message, .. } => return Err(message),
+                Progress::Failed(e) => return Err(e),
             }
         }
     }

@@ -10,7 +10,7 @@ mod evict;
 mod fill;
 
 use fill::Fill;
-pub use fill::{FillReader, Started};
+pub use fill::{FillError, FillReader, Started};
 use oci::{Digest, Reference, RepoName, Tag};
 use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;

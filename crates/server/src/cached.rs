@@ -112,21 +112,21 @@ pub(crate) async fn blob(
     let total = match reader.started().await {
         cache::Started::Streaming(total) => total,
         cache::Started::NotFound => return Err(cache_error(CacheError::NotFound, "BLOB_UNKNOWN")),
-        cache::Started::Failed(message) => {
+        cache::Started::Failed(e) => {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "UNKNOWN",
-                format!("upstream {}: {message}", up.name),
+                format!("upstream {}: {e}", up.name),
             ));
         }
     };
     // A range waits for the whole blob; a plain GET streams it as it arrives.
     if headers.contains_key(header::RANGE) {
-        reader.finished().await.map_err(|m| {
+        reader.finished().await.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "UNKNOWN",
-                format!("upstream {}: {m}", up.name),
+                format!("upstream {}: {e}", up.name),
             )
         })?;
         return get_blob(app, &local, digest, headers, false).await;

@@ -506,7 +506,11 @@ impl Checker<'_> {
         let _ = self.registry.delete_blob(&w.repo.name, d).await;
         let fetched = match cache.blob(&up, &upstream_repo, d).await {
             Ok(cache::BlobSource::Local(_)) => Ok(()),
-            Ok(cache::BlobSource::Filling(reader)) => reader.finished().await.map(|_| ()),
+            Ok(cache::BlobSource::Filling(reader)) => reader
+                .finished()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match fetched {

@@ -91,8 +91,10 @@ pub enum UpstreamError {
     Unauthorized(String),
     #[error("upstream answered {status}: {message}")]
     Status { status: u16, message: String },
-    #[error("upstream unreachable: {0}")]
-    Transport(String),
+    /// The request did not get an answer (connection, TLS, timeout); the source error
+    /// is kept, and the message shows its whole chain of causes.
+    #[error("upstream unreachable: {}", causes(.0))]
+    Transport(#[source] reqwest::Error),
     #[error("upstream sent invalid content: {0}")]
     Invalid(String),
 }
@@ -111,8 +113,21 @@ impl UpstreamError {
 
 impl From<reqwest::Error> for UpstreamError {
     fn from(e: reqwest::Error) -> Self {
-        UpstreamError::Transport(format!("{e:#}"))
+        UpstreamError::Transport(e)
     }
+}
+
+/// An error and its sources, `outer: inner: innermost` (reqwest's own message names
+/// only the URL; the reason is in the sources).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 pub type Result<T, E = UpstreamError> = std::result::Result<T, E>;

@@ -419,7 +419,13 @@ async fn slow_and_silent_clients_are_cut_off_and_lose_only_their_own_bytes() {
     .unwrap();
     // Plain-text HTTP/2 with prior knowledge is told from HTTP/1.1 by its preface.
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
         .arg("--http2-prior-knowledge")
         .arg(s.url("/v2/"))
         .output()
