@@ -11,6 +11,7 @@ pub mod tools;
 use anyhow::Context;
 use config::{Config, StorageKind};
 use registry::{Registry, RegistryOptions};
+use std::collections::HashMap;
 use std::sync::Arc;
 use store::Store;
 
@@ -285,30 +286,20 @@ impl Drop for Background {
     }
 }
 
-/// Run `job` every `interval` (the first run one interval after start, so a restart
-/// loop does not hammer the store); an interval of zero runs nothing.
-fn every<F, Fut>(interval: std::time::Duration, mut job: F) -> Option<tokio::task::JoinHandle<()>>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    if interval.is_zero() {
-        return None;
+/// Scrub options from the configuration: report only, at the configured rate.
+pub fn scrub_options(config: &Config) -> upkeep::fsck::FsckOptions {
+    upkeep::fsck::FsckOptions {
+        deep: config.scrub.deep,
+        repair: false,
+        cache: None,
+        cached: cached_keys(config),
+        rate: Some(config.scrub.rate),
     }
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            job().await;
-        }
-    }))
 }
 
-/// Start the background jobs a configuration asks for.
-pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Background> {
-    let mut tasks = Vec::new();
-    let limits: std::collections::HashMap<String, cache::EvictionLimits> = config
+/// Eviction limits per upstream, for the upstreams that have any.
+fn eviction_limits(config: &Config) -> HashMap<String, cache::EvictionLimits> {
+    config
         .upstreams
         .iter()
         .filter(|u| u.max_size.is_some() || u.max_idle.is_some())
@@ -322,130 +313,48 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Start the background jobs a configuration asks for, each on its own schedule: the
+/// loops live with the jobs (`cache::spawn_eviction`, `upkeep::spawn_*`,
+/// [`exports::spawn_exports`]); this only wires them.
+pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Background> {
+    // What can fail is built before anything starts.
+    let exports = config
+        .exports
+        .iter()
+        .map(exports::ExportRule::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let retention = retention_rules(config)?;
+    let mut tasks = Vec::new();
+    let limits = eviction_limits(config);
     if !limits.is_empty() {
         tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
     }
-    let mut gc = gc_options(config, false);
-    // Reads renew on the registry's schedule, fixed at start; a reloaded [gc] grace must
-    // not shrink the slack below it.
-    gc.renewal_slack = gc.renewal_slack.max(app.registry.options().touch_after);
-    let a = app.clone();
-    tasks.extend(every(config.gc.interval, move || {
-        let (a, gc) = (a.clone(), gc.clone());
-        async move {
-            let started = std::time::Instant::now();
-            let result = upkeep::gc::run_once(&a.registry, &gc, &upkeep::Quiet).await;
-            let mut record = a.upkeep.gc.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(r) => {
-                    tracing::info!(
-                        manifests_deleted = r.manifests_deleted,
-                        blobs_deleted = r.blobs_deleted,
-                        bytes_freed = r.bytes_freed,
-                        uploads_deleted = r.uploads_deleted,
-                        seconds = r.duration_seconds,
-                        "garbage collection done"
-                    );
-                    let removed = r.manifests_deleted
-                        + r.blob_links_deleted
-                        + r.referrer_links_deleted
-                        + r.blobs_deleted
-                        + r.uploads_deleted;
-                    let freed = r.bytes_freed;
-                    record.succeeded(r, started.elapsed(), removed, freed);
-                }
-                Err(upkeep::UpkeepError::Busy(_)) => {
-                    tracing::info!(
-                        "garbage collection skipped: another berth on this store is collecting"
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "garbage collection failed");
-                    record.failed(e.to_string(), started.elapsed());
-                }
-            }
-        }
-    }));
-    if !config.exports.is_empty() {
-        let rules = config
-            .exports
-            .iter()
-            .map(exports::ExportRule::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?;
-        tasks.push(exports::spawn_exports(app.registry.clone(), rules));
-    }
-    let rules = Arc::new(retention_rules(config)?);
-    if !rules.is_empty() {
-        let a = app.clone();
-        tasks.extend(every(config.retention.interval, move || {
-            let (a, rules) = (a.clone(), rules.clone());
-            async move {
-                let started = std::time::Instant::now();
-                let done = async {
-                    let plan = upkeep::retention::plan(&a.registry, &rules, &upkeep::Quiet).await?;
-                    upkeep::retention::apply(&a.registry, &plan).await
-                }
-                .await;
-                let mut record = a.upkeep.retention.lock().unwrap_or_else(|p| p.into_inner());
-                match done {
-                    Ok(r) => {
-                        tracing::info!(tags_deleted = r.tags_deleted, "retention done");
-                        let removed = r.tags_deleted;
-                        record.succeeded(r, started.elapsed(), removed, 0);
-                    }
-                    Err(upkeep::UpkeepError::Busy(_)) => {
-                        tracing::info!(
-                            "retention skipped: another berth on this store is applying it"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "retention failed");
-                        record.failed(e.to_string(), started.elapsed());
-                    }
-                }
-            }
-        }));
-    }
-    let scrub = upkeep::fsck::FsckOptions {
-        deep: config.scrub.deep,
-        repair: false,
-        cache: None,
-        cached: cached_keys(config),
-        rate: Some(config.scrub.rate),
+    let jobs = upkeep::JobContext {
+        registry: app.registry.clone(),
+        status: app.upkeep.clone(),
     };
-    let a = app.clone();
-    tasks.extend(every(config.scrub.interval, move || {
-        let (a, scrub) = (a.clone(), scrub.clone());
-        async move {
-            let started = std::time::Instant::now();
-            let result = upkeep::fsck::run_once(&a.registry, &scrub, &upkeep::Quiet).await;
-            let mut record = a.upkeep.scrub.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(r) => {
-                    let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();
-                    if open > 0 {
-                        tracing::error!(
-                            problems = open,
-                            "scrub found broken content; run `berth fsck` for details"
-                        );
-                    } else {
-                        tracing::info!(
-                            manifests = r.manifests_checked,
-                            blobs = r.blobs_checked,
-                            "scrub clean"
-                        );
-                    }
-                    record.succeeded(r, started.elapsed(), 0, 0);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "scrub failed");
-                    record.failed(e.to_string(), started.elapsed());
-                }
-            }
-        }
-    }));
+    tasks.extend(upkeep::spawn_gc(
+        &jobs,
+        config.gc.interval,
+        gc_options(config, false),
+    ));
+    if !exports.is_empty() {
+        tasks.push(exports::spawn_exports(app.registry.clone(), exports));
+    }
+    tasks.extend(upkeep::spawn_retention(
+        &jobs,
+        config.retention.interval,
+        retention,
+    ));
+    tasks.extend(upkeep::spawn_scrub(
+        &jobs,
+        config.scrub.interval,
+        scrub_options(config),
+    ));
     Ok(Background { tasks })
 }
 

@@ -9,7 +9,7 @@
 //! not a problem; only what it holds (links, tags) must be sound.
 
 use crate::index::{self, RepoIndex};
-use crate::{Progress, Result};
+use crate::{JobContext, Progress, Result};
 use futures::StreamExt;
 use oci::{Digest, Hasher, Reference, RepoName};
 use registry::{Registry, layout};
@@ -690,4 +690,49 @@ pub async fn run_once(
     }
     c.report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(c.report)
+}
+
+/// Scrub every `interval` while `serve` runs (the first run one interval after the
+/// start; none when `interval` is zero), logging what it finds and recording each run in
+/// `ctx.status.scrub`, until the handle is aborted. A scrub only reports: pass options
+/// without `repair`.
+pub fn spawn_scrub(
+    ctx: &JobContext,
+    interval: Duration,
+    opts: FsckOptions,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let ctx = ctx.clone();
+    crate::schedule::every(interval, move || {
+        let (ctx, opts) = (ctx.clone(), opts.clone());
+        async move { run_recorded(&ctx, &opts).await }
+    })
+}
+
+/// One scheduled scrub: [`run_once`], its findings logged, the run recorded.
+async fn run_recorded(ctx: &JobContext, opts: &FsckOptions) {
+    let started = Instant::now();
+    let result = run_once(&ctx.registry, opts, &crate::Quiet).await;
+    let mut record = ctx.status.scrub.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(r) => {
+            let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();
+            if open > 0 {
+                tracing::error!(
+                    problems = open,
+                    "scrub found broken content; run `berth fsck` for details"
+                );
+            } else {
+                tracing::info!(
+                    manifests = r.manifests_checked,
+                    blobs = r.blobs_checked,
+                    "scrub clean"
+                );
+            }
+            record.succeeded(r, started.elapsed(), 0, 0);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "scrub failed");
+            record.failed(e.to_string(), started.elapsed());
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! argument). Abandoned uploads go too. Nothing here ever deletes a tag.
 
 use crate::index::{self, Refs, RepoIndex};
-use crate::{Progress, Result};
+use crate::{JobContext, Progress, Result, UpkeepError};
 use oci::{Digest, RepoName};
 use registry::{Registry, layout};
 use serde::Serialize;
@@ -264,6 +264,58 @@ pub async fn run_once(
     result?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Collect every `interval` while `serve` runs (the first run one interval after the
+/// start; none when `interval` is zero), logging each run and recording it in
+/// `ctx.status.gc`, until the handle is aborted.
+pub fn spawn_gc(
+    ctx: &JobContext,
+    interval: Duration,
+    mut opts: GcOptions,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // Reads renew on the registry's schedule, fixed at start; a reloaded [gc] grace must
+    // not shrink the slack below it.
+    opts.renewal_slack = opts.renewal_slack.max(ctx.registry.options().touch_after);
+    let ctx = ctx.clone();
+    crate::schedule::every(interval, move || {
+        let (ctx, opts) = (ctx.clone(), opts.clone());
+        async move { run_recorded(&ctx, &opts).await }
+    })
+}
+
+/// One scheduled collection: [`run_once`], logged and recorded. A run skipped because
+/// another process holds the lease is logged but not recorded.
+async fn run_recorded(ctx: &JobContext, opts: &GcOptions) {
+    let started = Instant::now();
+    let result = run_once(&ctx.registry, opts, &crate::Quiet).await;
+    let mut record = ctx.status.gc.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(r) => {
+            tracing::info!(
+                manifests_deleted = r.manifests_deleted,
+                blobs_deleted = r.blobs_deleted,
+                bytes_freed = r.bytes_freed,
+                uploads_deleted = r.uploads_deleted,
+                seconds = r.duration_seconds,
+                "garbage collection done"
+            );
+            let removed = r.manifests_deleted
+                + r.blob_links_deleted
+                + r.referrer_links_deleted
+                + r.blobs_deleted
+                + r.uploads_deleted;
+            let freed = r.bytes_freed;
+            record.succeeded(r, started.elapsed(), removed, freed);
+        }
+        Err(UpkeepError::Busy(_)) => {
+            tracing::info!("garbage collection skipped: another berth on this store is collecting");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "garbage collection failed");
+            record.failed(e.to_string(), started.elapsed());
+        }
+    }
 }
 
 async fn collect(

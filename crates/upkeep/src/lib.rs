@@ -1,15 +1,21 @@
 //! Upkeep of a store over time: garbage collection ([`gc`]), retention policies
-//! ([`retention`]) and integrity scrubbing ([`fsck`]), each a `run_once` plus a loop for
-//! `berth serve`. It reads the store through the registry's layout and changes it only
-//! through the registry's deletion rules; it never sees HTTP, and it reaches an upstream
-//! only through the cache, to repair cached content.
+//! ([`retention`]) and integrity scrubbing ([`fsck`]), each a `run_once` plus, for
+//! `berth serve`, a `spawn_*` that runs it on a schedule ([`schedule`]) and records each
+//! run in a [`Status`]. It reads the store through the registry's layout and changes it
+//! only through the registry's deletion rules; it never sees HTTP, and it reaches an
+//! upstream only through the cache, to repair cached content.
 
 pub mod fsck;
 pub mod gc;
 mod index;
 pub mod retention;
+pub mod schedule;
 
+pub use fsck::spawn_scrub;
+pub use gc::spawn_gc;
 pub use index::RepoIndex;
+pub use retention::spawn_retention;
+pub use schedule::JobContext;
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};

@@ -8,11 +8,12 @@
 //! rule with neither `keep_last` nor `max_age` drops nothing. The first rule whose pattern
 //! matches a repository is the one that applies to it.
 
-use crate::{Progress, Result};
+use crate::{JobContext, Progress, Result, UpkeepError};
 use oci::{Digest, Reference, RepoName, Tag};
 use registry::Registry;
 use serde::Serialize;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often `serve` applies retention unless configured.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -215,6 +216,54 @@ async fn drop_tags(
         }
     }
     Ok(())
+}
+
+/// Apply `rules` every `interval` while `serve` runs (the first run one interval after
+/// the start; none when `interval` is zero or there are no rules), logging each run and
+/// recording it in `ctx.status.retention`, until the handle is aborted.
+pub fn spawn_retention(
+    ctx: &JobContext,
+    interval: Duration,
+    rules: Vec<RetentionRule>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let (ctx, rules) = (ctx.clone(), Arc::new(rules));
+    crate::schedule::every(interval, move || {
+        let (ctx, rules) = (ctx.clone(), rules.clone());
+        async move { run_recorded(&ctx, &rules).await }
+    })
+}
+
+/// One scheduled retention run: [`plan`], then [`apply`], logged and recorded. A run
+/// skipped because another process holds the lease is logged but not recorded.
+async fn run_recorded(ctx: &JobContext, rules: &[RetentionRule]) {
+    let started = Instant::now();
+    let done = async {
+        let plan = plan(&ctx.registry, rules, &crate::Quiet).await?;
+        apply(&ctx.registry, &plan).await
+    }
+    .await;
+    let mut record = ctx
+        .status
+        .retention
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match done {
+        Ok(r) => {
+            tracing::info!(tags_deleted = r.tags_deleted, "retention done");
+            let removed = r.tags_deleted;
+            record.succeeded(r, started.elapsed(), removed, 0);
+        }
+        Err(UpkeepError::Busy(_)) => {
+            tracing::info!("retention skipped: another berth on this store is applying it");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "retention failed");
+            record.failed(e.to_string(), started.elapsed());
+        }
+    }
 }
 
 #[cfg(test)]
