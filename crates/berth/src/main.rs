@@ -1,7 +1,8 @@
-//! The `berth` command line: parses arguments, loads configuration, sets up logging and
-//! runs one subcommand. All behaviour lives in the library crates.
+//! The `berth` command line: the clap types and the dispatch of each subcommand to the
+//! library that runs it (`berth`, `berth::tools`, `client::commands`). It holds no
+//! behaviour of its own.
 
-use berth::config::{Config, LogFormat};
+use berth::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -215,40 +216,6 @@ impl From<RemoteArgs> for client::remote::Connect {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -267,24 +234,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Load a config for a one-shot tool, logging only errors on stderr (the tool prints its
-/// findings itself) unless BERTH_LOG asks for more.
-fn tool_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    let config = Config::load(path)?;
-    if std::env::var_os("BERTH_LOG").is_none() {
-        let filter = tracing_subscriber::EnvFilter::new("error");
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        init_logging(config.log.format);
-    }
-    Ok(config)
-}
-
 /// Run a command; `Ok(false)` means "ran, but the answer is no" (exit status 1).
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    use berth::tools::tool_config;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::DefaultConfig => {
@@ -299,11 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Serve { config } => {
             let config_path = config;
             let config = Config::load(config_path.as_deref())?;
-            init_logging(config.log.format);
+            berth::init_logging(config.log.format);
             runtime()?.block_on(berth::run_server(
                 &config,
                 config_path.as_deref(),
-                shutdown_signal(),
+                berth::shutdown_signal(),
             ))?;
             Ok(true)
         }
@@ -334,20 +286,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             referrers,
             json,
         } => {
-            use std::io::Write;
             tool_config(None)?;
-            let image: client::remote::ImageRef = image.parse()?;
-            let connect = client::remote::Connect::from(remote);
-            let client = connect.client(&image)?;
-            let opts = client::verify::VerifyOptions { deep, referrers };
-            let report = runtime()?.block_on(client::verify::verify(&client, &image, opts));
-            if json {
-                serde_json::to_writer_pretty(&mut out, &report)?;
-                writeln!(out)?;
-            } else {
-                write!(out, "{}", client::verify::render(&report))?;
-            }
-            Ok(report.is_ok())
+            let args = client::commands::VerifyArgs {
+                image,
+                connect: remote.into(),
+                opts: client::verify::VerifyOptions { deep, referrers },
+                json,
+            };
+            runtime()?.block_on(client::commands::verify(args, &mut out))
         }
         Command::Copy {
             src,
@@ -357,37 +303,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             src_creds,
             dest_creds,
         } => {
-            use std::io::Write;
             tool_config(None)?;
-            let src: client::copy::Endpoint = src.parse()?;
-            let dst: client::copy::Endpoint = dst.parse()?;
-            let connect = |creds| client::remote::Connect {
+            let args = client::commands::CopyArgs {
+                src,
+                dst,
+                images: images.into(),
                 plain_http,
-                creds,
-                creds_file: None,
+                src_creds,
+                dest_creds,
             };
-            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
-            let opts = client::copy::CopyOptions::from(images);
-            let report = runtime()?.block_on(client::copy::copy_endpoints(
-                &src,
-                &dst,
-                &connect(src_creds),
-                &connect(dest_creds),
-                &opts,
-                progress.clone(),
-            ));
-            progress.finish();
-            let report = report?;
-            writeln!(
-                out,
-                "{}: {} manifests; blobs: {} copied ({}), {} already there, {} mounted",
-                report.digest,
-                report.manifests,
-                report.blobs_copied,
-                client::human_bytes(report.bytes_copied),
-                report.blobs_existing,
-                report.blobs_mounted
-            )?;
+            runtime()?.block_on(client::commands::copy(args, &mut out))?;
             Ok(true)
         }
         Command::Export {
@@ -397,32 +322,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             remote,
         } => {
             tool_config(None)?;
-            let image: client::remote::ImageRef = image.parse()?;
-            let connect = client::remote::Connect::from(remote);
-            let src = client::copy::Endpoint::Registry(image.clone()).source(&connect)?;
-            let tag = image.tag().map(|t| t.to_string());
-            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
-            let opts = client::copy::CopyOptions::from(images);
-            let report = runtime()?.block_on(client::archive::export(
-                src.as_ref(),
-                &image.target.to_string(),
-                tag.as_deref(),
-                &output,
-                &opts,
-                progress.clone(),
-            ));
-            progress.finish();
-            let report = report?;
-            use std::io::Write;
-            writeln!(
-                out,
-                "{}: {} ({} manifests, {} blobs, {})",
-                output.display(),
-                report.digest,
-                report.manifests,
-                report.blobs_copied,
-                client::human_bytes(report.bytes_copied)
-            )?;
+            let args = client::commands::ExportArgs {
+                image,
+                output,
+                images: images.into(),
+                connect: remote.into(),
+            };
+            runtime()?.block_on(client::commands::export(args, &mut out))?;
             Ok(true)
         }
         Command::Import {
@@ -431,27 +337,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             remote,
         } => {
             tool_config(None)?;
-            let image: client::remote::ImageRef = image.parse()?;
-            let Some(tag) = image.tag().map(|t| t.to_string()) else {
-                anyhow::bail!("import needs a tag to push to, not a digest")
+            let args = client::commands::ImportArgs {
+                input,
+                image,
+                connect: remote.into(),
             };
-            let connect = client::remote::Connect::from(remote);
-            let dst = client::copy::Endpoint::Registry(image.clone()).sink(&connect)?;
-            let progress = std::sync::Arc::new(client::progress::TransferProgress::new());
-            let report = runtime()?.block_on(client::archive::import(
-                &input,
-                dst.as_ref(),
-                Some(&tag),
-                progress.clone(),
-            ));
-            progress.finish();
-            let report = report?;
-            use std::io::Write;
-            writeln!(
-                out,
-                "{image}: {} ({} manifests; blobs: {} pushed, {} already there)",
-                report.digest, report.manifests, report.blobs_copied, report.blobs_existing
-            )?;
+            runtime()?.block_on(client::commands::import(args, &mut out))?;
             Ok(true)
         }
         Command::HostsToml {

@@ -1,6 +1,7 @@
 //! The store-care subcommands (`berth gc`, `berth retention`, `berth fsck`): open the
-//! configured store, run one upkeep job, print what it did. The jobs themselves live in
-//! the `upkeep` crate; this module only formats and decides exit status.
+//! configured store, run one upkeep job, print what it did; and the quiet logging every
+//! one-shot command starts with ([`tool_config`]). The jobs themselves live in the
+//! `upkeep` crate; this module only formats and decides exit status.
 
 use crate::config::Config;
 use std::io::Write;
@@ -30,6 +31,22 @@ impl upkeep::Progress for Bar {
 }
 
 pub use server::human_bytes;
+
+/// Load a config for a one-shot tool, logging only errors on stderr (the tool prints its
+/// findings itself) unless BERTH_LOG asks for more.
+pub fn tool_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    if std::env::var_os("BERTH_LOG").is_none() {
+        let filter = tracing_subscriber::EnvFilter::new("error");
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        crate::init_logging(config.log.format);
+    }
+    Ok(config)
+}
 
 /// `berth gc`.
 pub async fn gc(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<()> {
