@@ -3,9 +3,10 @@
 //! users already loaded stay. Password checks run on a blocking thread (bcrypt is slow
 //! on purpose) and take as long for an unknown user as for a known one.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the file's size and time are looked at for changes: often enough that an
@@ -120,7 +121,7 @@ impl Users {
 
     /// The current users, re-reading the file if it changed since it was loaded.
     fn current(&self) -> Arc<HashMap<String, String>> {
-        let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.loaded.lock();
         if l.checked.elapsed() >= RELOAD_CHECK {
             l.checked = Instant::now();
             let stamp = stamp_of(&self.path);
@@ -143,7 +144,7 @@ impl Users {
 
     /// Force the next check to look at the file (tests; SIGHUP).
     pub fn recheck(&self) {
-        let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.loaded.lock();
         l.checked = Instant::now() - RELOAD_CHECK;
     }
 

@@ -13,12 +13,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -83,11 +84,7 @@ impl CountingProxy {
 
     /// How many `method` requests for blob `digest` have arrived so far.
     pub fn blob_requests(&self, method: &Method, digest: &str) -> u64 {
-        let counts = self
-            .shared
-            .blob_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let counts = self.shared.blob_requests.lock();
         counts
             .get(&(method.clone(), digest.to_owned()))
             .copied()
@@ -164,10 +161,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let in_flight = InFlight::new(&shared);
     if let Some(digest) = blob_digest(req.uri().path()) {
-        let mut counts = shared
-            .blob_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut counts = shared.blob_requests.lock();
         *counts
             .entry((req.method().clone(), digest.to_owned()))
             .or_default() += 1;

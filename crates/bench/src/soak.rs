@@ -14,12 +14,13 @@ use crate::pull::Upstream;
 use crate::server::{Kind, Role, Server};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Concurrent clients of the soak: enough to keep two cores busy and make requests on
@@ -195,7 +196,7 @@ pub async fn run(
                 server.config.display()
             );
         }
-        let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tally.lock();
         progress(
             "soak",
             format!(
@@ -212,27 +213,17 @@ pub async fn run(
     }
 
     // Every acknowledged push in the kept repositories pulls back byte-exact.
-    let kept: Vec<Pushed> = tally
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .kept
-        .values()
-        .cloned()
-        .collect();
+    let kept: Vec<Pushed> = tally.lock().kept.values().cloned().collect();
     let mut verified = 0;
     for p in &kept {
         match pull(client, &server.base, &p.repo, &p.tag, None).await {
             Ok(digests) if digests.0 == p.manifest && digests.1 == p.blobs => verified += 1,
-            Ok(_) => tally
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .fail(format!(
-                    "{}:{} pulled other content than was pushed",
-                    p.repo, p.tag
-                )),
+            Ok(_) => tally.lock().fail(format!(
+                "{}:{} pulled other content than was pushed",
+                p.repo, p.tag
+            )),
             Err(e) => tally
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
                 .fail(format!("{}:{} no longer pulls: {e:#}", p.repo, p.tag)),
         }
     }
@@ -247,7 +238,7 @@ pub async fn run(
     let fsck_clean = fsck.status.success();
     let fsck_out = String::from_utf8_lossy(&fsck.stdout).into_owned();
 
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let t = tally.lock();
     print!(
         "{}",
         report(
@@ -417,7 +408,7 @@ async fn worker(
         dice % n
     };
     let mut n = 0u64;
-    let lock = || tally.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || tally.lock();
     while Instant::now() < deadline {
         n += 1;
         let seed = w * 1_000_000_000 + n;

@@ -144,7 +144,7 @@ pub fn build_app_on(config: &Config, store: Arc<dyn store::Store>) -> anyhow::Re
         registry,
         cache: Arc::new(cache),
         upkeep: Arc::default(),
-        access: std::sync::RwLock::new(Arc::new(access)),
+        access: server::SharedAccess::from_pointee(access),
         metrics: Arc::default(),
         blob_redirect: (config.storage.kind == StorageKind::S3 && config.storage.redirect)
             .then_some(server::BLOB_REDIRECT_TTL),

@@ -86,7 +86,6 @@ impl Cache {
     pub(crate) fn touch(&self, up: &CachedUpstream, local: &RepoName, digest: &Digest) {
         up.access
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert((local.clone(), digest.clone()), SystemTime::now());
     }
 
@@ -164,10 +163,7 @@ impl Cache {
                 }
             }
             report.evicted.push(format!("{}@{}", u.repo, u.root));
-            up.access
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(u.repo.clone(), u.root.clone()));
+            up.access.lock().remove(&(u.repo.clone(), u.root.clone()));
         }
         if unlinked.is_empty() {
             return Ok(report);
@@ -224,7 +220,7 @@ impl Cache {
             .strip_prefix(&format!("{}/", up.key))
             .unwrap_or(repo.as_str())
             .to_owned();
-        let access = up.access.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let access = up.access.lock().clone();
         let mut units = Vec::new();
         for root in &manifests {
             let tags = tags_of.get(root).cloned().unwrap_or_default();
@@ -452,7 +448,6 @@ mod eviction_tests {
         // `new` was used just now (as seen from two hours on)
         w.up.access
             .lock()
-            .unwrap()
             .insert((repo.clone(), d["new"].clone()), later(2));
         let limits = EvictionLimits {
             max_idle: Some(Duration::from_secs(3600)),
@@ -499,7 +494,7 @@ mod eviction_tests {
         assert!(report.evicted.is_empty());
         // later: pin multi; order of use: old (oldest), new
         {
-            let mut a = w.up.access.lock().unwrap();
+            let mut a = w.up.access.lock();
             a.insert((repo.clone(), d["old"].clone()), later(1));
             a.insert((repo.clone(), d["new"].clone()), later(2));
         }

@@ -9,11 +9,12 @@ use crate::CachedUpstream;
 use bytes::Bytes;
 use futures::StreamExt;
 use oci::{Digest, RepoName};
+use parking_lot::Mutex;
 use registry::Registry;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use store::{ByteStream, UploadId};
 use tokio::sync::watch;
 
@@ -141,8 +142,8 @@ impl Segments {
     }
 }
 
-fn lock(segments: &Mutex<Segments>) -> std::sync::MutexGuard<'_, Segments> {
-    segments.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(segments: &Mutex<Segments>) -> parking_lot::MutexGuard<'_, Segments> {
+    segments.lock()
 }
 
 impl Fill {
@@ -163,7 +164,6 @@ impl Fill {
             // the blob in the store (or starts afresh after a failure).
             job.fills
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .remove(&(job.repo.clone(), job.digest.clone()));
             match outcome {
                 Ok(size) => {

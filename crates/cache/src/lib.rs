@@ -12,10 +12,11 @@ mod fill;
 use fill::Fill;
 pub use fill::{FillError, FillReader, Started};
 use oci::{Digest, Reference, RepoName, Tag};
+use parking_lot::Mutex;
 use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
@@ -138,7 +139,7 @@ pub enum BlobSize {
 pub struct Cache {
     registry: Registry,
     /// Swapped whole by [`Cache::reconfigure`]; requests hold the `Arc` they looked up.
-    upstreams: RwLock<Arc<HashMap<String, Arc<CachedUpstream>>>>,
+    upstreams: arc_swap::ArcSwap<HashMap<String, Arc<CachedUpstream>>>,
     fills: Arc<Mutex<HashMap<fill::FillKey, Arc<Fill>>>>,
 }
 
@@ -147,7 +148,7 @@ impl Cache {
     pub fn new(registry: Registry, specs: Vec<UpstreamSpec>) -> Result<Cache, UpstreamError> {
         let cache = Cache {
             registry,
-            upstreams: RwLock::default(),
+            upstreams: arc_swap::ArcSwap::default(),
             fills: Arc::default(),
         };
         cache.reconfigure(specs)?;
@@ -159,11 +160,7 @@ impl Cache {
     /// the next request). Requests and downloads under way finish with the upstream they
     /// started with. On error nothing changes.
     pub fn reconfigure(&self, specs: Vec<UpstreamSpec>) -> Result<(), UpstreamError> {
-        let old = self
-            .upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let old = self.upstreams.load_full();
         let mut upstreams = HashMap::new();
         for spec in specs {
             let previous = old.get(&spec.name);
@@ -177,15 +174,12 @@ impl Cache {
             };
             upstreams.insert(spec.name, Arc::new(up));
         }
-        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(upstreams);
+        self.upstreams.store(Arc::new(upstreams));
         Ok(())
     }
 
     fn current(&self) -> Arc<HashMap<String, Arc<CachedUpstream>>> {
-        self.upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.upstreams.load_full()
     }
 
     /// The upstream configured under `name`.
@@ -451,7 +445,7 @@ impl Cache {
             }
         }
         let fill = {
-            let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+            let mut fills = self.fills.lock();
             let key = (local.clone(), digest.clone());
             match fills.get(&key) {
                 Some(f) => {

@@ -3,10 +3,11 @@
 //! measured, holds no global registry and does no I/O: each crate keeps the meters of
 //! its own work and the HTTP layer writes them all out when scraped.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A monotonically increasing count.
@@ -101,7 +102,7 @@ impl<K: Ord, M> Default for Family<K, M> {
 impl<K: Ord + Clone, M: Default> Family<K, M> {
     /// The meter for `key`, created on first use.
     pub fn get(&self, key: &K) -> Arc<M> {
-        let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.members.lock();
         if let Some(v) = m.get(key) {
             return v.clone();
         }
@@ -112,7 +113,7 @@ impl<K: Ord + Clone, M: Default> Family<K, M> {
 
     /// Every member, in key order.
     pub fn snapshot(&self) -> Vec<(K, Arc<M>)> {
-        let m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.members.lock();
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }

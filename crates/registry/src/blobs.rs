@@ -223,11 +223,7 @@ impl Registry {
         size: u64,
         algorithm: Algorithm,
     ) -> Result<HashWorker> {
-        let cached = self
-            .hashers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let cached = self.hashers.lock().remove(id);
         if let Some((current, w)) = cached
             && w.usable_at(size, algorithm, current)
         {
@@ -263,10 +259,7 @@ impl Registry {
     }
 
     fn keep_worker(&self, id: &UploadId, algorithm: Algorithm, worker: HashWorker) {
-        self.hashers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), (algorithm, worker));
+        self.hashers.lock().insert(id.clone(), (algorithm, worker));
     }
 
     /// Append `body` to an upload. `start` is the offset the client says it writes at
@@ -433,10 +426,7 @@ impl Registry {
     }
 
     async fn discard_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        self.hashers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.hashers.lock().remove(id);
         self.store.upload_abort(id).await?;
         self.store.delete(&layout::upload(repo, id)?).await?;
         Ok(())

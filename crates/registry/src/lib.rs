@@ -12,6 +12,8 @@ mod hashing;
 pub mod layout;
 mod listing;
 mod manifests;
+#[cfg(test)]
+mod tests;
 mod upload_lock;
 
 pub use blobs::{BlobRead, OpenBlob, UploadState};
@@ -21,8 +23,9 @@ pub use manifests::{Manifest, PutManifest, PutOutcome, Stored};
 
 use bytes::Bytes;
 use oci::{Algorithm, Digest, RepoName, Tag};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Store, UploadId};
 

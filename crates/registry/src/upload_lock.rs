@@ -4,8 +4,9 @@
 //! request at a time. Across processes the store's own conditional append and commit
 //! keep the same order; this lock only makes the common case wait instead of fail.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use store::UploadId;
 
 /// The locks of uploads with a request in flight; an entry lives only while someone
@@ -25,13 +26,7 @@ pub(crate) struct UploadGuard {
 impl UploadLocks {
     /// Wait until no other request of this process works on upload `id`.
     pub(crate) async fn lock(self: &Arc<Self>, id: &UploadId) -> UploadGuard {
-        let entry = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.clone())
-            .or_default()
-            .clone();
+        let entry = self.held.lock().entry(id.clone()).or_default().clone();
         UploadGuard {
             locks: self.clone(),
             id: id.clone(),
@@ -41,13 +36,13 @@ impl UploadLocks {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.held.lock().len()
     }
 }
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.locks.held.lock();
         self.lock = None;
         // New waiters clone the entry under `held`'s lock, so a count of one (the map's
         // own) means nobody holds or waits for it any more.

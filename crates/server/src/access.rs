@@ -50,7 +50,7 @@ pub struct FailedLogins {
     /// Refused credentials and tokens, by reason (for metrics).
     pub refusals: meter::Family<(&'static str,), meter::Counter>,
     by_addr:
-        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
 }
 
 impl FailedLogins {
@@ -58,7 +58,7 @@ impl FailedLogins {
         &self,
         f: impl FnOnce(&mut std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>) -> T,
     ) -> T {
-        let mut m = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.by_addr.lock();
         // Forget old windows so the map can not grow without bound.
         if m.len() > 10_000 {
             m.retain(|_, (_, at)| at.elapsed() < LOGIN_WINDOW);
@@ -349,24 +349,11 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
 
 /// `secs` since the Unix epoch as RFC 3339 UTC (`2026-11-24T02:30:00Z`).
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The action a request needs on its repository.

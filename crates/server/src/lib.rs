@@ -48,7 +48,7 @@ pub struct AppState {
     pub upkeep: Arc<upkeep::Status>,
     /// Users and access rules; swapped whole on a configuration reload (see
     /// [`AppState::access`]).
-    pub access: std::sync::RwLock<Arc<Access>>,
+    pub access: SharedAccess,
     /// The HTTP layer's meters (requests, bytes, reloads).
     pub metrics: Arc<metrics::Metrics>,
     /// Where `/metrics` is served.
@@ -66,17 +66,18 @@ pub const BLOB_REDIRECT_TTL: std::time::Duration = std::time::Duration::from_sec
 impl AppState {
     /// The users and access rules in force now.
     pub fn access(&self) -> Arc<Access> {
-        self.access
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.access.load_full()
     }
 
     /// Put new users and rules in force for the next request.
     pub fn set_access(&self, access: Access) {
-        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        self.access.store(Arc::new(access));
     }
 }
+
+/// Users and rules, swapped whole on a reload while requests read them without a lock
+/// (`SharedAccess::from_pointee(access)`).
+pub type SharedAccess = arc_swap::ArcSwap<Access>;
 
 /// Where `/metrics` is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

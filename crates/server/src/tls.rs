@@ -9,7 +9,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How often the certificate files are checked for changes. Renewal tools (certbot,
@@ -50,7 +51,7 @@ pub struct TlsFiles {
 #[derive(Debug)]
 pub struct TlsCerts {
     files: TlsFiles,
-    current: RwLock<Arc<CertifiedKey>>,
+    current: arc_swap::ArcSwap<CertifiedKey>,
     /// Modification times and sizes of the files when last looked at, to notice changes.
     seen: Mutex<Option<Stamp>>,
 }
@@ -107,7 +108,7 @@ impl TlsCerts {
         let key = load(&files)?;
         Ok(Arc::new(TlsCerts {
             files,
-            current: RwLock::new(Arc::new(key)),
+            current: arc_swap::ArcSwap::from_pointee(key),
             seen: Mutex::new(seen),
         }))
     }
@@ -116,9 +117,9 @@ impl TlsCerts {
     /// certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let seen = stamp(&self.files);
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        *self.seen.lock() = seen;
         let key = load(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        self.current.store(Arc::new(key));
         Ok(())
     }
 
@@ -127,7 +128,7 @@ impl TlsCerts {
     /// again (a renewal writing the certificate before the key succeeds on the key).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = stamp(&self.files);
-        let changed = *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now;
+        let changed = *self.seen.lock() != now;
         if !changed {
             return Ok(false);
         }
@@ -167,11 +168,6 @@ impl TlsCerts {
 
 impl ResolvesServerCert for TlsCerts {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.current.load_full())
     }
 }

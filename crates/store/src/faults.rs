@@ -11,8 +11,9 @@ use crate::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use parking_lot::Mutex;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The store operations a fault can be armed on.
@@ -78,46 +79,33 @@ impl FaultyStore {
 
     /// Make the matching call after `skip` others fail with `fault` (once).
     pub fn arm(&self, op: Op, prefix: Option<&str>, skip: u32, fault: Fault) {
-        self.armed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Armed {
-                op,
-                prefix: prefix.map(str::to_owned),
-                skip,
-                fault,
-            });
+        self.armed.lock().push(Armed {
+            op,
+            prefix: prefix.map(str::to_owned),
+            skip,
+            fault,
+        });
     }
 
     /// Disarm every fault not yet fired.
     pub fn clear(&self) {
-        self.armed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.armed.lock().clear();
     }
 
     /// Faults armed but not yet fired.
     pub fn pending(&self) -> usize {
-        self.armed.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.armed.lock().len()
     }
 
     /// Calls of `op` so far.
     pub fn calls(&self, op: Op) -> u32 {
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&op)
-            .unwrap_or(&0)
+        *self.calls.lock().get(&op).unwrap_or(&0)
     }
 
     /// The fault this call of `op` on `key` meets, if one fires now.
     fn fire(&self, op: Op, key: &str) -> Option<Fault> {
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(op)
-            .or_default() += 1;
-        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        *self.calls.lock().entry(op).or_default() += 1;
+        let mut armed = self.armed.lock();
         let i = armed
             .iter()
             .position(|a| a.op == op && a.prefix.as_deref().is_none_or(|p| key.starts_with(p)))?;

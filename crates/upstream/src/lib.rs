@@ -15,12 +15,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use oci::{Digest, media};
+use parking_lot::Mutex;
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
 };
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a pooled connection may sit idle before it is closed. A kept-alive connection
@@ -206,7 +206,7 @@ impl Upstream {
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.tokens.lock();
         tokens
             .get(scope)
             .filter(|t| Instant::now() < t.renew_at)
@@ -257,16 +257,13 @@ impl Upstream {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN);
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                scope.to_owned(),
-                CachedToken {
-                    value: value.clone(),
-                    renew_at,
-                },
-            );
+        self.tokens.lock().insert(
+            scope.to_owned(),
+            CachedToken {
+                value: value.clone(),
+                renew_at,
+            },
+        );
         Ok(value)
     }
 
@@ -292,10 +289,7 @@ impl Upstream {
             .and_then(challenge::parse);
         let retry = match challenge {
             Some(c) if c.scheme == "bearer" => {
-                self.tokens
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(scope);
+                self.tokens.lock().remove(scope);
                 let token = self.fetch_token(&c, scope).await?;
                 build().bearer_auth(token)
             }
