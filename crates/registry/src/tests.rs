@@ -10,7 +10,7 @@ use oci::{Digest, Reference, RepoName, media};
 use std::sync::Arc;
 use store::faults::{Fault, FaultyStore, Op};
 use store::memory::MemoryStore;
-use store::{ObjectStatter, Store};
+use store::Store;
 
 fn repo() -> RepoName {
     "team/app".parse().unwrap()
