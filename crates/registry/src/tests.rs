@@ -8,9 +8,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use oci::{Digest, Reference, RepoName, media};
 use std::sync::Arc;
+use store::Store;
 use store::faults::{Fault, FaultyStore, Op};
 use store::memory::MemoryStore;
-use store::Store;
 
 fn repo() -> RepoName {
     "team/app".parse().unwrap()
@@ -41,7 +41,12 @@ fn image(config: &Digest, layer: &Digest) -> Bytes {
     )
 }
 
-async fn put(r: &Registry, repo: &RepoName, reference: &str, bytes: Bytes) -> crate::Result<Digest> {
+async fn put(
+    r: &Registry,
+    repo: &RepoName,
+    reference: &str,
+    bytes: Bytes,
+) -> crate::Result<Digest> {
     let reference: Reference = reference.parse().unwrap();
     r.put_manifest(PutManifest {
         repo,
@@ -66,7 +71,10 @@ async fn a_manifest_naming_a_missing_blob_is_refused_and_writes_nothing() {
     let bytes = image(&config, &missing);
     let digest = Digest::sha256_of(&bytes);
     let e = put(&r, &repo, "v1", bytes).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::ManifestBlobUnknown(d) if *d == missing), "{e}");
+    assert!(
+        matches!(&e, RegistryError::ManifestBlobUnknown(d) if *d == missing),
+        "{e}"
+    );
     let store = r.store().as_ref();
     assert!(!exists(store, layout::manifest_link(&repo, &digest).unwrap()).await);
     assert!(!exists(store, layout::blob(&digest).unwrap()).await);
@@ -103,7 +111,10 @@ async fn an_index_naming_a_missing_child_is_refused() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(&e, RegistryError::ManifestChildUnknown(d) if *d == child), "{e}");
+    assert!(
+        matches!(&e, RegistryError::ManifestChildUnknown(d) if *d == child),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -117,7 +128,13 @@ async fn a_manifest_put_by_digest_must_hash_to_it() {
         .await
         .unwrap_err();
     assert!(matches!(e, RegistryError::DigestInvalid), "{e}");
-    assert!(!exists(r.store().as_ref(), layout::manifest_link(&repo, &wrong).unwrap()).await);
+    assert!(
+        !exists(
+            r.store().as_ref(),
+            layout::manifest_link(&repo, &wrong).unwrap()
+        )
+        .await
+    );
 }
 
 /// Bytes, then link, then tag: when the tag's write fails the manifest is whole and
@@ -139,7 +156,10 @@ async fn a_manifest_put_writes_bytes_then_link_then_tag() {
         .get_manifest(&repo, &Reference::Digest(digest.clone()))
         .await
         .unwrap();
-    assert_eq!(by_digest.stored.bytes, bytes, "the manifest is whole without its tag");
+    assert_eq!(
+        by_digest.stored.bytes, bytes,
+        "the manifest is whole without its tag"
+    );
     assert!(matches!(
         r.get_manifest(&repo, &"v1".parse().unwrap()).await,
         Err(RegistryError::ManifestUnknown)
@@ -171,7 +191,13 @@ async fn an_upload_with_the_wrong_digest_publishes_nothing() {
     assert!(matches!(e, RegistryError::DigestInvalid), "{e}");
     let store = r.store().as_ref();
     assert!(!exists(store, layout::blob(&claimed).unwrap()).await);
-    assert!(!exists(store, layout::blob(&Digest::sha256_of(b"what it sends")).unwrap()).await);
+    assert!(
+        !exists(
+            store,
+            layout::blob(&Digest::sha256_of(b"what it sends")).unwrap()
+        )
+        .await
+    );
     assert!(matches!(
         r.open_blob(&repo, &claimed).await,
         Err(RegistryError::BlobUnknown)
