@@ -14,7 +14,6 @@ use registry::Registry;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use store::{ByteStream, UploadId};
 use tokio::sync::watch;
 
@@ -171,10 +170,7 @@ impl Fill {
                 }
                 Err(e) => {
                     if !matches!(e, FillError::NotFound) {
-                        job.upstream
-                            .stats
-                            .upstream_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        job.upstream.stats.upstream_errors.inc();
                     }
                     tracing::warn!(upstream = %job.upstream.name, digest = %job.digest, error = %e, "blob fill failed");
                     let _ = tx.send(Progress::Failed(Arc::new(e)));
@@ -211,7 +207,7 @@ async fn run(
         Err(registry::RegistryError::BlobUnknown) => {}
         Err(e) => return Err(FillError::Store(e)),
     }
-    up.stats.upstream_blob_gets.fetch_add(1, Ordering::Relaxed);
+    up.stats.upstream_blob_gets.inc();
     let fetch = crate::timed(
         &up.stats.upstream_latency,
         up.client.get_blob(job.upstream_repo.as_str(), &job.digest),
@@ -241,7 +237,7 @@ async fn run(
             .await
         {
             Ok(()) => {
-                up.stats.fetched_bytes.fetch_add(written, Ordering::Relaxed);
+                up.stats.fetched_bytes.add(written);
                 Ok(written)
             }
             // finish_upload discards the upload on a mismatch.

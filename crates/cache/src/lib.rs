@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
@@ -43,23 +42,23 @@ pub struct UpstreamSpec {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Requests answered from the store.
-    pub hits: AtomicU64,
+    pub hits: meter::Counter,
     /// Requests that had to go upstream.
-    pub misses: AtomicU64,
+    pub misses: meter::Counter,
     /// Tags served from the store because the upstream failed.
-    pub stale_serves: AtomicU64,
+    pub stale_serves: meter::Counter,
     /// Clients that joined a blob fetch already under way.
-    pub joins: AtomicU64,
+    pub joins: meter::Counter,
     /// Blob GETs sent upstream.
-    pub upstream_blob_gets: AtomicU64,
+    pub upstream_blob_gets: meter::Counter,
     /// Upstream requests that failed (outage or error answer).
-    pub upstream_errors: AtomicU64,
+    pub upstream_errors: meter::Counter,
     /// Time until the upstream answered (headers of a blob, whole small manifests).
     pub upstream_latency: meter::Histogram,
     /// Blob bytes downloaded from the upstream into the store.
-    pub fetched_bytes: AtomicU64,
+    pub fetched_bytes: meter::Counter,
     /// Blob bytes sent to clients straight from the store: traffic the upstream was spared.
-    pub served_bytes: AtomicU64,
+    pub served_bytes: meter::Counter,
 }
 
 /// Await `f`, recording how long it took in `h`.
@@ -209,7 +208,7 @@ impl Cache {
     }
 
     fn outage(&self, up: &CachedUpstream, e: &UpstreamError) {
-        up.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        up.stats.upstream_errors.inc();
         tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
     }
 
@@ -246,11 +245,11 @@ impl Cache {
         match reference {
             Reference::Digest(d) => match self.registry.get_manifest(&local, reference).await {
                 Ok(m) => {
-                    up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    up.stats.hits.inc();
                     Ok(m)
                 }
                 Err(RegistryError::ManifestUnknown) => {
-                    up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    up.stats.misses.inc();
                     self.fetch_manifest(up, repo, &local, None, &d.to_string())
                         .await
                 }
@@ -280,7 +279,7 @@ impl Cache {
             let written = self.registry.tag_written_at(local, tag).await?;
             let age = written.and_then(|w| SystemTime::now().duration_since(w).ok());
             if age.is_some_and(|a| a < up.tag_ttl) {
-                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                up.stats.hits.inc();
                 return Ok(m.clone());
             }
         }
@@ -295,11 +294,11 @@ impl Cache {
         ) {
             (Ok(head), Some(m)) if head.digest == m.digest => {
                 self.registry.set_tag(local, tag, &m.digest).await?;
-                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                up.stats.hits.inc();
                 Ok(m)
             }
             (Ok(head), _) => {
-                up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                up.stats.misses.inc();
                 if let Ok(stored) = self.registry.manifest_by_digest(local, &head.digest).await {
                     // Moved back to a manifest we already hold.
                     self.registry.set_tag(local, tag, &head.digest).await?;
@@ -314,7 +313,7 @@ impl Cache {
             (Err(UpstreamError::NotFound), _) => Err(CacheError::NotFound),
             (Err(e), Some(m)) => {
                 self.outage(up, &e);
-                up.stats.stale_serves.fetch_add(1, Ordering::Relaxed);
+                up.stats.stale_serves.inc();
                 tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, "serving cached tag while the upstream fails");
                 Ok(m)
             }
@@ -380,7 +379,7 @@ impl Cache {
         let local = up.local(repo)?;
         match self.registry.open_blob(&local, digest).await {
             Ok(blob) => {
-                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                up.stats.hits.inc();
                 return Ok(BlobSize::Local(blob));
             }
             Err(RegistryError::BlobUnknown) => {}
@@ -407,7 +406,7 @@ impl Cache {
         let local = up.local(repo)?;
         match self.registry.open_blob(&local, digest).await {
             Ok(blob) => {
-                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                up.stats.hits.inc();
                 return Ok(BlobSource::Local(blob));
             }
             Err(RegistryError::BlobUnknown) => {}
@@ -429,7 +428,7 @@ impl Cache {
                     if self.registry.relink_blob(&local, digest).await? {
                         match self.registry.open_blob(&local, digest).await {
                             Ok(blob) => {
-                                up.stats.hits.fetch_add(1, Ordering::Relaxed);
+                                up.stats.hits.inc();
                                 return Ok(BlobSource::Local(blob));
                             }
                             // Collected between the link and now: download it.
@@ -449,11 +448,11 @@ impl Cache {
             let key = (local.clone(), digest.clone());
             match fills.get(&key) {
                 Some(f) => {
-                    up.stats.joins.fetch_add(1, Ordering::Relaxed);
+                    up.stats.joins.inc();
                     f.clone()
                 }
                 None => {
-                    up.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    up.stats.misses.inc();
                     let f = Fill::start(fill::FillJob {
                         registry: self.registry.clone(),
                         upstream: up.clone(),

@@ -101,9 +101,7 @@ pub(crate) async fn blob(
     let mut reader = match source {
         BlobSource::Local(blob) => {
             if !headers.contains_key(header::RANGE) {
-                up.stats
-                    .served_bytes
-                    .fetch_add(blob.size, std::sync::atomic::Ordering::Relaxed);
+                up.stats.served_bytes.add(blob.size);
             }
             return serve_blob(app, &blob, digest, headers, false).await;
         }

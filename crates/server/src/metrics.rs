@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use meter::{Counter, Exposition, Family, Histogram, Kind};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -278,37 +277,37 @@ pub fn render(app: &App) -> String {
         (
             "berth_cache_hits_total",
             "Cached requests answered from the store.",
-            |s| s.hits.load(Ordering::Relaxed),
+            |s| s.hits.get(),
         ),
         (
             "berth_cache_misses_total",
             "Cached requests that had to go upstream.",
-            |s| s.misses.load(Ordering::Relaxed),
+            |s| s.misses.get(),
         ),
         (
             "berth_cache_stale_serves_total",
             "Tags served from the store because the upstream failed.",
-            |s| s.stale_serves.load(Ordering::Relaxed),
+            |s| s.stale_serves.get(),
         ),
         (
             "berth_cache_singleflight_joins_total",
             "Clients that joined an upstream blob download already under way.",
-            |s| s.joins.load(Ordering::Relaxed),
+            |s| s.joins.get(),
         ),
         (
             "berth_upstream_errors_total",
             "Upstream requests that failed (unreachable, or an error answer).",
-            |s| s.upstream_errors.load(Ordering::Relaxed),
+            |s| s.upstream_errors.get(),
         ),
         (
             "berth_upstream_fetched_bytes_total",
             "Blob bytes downloaded from the upstream into the store.",
-            |s| s.fetched_bytes.load(Ordering::Relaxed),
+            |s| s.fetched_bytes.get(),
         ),
         (
             "berth_cache_served_bytes_total",
             "Blob bytes sent to clients from the store without going upstream.",
-            |s| s.served_bytes.load(Ordering::Relaxed),
+            |s| s.served_bytes.get(),
         ),
     ];
     for (name, help, get) in counters {

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use oci::{Digest, ParsedManifest, RepoName};
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 /// Repositories shown on one page: the page stays quick on a large registry; the rest is
@@ -267,23 +266,23 @@ fn upstream_section(app: &App, h: &mut String) {
     h.push_str("<table><tr><th>upstream</th><th>hits</th><th>misses</th><th>hit rate</th><th>bytes saved</th><th>bytes fetched</th><th>stale serves</th><th>upstream errors</th></tr>");
     for up in upstreams {
         let s = &up.stats;
-        let hits = s.hits.load(Ordering::Relaxed);
-        let misses = s.misses.load(Ordering::Relaxed);
+        let hits = s.hits.get();
+        let misses = s.misses.get();
         let rate = if hits + misses == 0 {
             "—".to_owned()
         } else {
             format!("{:.0}%", 100.0 * hits as f64 / (hits + misses) as f64)
         };
-        let stale = s.stale_serves.load(Ordering::Relaxed);
+        let stale = s.stale_serves.get();
         let _ = write!(
             h,
             "<tr><td>{}</td><td class=\"n\">{hits}</td><td class=\"n\">{misses}</td><td class=\"n\">{rate}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{stale}</td><td class=\"n\">{}</td></tr>",
             esc(&up.name),
-            human_bytes(s.served_bytes.load(Ordering::Relaxed)),
-            human_bytes(s.fetched_bytes.load(Ordering::Relaxed)),
+            human_bytes(s.served_bytes.get()),
+            human_bytes(s.fetched_bytes.get()),
             if stale > 0 { " bad" } else { "" },
-            s.upstream_errors.load(Ordering::Relaxed),
+            s.upstream_errors.get(),
         );
     }
     h.push_str("</table>");

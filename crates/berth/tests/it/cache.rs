@@ -7,7 +7,6 @@ use crate::skopeo::{build_multi_layout, p, require_tools, skopeo};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A `docker-registry` process on a free port, killed on drop.
@@ -163,10 +162,7 @@ async fn pulls_through_ns_prefix_and_dedicated_listener_from_distribution() {
     // 1. containerd's mirror parameter, cold: every blob comes from upstream once
     let blobs = walk_with_ns(&s, &name, "team/multi", "v1", &index_digest).await;
     let up = stats(&s, &name);
-    assert_eq!(
-        up.stats.upstream_blob_gets.load(Ordering::Relaxed),
-        blobs as u64
-    );
+    assert_eq!(up.stats.upstream_blob_gets.get(), blobs as u64);
 
     // Range requests on a cached blob
     let index: Value = serde_json::from_slice(
@@ -208,11 +204,8 @@ async fn pulls_through_ns_prefix_and_dedicated_listener_from_distribution() {
     assert_eq!(got, index_digest);
 
     // warm pulls never went upstream for blobs again
-    assert_eq!(
-        up.stats.upstream_blob_gets.load(Ordering::Relaxed),
-        blobs as u64
-    );
-    assert!(up.stats.hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(up.stats.upstream_blob_gets.get(), blobs as u64);
+    assert!(up.stats.hits.get() > 0);
 
     // the cache lives in the shared store under the upstream's key
     let catalog = get_json(&s.url("/v2/_catalog")).await;

@@ -12,7 +12,6 @@ use oci::Digest;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -471,10 +470,10 @@ async fn concurrent_cold_pulls_share_one_upstream_fetch() {
     );
     assert_eq!(fake.total(), 1, "no other upstream request");
     let up = stats(&s, &fake.name());
-    assert_eq!(up.stats.upstream_blob_gets.load(Ordering::Relaxed), 1);
-    assert_eq!(up.stats.misses.load(Ordering::Relaxed), 1);
-    let joins = up.stats.joins.load(Ordering::Relaxed);
-    let hits = up.stats.hits.load(Ordering::Relaxed);
+    assert_eq!(up.stats.upstream_blob_gets.get(), 1);
+    assert_eq!(up.stats.misses.get(), 1);
+    let joins = up.stats.joins.get();
+    let hits = up.stats.hits.get();
     assert!(joins >= 1, "no client joined the fetch (hits {hits})");
     assert_eq!(
         joins + hits,
@@ -605,7 +604,7 @@ async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
         assert_eq!(got.status, 502, "{got:?}");
     }
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 1);
-    assert_eq!(up.stats.upstream_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(up.stats.upstream_errors.get(), 1);
     assert!(
         stored_blob_files(&s, &d).is_empty(),
         "truncated blob stored"
@@ -627,7 +626,7 @@ async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
     assert!(!got.intact(&blob), "still truncated: {got:?}");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 2, "refetched");
     eventually("the second truncated fill to fail", || {
-        up.stats.upstream_errors.load(Ordering::Relaxed) == 2
+        up.stats.upstream_errors.get() == 2
     })
     .await;
     assert!(
@@ -672,7 +671,7 @@ async fn wrong_upstream_bytes_are_never_delivered_whole_nor_stored() {
         "bytes delivered before the failure are the blob's"
     );
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 1);
-    assert_eq!(up.stats.upstream_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(up.stats.upstream_errors.get(), 1);
     assert!(stored_blob_files(&s, &d).is_empty(), "corrupt blob stored");
 
     fake.set_mode(Mode::Normal);
@@ -712,7 +711,7 @@ async fn cached_tag_is_served_while_the_upstream_is_down() {
         heads + 1,
         "berth asked upstream after the TTL"
     );
-    assert_eq!(up.stats.stale_serves.load(Ordering::Relaxed), 1);
+    assert_eq!(up.stats.stale_serves.get(), 1);
     let r = c.get(&other).send().await.unwrap();
     assert_eq!(
         r.status(),
@@ -741,7 +740,7 @@ async fn cached_tag_is_served_while_the_upstream_is_down() {
     assert_eq!(r.status(), 200, "stale tag while the upstream is down");
     assert_eq!(header(&r, "docker-content-digest"), digest.to_string());
     assert_eq!(r.bytes().await.unwrap()[..], manifest[..]);
-    assert_eq!(up.stats.stale_serves.load(Ordering::Relaxed), 2);
+    assert_eq!(up.stats.stale_serves.get(), 2);
     let r = c.get(&other).send().await.unwrap();
     assert_eq!(
         r.status(),
@@ -749,7 +748,7 @@ async fn cached_tag_is_served_while_the_upstream_is_down() {
         "a tag never pulled is unavailable, not unknown"
     );
     assert_eq!(fake.total(), requests_before);
-    assert!(up.stats.upstream_errors.load(Ordering::Relaxed) >= 4);
+    assert!(up.stats.upstream_errors.get() >= 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,6 @@
 use crate::cache::Distribution;
 use crate::common::*;
 use bytes::Bytes;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A request body sent in parts: each message on the channel is one part, and the body
@@ -398,10 +397,7 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
         assert_eq!(r.headers()["docker-content-digest"], public_d.to_string());
     }
     assert_eq!(
-        stats(&s, &name)
-            .stats
-            .upstream_blob_gets
-            .load(Ordering::Relaxed),
+        stats(&s, &name).stats.upstream_blob_gets.get(),
         0,
         "a HEAD downloads nothing"
     );
@@ -469,7 +465,7 @@ async fn cached_names_serve_only_what_the_upstream_confirms() {
     // 4. When the store already held the layer (Mallory's verified push), the cache
     //    shared it after a HEAD upstream instead of downloading it again.
     let up = stats(&s, &name);
-    let gets = up.stats.upstream_blob_gets.load(Ordering::Relaxed);
+    let gets = up.stats.upstream_blob_gets.get();
     if stored_by_mallory {
         assert_eq!(
             gets, 0,
