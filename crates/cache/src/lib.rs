@@ -8,6 +8,8 @@
 
 mod evict;
 mod fill;
+#[cfg(test)]
+mod tests;
 
 use fill::Fill;
 pub use fill::{FillError, FillReader, Started};
