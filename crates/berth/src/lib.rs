@@ -1,12 +1,22 @@
-//! The `berth` binary's library half: configuration and the wiring that turns a
-//! [`config::Config`] into a running server. Commands live in `main.rs`; protocol and
-//! storage logic live in their own crates and are only assembled here.
+//! The `berth` binary's library half: the configuration ([`config`]) and the wiring that
+//! turns a [`config::Config`] into a running server — the store, the application state
+//! and the background jobs here, listeners and serving in `serve` (re-exported here) —
+//! plus reload ([`reload`]), break-glass exports ([`exports`]), `hosts.toml`
+//! ([`hosts`]) and the store-care commands ([`tools`]). Protocol, storage, upkeep and
+//! client logic live in their own crates and are only assembled here; it never handles
+//! a request itself.
 
 pub mod config;
 pub mod exports;
 pub mod hosts;
 pub mod reload;
+mod serve;
 pub mod tools;
+
+pub use serve::{
+    BindError, Listeners, RunOptions, Running, SHUTDOWN_GRACE, open_registry_warning, run_server,
+    run_server_on, serve_options, shutdown_signal, watch_certificates,
+};
 
 use anyhow::Context;
 use config::{Config, StorageKind};
@@ -358,32 +368,6 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     Ok(Background { tasks })
 }
 
-/// Bind a listener besides the main one (an upstream's, or the metrics one) and serve
-/// `router` on it until `stop` fires.
-async fn side_listener(
-    addr: std::net::SocketAddr,
-    router: server::Router,
-    options: server::ServeOptions,
-    stop: &tokio::sync::broadcast::Sender<()>,
-    what: &str,
-) -> anyhow::Result<()> {
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
-    tracing::info!(listen = %addr, "listener for {what}");
-    let mut stop = stop.subscribe();
-    let what = what.to_owned();
-    tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.recv().await;
-        };
-        if let Err(e) = server::transport::serve(l, router, stopped, options).await {
-            tracing::error!(error = %e, "listener for {what} failed");
-        }
-    });
-    Ok(())
-}
-
 /// Send `tracing` output to stderr, filtered by `BERTH_LOG` (`info` when unset), as text
 /// or JSON lines.
 pub fn init_logging(format: config::LogFormat) {
@@ -396,193 +380,4 @@ pub fn init_logging(format: config::LogFormat) {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().init(),
     }
-}
-
-/// Completes on Ctrl-C or SIGTERM: the shutdown future `berth serve` runs with.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
-/// How long in-flight requests may run on after a shutdown signal. Long enough for a
-/// layer download in progress on a LAN to finish; short enough that a stuck client does
-/// not hold a restart hostage.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How listeners serve connections under `config`: its client timeout and, when
-/// configured, its TLS certificates (loaded now, so a bad file fails the start).
-pub fn serve_options(config: &Config) -> anyhow::Result<server::ServeOptions> {
-    let tls = match config.server.tls_files().map_err(anyhow::Error::msg)? {
-        Some(files) => {
-            Some(server::TlsCerts::load(files).map_err(|e| anyhow::anyhow!("[server] tls: {e}"))?)
-        }
-        None => None,
-    };
-    Ok(server::ServeOptions {
-        tls,
-        client_timeout: config.server.client_timeout,
-        min_body_rate: config.server.min_body_rate,
-        trusted_proxies: config.server.trusted_proxies.clone(),
-        external_url: config.server.external_url.clone(),
-    })
-}
-
-/// Start watching the TLS certificate files of `options` for changes (when TLS is on);
-/// the watch ends when the handle is aborted.
-pub fn watch_certificates(options: &server::ServeOptions) -> Option<tokio::task::JoinHandle<()>> {
-    options
-        .tls
-        .as_ref()
-        .map(|tls| tokio::spawn(tls.clone().watch()))
-}
-
-/// What SIGHUP reloads besides the configuration file (which [`reload::Live`] re-reads):
-/// the TLS certificates.
-fn on_hangup(options: &server::ServeOptions) {
-    if let Some(tls) = &options.tls {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: new TLS certificate refused; the old one stays")
-            }
-        }
-    }
-}
-
-/// Bind the configured listener and serve until `shutdown` completes (then at most
-/// [`SHUTDOWN_GRACE`] longer for in-flight requests).
-/// What to tell the operator when anyone who can reach a listener may push: no users
-/// and no `[[access]]` rules (the first-run default), on an address other hosts reach.
-pub fn open_registry_warning(config: &Config) -> Option<String> {
-    let open = config.access.is_empty() && config.auth.htpasswd.is_none();
-    let mut exposed: Vec<std::net::SocketAddr> = vec![config.server.listen];
-    exposed.extend(config.upstreams.iter().filter_map(|u| u.listen));
-    let exposed: Vec<String> = exposed
-        .iter()
-        .filter(|a| !a.ip().is_loopback())
-        .map(|a| a.to_string())
-        .collect();
-    (open && !exposed.is_empty()).then(|| {
-        format!(
-            "no users are configured, so anyone who can reach {} may pull and push; add users \
-             with [auth] htpasswd = \"FILE\" (htpasswd -B -c FILE NAME) and, if needed, \
-             [[access]] rules (docs/config.md)",
-            exposed.join(", ")
-        )
-    })
-}
-
-pub async fn run_server(
-    config: &Config,
-    path: Option<&std::path::Path>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = build_app_on(config, open_store_to_serve(config).await?)?;
-    let options = serve_options(config)?;
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        tls = options.tls.is_some(),
-        storage = %describe_store(config),
-        upstreams = config.upstreams.len(),
-        "berth is serving"
-    );
-    if let Some(warning) = open_registry_warning(config) {
-        tracing::warn!("{warning}");
-    }
-    let mut helpers: Vec<_> = watch_certificates(&options).into_iter().collect();
-    // Dedicated upstream listeners and the metrics listener stop with the main one.
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    for u in &config.upstreams {
-        let Some(addr) = u.listen else { continue };
-        let router = server::upstream_router(app.clone(), &u.name)
-            .ok_or_else(|| anyhow::anyhow!("upstream {} vanished", u.name))?;
-        let what = format!("upstream {}", u.name);
-        // The external URL names the main listener; a dedicated one is reached by its
-        // own address.
-        let own = server::ServeOptions {
-            external_url: None,
-            ..options.clone()
-        };
-        side_listener(addr, router, own, &stop_tx, &what).await?;
-    }
-    if let Some(addr) = config.metrics.listen {
-        // Plain HTTP: scrapers on a management network rarely carry the registry's CA.
-        let plain = server::ServeOptions {
-            tls: None,
-            ..options.clone()
-        };
-        let router = server::metrics_router(app.clone());
-        side_listener(addr, router, plain, &stop_tx, "[metrics]").await?;
-    }
-    let background = start_background(config, &app)?;
-    let on_hup = options.clone();
-    let reloads = match path {
-        // The file is watched and re-read on SIGHUP; the background jobs live with it.
-        Some(path) => {
-            let live = Arc::new(reload::Live::new(
-                app.clone(),
-                path.to_owned(),
-                config.clone(),
-                background,
-            ));
-            tokio::spawn(live.watch(move || on_hangup(&on_hup)))
-        }
-        None => {
-            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .context("cannot watch for SIGHUP")?;
-            tokio::spawn(async move {
-                let _background = background;
-                while hangup.recv().await.is_some() {
-                    tracing::info!(
-                        "SIGHUP: running on the embedded configuration; nothing to re-read"
-                    );
-                    on_hangup(&on_hup);
-                }
-            })
-        }
-    };
-    helpers.push(reloads);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-        // Stops the background jobs with the watcher that owns them.
-        for h in helpers {
-            h.abort();
-        }
-    };
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
-    let serving = server::serve(listener, app, signal, options);
-    tokio::pin!(serving);
-    tokio::select! {
-        r = &mut serving => r?,
-        () = async {
-            let _ = stopping_rx.await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting anyway"),
-    }
-    Ok(())
 }

@@ -16,10 +16,10 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// The configuration it runs with.
     pub config: Config,
-    /// Its background jobs (eviction, gc, retention, scrub), on their configured schedules.
-    _background: berth::Background,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The server `berth::run_server_on` started, with its background jobs (eviction,
+    /// gc, retention, scrub) on their configured schedules.
+    running: Option<berth::Running>,
 }
 
 impl TestServer {
@@ -44,7 +44,9 @@ impl TestServer {
     }
 
     /// Start a server whose configured store is first passed through `wrap` (a fault
-    /// injector, say).
+    /// injector, say). It runs as `berth serve` does ([`berth::run_server_on`]) on a
+    /// main listener of its own; dedicated upstream listeners are started by
+    /// [`dedicated_listener`], and `[metrics] listen` is left to the test.
     pub async fn start_wrapped(
         dir: tempfile::TempDir,
         f: impl FnOnce(&mut Config),
@@ -57,43 +59,31 @@ impl TestServer {
         config.access = vec![anyone_may_do_anything()];
         f(&mut config);
         let store = wrap(berth::open_store(&config).await.unwrap());
-        let app = berth::build_app_on(&config, store).unwrap();
-        let background = berth::start_background(&config, &app).unwrap();
-        let served = app.clone();
-        let options = berth::serve_options(&config).unwrap();
-        let scheme = if options.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let watch = berth::watch_certificates(&options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server::serve(
-                listener,
-                served,
-                async {
-                    let _ = rx.await;
-                },
-                options,
-            )
-            .await
-            .unwrap();
-            if let Some(w) = watch {
-                w.abort();
-            }
-        });
+        let running = berth::run_server_on(
+            &config,
+            berth::Listeners::main_only(listener),
+            berth::RunOptions {
+                config_path: None,
+                store: Some(store),
+            },
+            async {
+                let _ = rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        let addr = running.local_addr();
+        let scheme = if running.tls() { "https" } else { "http" };
         TestServer {
             addr,
-            app,
+            app: running.app().clone(),
             base: format!("{scheme}://{addr}"),
             dir,
             config,
-            _background: background,
             shutdown: Some(tx),
-            task: Some(task),
+            running: Some(running),
         }
     }
 
@@ -107,8 +97,8 @@ impl TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        if let Some(r) = self.running.take() {
+            let _ = r.wait().await;
         }
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
