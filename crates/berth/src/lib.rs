@@ -319,7 +319,12 @@ fn eviction_limits(config: &Config) -> HashMap<String, cache::EvictionLimits> {
                 cache::EvictionLimits {
                     max_size: u.max_size,
                     max_idle: u.max_idle,
-                    pinned: u.pinned.clone(),
+                    // Validated with the configuration.
+                    pinned: u
+                        .pinned
+                        .iter()
+                        .filter_map(|p| cache::Pin::new(p).ok())
+                        .collect(),
                 },
             )
         })

@@ -30,9 +30,8 @@ pub struct EvictionLimits {
     pub max_size: Option<u64>,
     /// Content unused for longer than this is evicted.
     pub max_idle: Option<Duration>,
-    /// Tags never evicted: patterns `repo:tag` matched against the upstream's names,
-    /// where `*` matches any run of characters (`library/nginx:*`, `*:stable`).
-    pub pinned: Vec<String>,
+    /// Tags never evicted, matched against the upstream's names.
+    pub pinned: Vec<Pin>,
 }
 
 /// What one eviction run did (or, dry, would do).
@@ -56,29 +55,34 @@ struct Unit {
     pinned: bool,
 }
 
-/// `*` matches any run of characters; everything else literally.
-fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
+/// A pinned tag pattern, `repo:tag`: both sides [`oci::RepoPattern`]s, so `*` stays
+/// within one path component and `**` crosses (`library/nginx:*`, `**:stable`), as in
+/// access rules, retention and exports.
+#[derive(Clone, Debug)]
+pub struct Pin {
+    repos: oci::RepoPattern,
+    tags: oci::RepoPattern,
+}
+
+impl Pin {
+    /// Compile `repo:tag` (split at the last `:`).
+    pub fn new(pattern: &str) -> Result<Pin, oci::PatternError> {
+        let Some((repos, tags)) = pattern.rsplit_once(':') else {
+            return Err(oci::PatternError {
+                pattern: pattern.to_owned(),
+                reason: "a pin is repo:tag (library/nginx:*, **:stable)".to_owned(),
+            });
+        };
+        Ok(Pin {
+            repos: oci::RepoPattern::new(repos)?,
+            tags: oci::RepoPattern::new(tags)?,
+        })
     }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = r;
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
+
+    /// Does it pin `tag` of the upstream's repository `repo`?
+    pub fn pins(&self, repo: &str, tag: &str) -> bool {
+        self.repos.matches(repo) && self.tags.matches(tag)
     }
-    true
 }
 
 impl Cache {
@@ -249,8 +253,10 @@ impl Cache {
             }
             let last_used = last_used.unwrap_or(SystemTime::UNIX_EPOCH);
             let pinned = tags.iter().any(|t| {
-                let name = format!("{upstream_repo}:{t}");
-                limits.pinned.iter().any(|p| glob(p, &name))
+                limits
+                    .pinned
+                    .iter()
+                    .any(|p| p.pins(upstream_repo.as_str(), t.as_str()))
             });
             units.push(Unit {
                 repo: repo.clone(),
@@ -290,16 +296,21 @@ pub fn spawn_eviction(
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::Pin;
 
     #[test]
-    fn globs() {
-        assert!(glob("library/nginx:*", "library/nginx:1.25"));
-        assert!(glob("*:stable", "a/b:stable"));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxbyy"));
-        assert!(glob("exact:1", "exact:1"));
-        assert!(!glob("exact:1", "exact:12"));
+    fn pins_read_patterns_like_access_rules() {
+        let pin = |p: &str| Pin::new(p).unwrap();
+        assert!(pin("library/nginx:*").pins("library/nginx", "1.25"));
+        assert!(!pin("library/nginx:*").pins("library/nginx/extra", "1.25"));
+        assert!(pin("**:stable").pins("a/b", "stable"));
+        assert!(
+            !pin("*:stable").pins("a/b", "stable"),
+            "* stays in a component"
+        );
+        assert!(pin("exact:1").pins("exact", "1") && !pin("exact:1").pins("exact", "12"));
+        assert!(Pin::new("no-tag").is_err());
+        assert!(Pin::new("team/[:x").is_err());
     }
 }
 
@@ -500,7 +511,7 @@ mod eviction_tests {
         }
         let limits = EvictionLimits {
             max_size: Some(report.size_before - 1),
-            pinned: vec!["a:multi".into()],
+            pinned: vec![Pin::new("a:multi").unwrap()],
             ..EvictionLimits::default()
         };
         let report = w.cache.evict_once(&w.up, &limits, later(3)).await.unwrap();

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
 pub use evict::{
-    EVICTION_GRACE, EVICTION_INTERVAL, EvictionLimits, EvictionReport, spawn_eviction,
+    EVICTION_GRACE, EVICTION_INTERVAL, EvictionLimits, EvictionReport, Pin, spawn_eviction,
 };
 pub use fill::BlobStream;
 

@@ -13,4 +13,4 @@ mod pattern;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest, media};
 pub use name::{NameError, Reference, RepoName, Tag};
-pub use pattern::RepoPattern;
+pub use pattern::{PatternError, RepoPattern};

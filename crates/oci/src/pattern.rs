@@ -1,6 +1,21 @@
 //! Repository patterns as configuration writes them (`team/**`, `docker.io/library/*`):
 //! `*` matches within one path component, `**` across components. Shared by access
-//! rules, retention rules and break-glass exports so they all read patterns alike.
+//! rules, retention rules, break-glass exports and eviction pins so they all read
+//! patterns alike.
+
+/// A pattern that does not compile, with the pattern quoted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid repositories pattern {pattern:?}: {reason}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub reason: String,
+}
+
+impl From<PatternError> for String {
+    fn from(e: PatternError) -> String {
+        e.to_string()
+    }
+}
 
 /// A compiled repository pattern.
 #[derive(Clone, Debug)]
@@ -11,11 +26,14 @@ pub struct RepoPattern {
 
 impl RepoPattern {
     /// Compile `pattern`; the error quotes it.
-    pub fn new(pattern: &str) -> Result<RepoPattern, String> {
+    pub fn new(pattern: &str) -> Result<RepoPattern, PatternError> {
         let matcher = globset::GlobBuilder::new(pattern)
             .literal_separator(true)
             .build()
-            .map_err(|e| format!("invalid repositories pattern {pattern:?}: {e}"))?
+            .map_err(|e| PatternError {
+                pattern: pattern.to_owned(),
+                reason: e.kind().to_string(),
+            })?
             .compile_matcher();
         Ok(RepoPattern {
             source: pattern.to_owned(),

@@ -63,7 +63,8 @@ pub struct UpstreamConfig {
     /// Cached content unused this long is evicted (`"30d"`).
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub max_idle: Option<std::time::Duration>,
-    /// Tags never evicted, as `repo:tag` patterns with `*` (`"library/nginx:*"`).
+    /// Tags never evicted, as `repo:tag` patterns (`"library/nginx:*"`, `"**:stable"`):
+    /// `*` within a path component, `**` across, as in access rules.
     #[serde(default)]
     pub pinned: Vec<String>,
 }
@@ -96,6 +97,9 @@ impl UpstreamConfig {
             return Err(format!(
                 "upstream name {n:?} is not a registry host (lowercase host name or address, optional :port)"
             ));
+        }
+        for p in &self.pinned {
+            cache::Pin::new(p).map_err(|e| format!("upstream {n}: pinned: {e}"))?;
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(format!(

@@ -50,6 +50,10 @@ fn broken_config_is_refused_at_start_with_the_key_named() {
         ("[storage]\nfsync = \"yes\"\n", "fsync"),
         ("[sever]\n", "sever"),
         ("this is not toml", "invalid configuration"),
+        (
+            "[[upstream]]\nname = \"x.io\"\nurl = \"http://x.io\"\npinned = [\"no-tag\"]\n",
+            "pinned",
+        ),
     ];
     for (text, key) in cases {
         let path = dir.path().join("bad.toml");
