@@ -8,7 +8,7 @@ use crate::copy::CopyProgress;
 use oci::Digest;
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 /// The style of every byte bar: message, bar, bytes done of total, rate, ETA.
 const BYTES_TEMPLATE: &str = "{msg:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
@@ -81,7 +81,6 @@ impl CopyProgress for TransferProgress {
         bar.set_message(short(digest));
         b.blobs
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(digest.clone(), bar);
     }
 
@@ -91,7 +90,6 @@ impl CopyProgress for TransferProgress {
         if let Some(bar) = b
             .blobs
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(digest)
         {
             bar.inc(n);
@@ -106,7 +104,6 @@ impl CopyProgress for TransferProgress {
         if let Some(bar) = b
             .blobs
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(digest)
         {
             bar.finish_and_clear();
@@ -135,7 +132,7 @@ impl PhaseBar {
         if !self.enabled {
             return;
         }
-        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.bar.lock();
         if let Some(b) = slot.take() {
             b.finish_and_clear();
         }
@@ -154,14 +151,14 @@ impl PhaseBar {
 
     /// `n` more steps of the current phase are done.
     pub fn advance(&self, n: u64) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(b) = self.bar.lock().as_ref() {
             b.inc(n);
         }
     }
 
     /// Clear the bar.
     pub fn finish(&self) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(b) = self.bar.lock().take() {
             b.finish_and_clear();
         }
     }

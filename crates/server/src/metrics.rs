@@ -8,8 +8,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use meter::{Counter, Exposition, Family, Histogram, Kind};
+use parking_lot::Mutex;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -55,7 +56,7 @@ pub struct Reloads {
 impl Reloads {
     /// Record the outcome of one reload attempt.
     pub fn record(&self, ok: bool) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock();
         if ok {
             self.successes.inc();
             *s = (Some(SystemTime::now()), false);
@@ -163,8 +164,8 @@ fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 /// Write one upkeep job's record as `berth_<job>_*` families.

@@ -171,13 +171,11 @@ fn upkeep_section(app: &App, h: &mut String, now: SystemTime) {
         .upkeep
         .scrub
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .clone();
     let gc = app
         .upkeep
         .gc
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .clone();
     h.push_str("<h2>Integrity and garbage collection</h2><table><tr><th>job</th><th>last success</th><th>runs</th><th>result</th></tr>");
     let scrub_result = match &scrub.last {

@@ -712,7 +712,7 @@ pub fn spawn_scrub(
 async fn run_recorded(ctx: &JobContext, opts: &FsckOptions) {
     let started = Instant::now();
     let result = run_once(&ctx.registry, opts, &crate::Quiet).await;
-    let mut record = ctx.status.scrub.lock().unwrap_or_else(|p| p.into_inner());
+    let mut record = ctx.status.scrub.lock();
     match result {
         Ok(r) => {
             let open = r.problems.iter().filter(|p| p.repaired.is_none()).count();

@@ -289,7 +289,7 @@ pub fn spawn_gc(
 async fn run_recorded(ctx: &JobContext, opts: &GcOptions) {
     let started = Instant::now();
     let result = run_once(&ctx.registry, opts, &crate::Quiet).await;
-    let mut record = ctx.status.gc.lock().unwrap_or_else(|p| p.into_inner());
+    let mut record = ctx.status.gc.lock();
     match result {
         Ok(r) => {
             tracing::info!(

@@ -6,7 +6,7 @@ use crate::Result;
 use oci::{Digest, RepoName, Tag};
 use registry::layout;
 use std::collections::{BTreeMap, HashMap};
-use store::{Key, ObjectMeta, Store};
+use store::{Key, ObjectLister, ObjectMeta, ObjectReader};
 
 /// What one repository holds, as found by a walk.
 #[derive(Debug)]
@@ -43,65 +43,61 @@ impl RepoIndex {
     }
 }
 
-fn digest(algo: &str, hex: &str) -> Option<Digest> {
-    format!("{algo}:{hex}").parse().ok()
+/// The index of `repo`, made on first sight.
+fn at(repos: &mut BTreeMap<RepoName, RepoIndex>, repo: RepoName) -> &mut RepoIndex {
+    repos
+        .entry(repo.clone())
+        .or_insert_with(|| RepoIndex::new(repo))
 }
 
 /// Walk every repository. Entries that do not parse (a stray file) are skipped with a
-/// log line; they are never deleted, because they are not ours to judge.
-pub async fn scan(store: &dyn Store) -> Result<BTreeMap<RepoName, RepoIndex>> {
+/// log line; they are never deleted, because they are not ours to judge. Paths are read
+/// back by [`layout::parse`], the one reader of the layout.
+pub async fn scan(store: &dyn ObjectLister) -> Result<BTreeMap<RepoName, RepoIndex>> {
     let mut repos: BTreeMap<RepoName, RepoIndex> = BTreeMap::new();
     for (path, meta) in store.walk(&Key::new(layout::REPOS)?).await? {
-        let parts: Vec<&str> = path.split('/').collect();
-        let Some(at) = parts.iter().position(|p| p.starts_with('_')) else {
+        let Some(entry) = layout::parse(&format!("{}/{path}", layout::REPOS)) else {
             tracing::warn!(path, "unexpected object under repos/ ignored");
             continue;
         };
-        let Ok(name) = parts[..at].join("/").parse::<RepoName>() else {
-            tracing::warn!(path, "object under an invalid repository name ignored");
-            continue;
-        };
-        let rest = &parts[at..];
-        let repo = repos
-            .entry(name.clone())
-            .or_insert_with(|| RepoIndex::new(name));
-        let ok = match rest {
-            ["_tags", t] => t.parse().map(|t| repo.tags.push((t, meta))).is_ok(),
-            ["_manifests", algo, hex] => digest(algo, hex)
-                .map(|d| repo.manifests.insert(d, meta))
-                .is_some(),
-            ["_blobs", algo, hex] => digest(algo, hex)
-                .map(|d| repo.blobs.insert(d, meta))
-                .is_some(),
-            ["_referrers", algo, hex, r] => match (digest(algo, hex), r.split_once('-')) {
-                (Some(s), Some((ra, rh))) => digest(ra, rh)
-                    .map(|r| repo.referrers.entry(s).or_default().push((r, meta)))
-                    .is_some(),
-                _ => false,
-            },
-            ["_uploads", id] => {
-                repo.uploads.push(((*id).to_owned(), meta));
-                true
+        match entry {
+            layout::Entry::Tag { repo, tag } => {
+                at(&mut repos, repo).tags.push((tag, meta));
             }
-            _ => false,
-        };
-        if !ok {
-            tracing::warn!(path, "unexpected object under repos/ ignored");
+            layout::Entry::ManifestLink { repo, digest } => {
+                at(&mut repos, repo).manifests.insert(digest, meta);
+            }
+            layout::Entry::BlobLink { repo, digest } => {
+                at(&mut repos, repo).blobs.insert(digest, meta);
+            }
+            layout::Entry::Referrer {
+                repo,
+                subject,
+                referrer,
+            } => {
+                at(&mut repos, repo)
+                    .referrers
+                    .entry(subject)
+                    .or_default()
+                    .push((referrer, meta));
+            }
+            layout::Entry::Upload { repo, id } => {
+                at(&mut repos, repo).uploads.push((id, meta));
+            }
+            layout::Entry::Blob(_) => {
+                tracing::warn!(path, "unexpected object under repos/ ignored");
+            }
         }
     }
     Ok(repos)
 }
 
 /// Every stored content object (`blobs/<algo>/<xx>/<hex>`) with its meta.
-pub async fn scan_blobs(store: &dyn Store) -> Result<Vec<(Digest, ObjectMeta)>> {
+pub async fn scan_blobs(store: &dyn ObjectLister) -> Result<Vec<(Digest, ObjectMeta)>> {
     let mut out = Vec::new();
     for (path, meta) in store.walk(&Key::new("blobs")?).await? {
-        let parts: Vec<&str> = path.split('/').collect();
-        match parts.as_slice() {
-            [algo, _, hex] => match digest(algo, hex) {
-                Some(d) => out.push((d, meta)),
-                None => tracing::warn!(path, "unexpected object under blobs/ ignored"),
-            },
+        match layout::parse(&format!("blobs/{path}")) {
+            Some(layout::Entry::Blob(d)) => out.push((d, meta)),
             _ => tracing::warn!(path, "unexpected object under blobs/ ignored"),
         }
     }
@@ -119,7 +115,7 @@ pub struct Refs {
 
 /// Read and parse the stored manifest `digest`: `Ok(None)` when its bytes are missing or
 /// not a manifest (fsck reports those; GC just cannot follow them).
-pub async fn read_refs(store: &dyn Store, digest: &Digest) -> Result<Option<Refs>> {
+pub async fn read_refs(store: &dyn ObjectReader, digest: &Digest) -> Result<Option<Refs>> {
     let Some(bytes) = store.get(&layout::blob(digest)?).await? else {
         return Ok(None);
     };

@@ -17,7 +17,7 @@ pub use index::RepoIndex;
 pub use retention::spawn_retention;
 pub use schedule::JobContext;
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 /// Told how far a long job has come; the CLI draws a progress bar with it.
@@ -49,7 +49,6 @@ impl Status {
     pub fn last_scrub(&self) -> Option<fsck::FsckReport> {
         self.scrub
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .last
             .clone()
     }

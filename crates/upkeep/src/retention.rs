@@ -248,8 +248,7 @@ async fn run_recorded(ctx: &JobContext, rules: &[RetentionRule]) {
     let mut record = ctx
         .status
         .retention
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+        .lock();
     match done {
         Ok(r) => {
             tracing::info!(tags_deleted = r.tags_deleted, "retention done");
