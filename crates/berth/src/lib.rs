@@ -210,17 +210,14 @@ fn token_key(config: &Config) -> anyhow::Result<[u8; auth::token::KEY_BYTES]> {
                 key.len() * 2
             );
         }
-        for (i, b) in key.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
-                .map_err(|_| anyhow::anyhow!("token key {} is not hex", path.display()))?;
-        }
+        hex::decode_to_slice(t, &mut key)
+            .map_err(|_| anyhow::anyhow!("token key {} is not hex", path.display()))?;
         Ok(key)
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.auth.token_key.is_none() => {
             let key = auth::TokenSigner::generate_key();
-            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
             std::fs::create_dir_all(&config.storage.path)?;
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
@@ -229,7 +226,7 @@ fn token_key(config: &Config) -> anyhow::Result<[u8; auth::token::KEY_BYTES]> {
             match opts.open(&path) {
                 Ok(mut f) => {
                     use std::io::Write;
-                    f.write_all(format!("{hex}\n").as_bytes())?;
+                    f.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
                     f.sync_all()?;
                     tracing::info!(path = %path.display(), "created the token signing key");
                     Ok(key)

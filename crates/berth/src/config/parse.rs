@@ -4,59 +4,72 @@
 
 use serde::Deserialize;
 
-/// Parse `512MiB`, `50GiB`, `1TB`, `1000` (bytes). Binary (KiB, MiB, GiB, TiB) and
-/// decimal (KB, MB, GB, TB) units.
+/// Parse `512MiB`, `50GiB`, `1TB`, `1000` (bytes), with `bytesize`: binary (KiB, MiB,
+/// GiB, TiB) and decimal (KB, MB, GB, TB) units, in any case, a space and a fraction
+/// (`1.5GiB`) allowed. A size beyond a u64 is refused.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a number with a unit, like \"50GiB\"")
-    })?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    let bytes = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            format!(
+                "invalid size {s:?} ({e}): expected a number with a unit, like \"50GiB\" \
+                 (B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            )
+        })?
+        .as_u64();
+    // bytesize saturates at u64::MAX instead of refusing what does not fit: that result
+    // stands only when the number times its unit is exactly u64::MAX.
+    if bytes == u64::MAX && !is_exactly_u64_max(t) {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(bytes)
 }
 
-/// Parse `90s`, `5m`, `2h`, `7d` (or a plain number of seconds).
+/// Whether `t`, a size bytesize read as u64::MAX, is that many bytes rather than more.
+fn is_exactly_u64_max(t: &str) -> bool {
+    if t.parse::<u64>().is_ok() {
+        return true;
+    }
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let factor = format!("1{}", unit.trim_start()).parse::<bytesize::ByteSize>();
+    matches!(
+        (num.parse::<u64>(), factor),
+        (Ok(n), Ok(f)) if n.checked_mul(f.as_u64()) == Some(u64::MAX)
+    )
+}
+
+/// Parse `90s`, `5m`, `2h`, `7d` (or a plain number of seconds), with `humantime`; sums
+/// (`1h 30m`) and fractions (`1.5h`) too. The units are s, m, h and d only: humantime
+/// knows more, among them `M` for months, which a `5M` meant as minutes would get.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number with s, m, h or d, like \"5m\"")
-    })?;
-    let mult: u64 = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use s, m, h or d"
-            ));
-        }
+    let t = s.trim();
+    if let Some(unit) = t
+        .split(|c: char| !c.is_alphabetic())
+        .find(|u| !u.is_empty() && !matches!(*u, "s" | "m" | "h" | "d"))
+    {
+        return Err(format!(
+            "invalid duration unit {unit:?} in {s:?}: use s, m, h or d"
+        ));
+    }
+    // humantime wants a unit after every number; a bare number is seconds.
+    let with_unit;
+    let text = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        with_unit = format!("{t}s");
+        &with_unit
+    } else {
+        t
     };
-    // Found by the config fuzz target: `13350170495401940308m` overflowed the multiply.
-    let secs = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("duration {s:?} is too long"))?;
-    Ok(std::time::Duration::from_secs(secs))
+    humantime::parse_duration(text).map_err(|e| match e {
+        // Found by the config fuzz target: `13350170495401940308m` overflowed the multiply.
+        humantime::DurationError::NumberOverflow => format!("duration {s:?} is too long"),
+        e => format!(
+            "invalid duration {s:?} ({e}): expected a number with s, m, h or d, like \"5m\""
+        ),
+    })
 }
 
 pub(super) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -109,5 +122,82 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+    }
+
+    #[test]
+    fn the_documented_forms_parse_as_before() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        for (text, want) in [
+            ("90", 90),
+            ("0", 0),
+            ("0s", 0),
+            ("90s", 90),
+            ("5m", 300),
+            (" 2h ", 7200),
+            ("7d", 7 * 86400),
+            ("30 d", 30 * 86400),
+            ("1h30m", 5400),
+            ("18446744073709551615s", u64::MAX),
+            (
+                "00000000000000000000000000013350170495401940308",
+                13350170495401940308,
+            ),
+        ] {
+            assert_eq!(secs(text), Ok(want), "{text:?}");
+        }
+        for bad in [
+            "",
+            "s",
+            "5 weeks",
+            "5M",
+            "5ms",
+            "1y",
+            "-5m",
+            "5x",
+            "5m!",
+            "1.",
+            "18446744073709551616",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("duration"), "{bad:?}: {e}");
+        }
+        assert!(
+            parse_duration("18446744073709551616")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_duration("1d 18446744073709551615s")
+                .unwrap_err()
+                .contains("too long")
+        );
+
+        for (text, want) in [
+            ("0", 0),
+            ("1000", 1000),
+            ("1000B", 1000),
+            ("64MiB", 64 << 20),
+            (" 20GiB ", 20 << 30),
+            ("1KiB", 1024),
+            ("1 KiB", 1024),
+            ("500MB", 500_000_000),
+            ("1TB", 1_000_000_000_000),
+            ("2TiB", 2 << 40),
+            ("1.5KiB", 1536),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551615B", u64::MAX),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text:?}");
+        }
+        for bad in ["", "lots", "5 parsecs", "GiB", "-1KiB", "5 KiBs"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("size"), "{bad:?}: {e}");
+        }
+        for big in ["16EiB", "99999999999999999999KB", "17179869184GiB"] {
+            assert!(
+                parse_size(big).unwrap_err().contains("too large"),
+                "{big:?}"
+            );
+        }
     }
 }
