@@ -6,9 +6,9 @@
 
 use crate::copy::CopyProgress;
 use oci::Digest;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use parking_lot::Mutex;
 
 /// The style of every byte bar: message, bar, bytes done of total, rate, ETA.
 const BYTES_TEMPLATE: &str = "{msg:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
@@ -79,19 +79,13 @@ impl CopyProgress for TransferProgress {
                 .progress_chars("=> "),
         );
         bar.set_message(short(digest));
-        b.blobs
-            .lock()
-            .insert(digest.clone(), bar);
+        b.blobs.lock().insert(digest.clone(), bar);
     }
 
     fn blob_bytes(&self, digest: &Digest, n: u64) {
         let Some(b) = &self.bars else { return };
         b.overall.inc(n);
-        if let Some(bar) = b
-            .blobs
-            .lock()
-            .get(digest)
-        {
+        if let Some(bar) = b.blobs.lock().get(digest) {
             bar.inc(n);
         }
     }
@@ -101,11 +95,7 @@ impl CopyProgress for TransferProgress {
             eprintln!("{how:>8} {digest}");
             return;
         };
-        if let Some(bar) = b
-            .blobs
-            .lock()
-            .remove(digest)
-        {
+        if let Some(bar) = b.blobs.lock().remove(digest) {
             bar.finish_and_clear();
         }
     }

@@ -167,16 +167,8 @@ fn login_prompt() -> Response {
 }
 
 fn upkeep_section(app: &App, h: &mut String, now: SystemTime) {
-    let scrub = app
-        .upkeep
-        .scrub
-        .lock()
-        .clone();
-    let gc = app
-        .upkeep
-        .gc
-        .lock()
-        .clone();
+    let scrub = app.upkeep.scrub.lock().clone();
+    let gc = app.upkeep.gc.lock().clone();
     h.push_str("<h2>Integrity and garbage collection</h2><table><tr><th>job</th><th>last success</th><th>runs</th><th>result</th></tr>");
     let scrub_result = match &scrub.last {
         None => "<span class=\"muted\">not run yet</span>".to_owned(),

@@ -47,10 +47,7 @@ pub struct Status {
 impl Status {
     /// The last scrub's report, if one ran.
     pub fn last_scrub(&self) -> Option<fsck::FsckReport> {
-        self.scrub
-            .lock()
-            .last
-            .clone()
+        self.scrub.lock().last.clone()
     }
 }
 

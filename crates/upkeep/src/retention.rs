@@ -245,10 +245,7 @@ async fn run_recorded(ctx: &JobContext, rules: &[RetentionRule]) {
         apply(&ctx.registry, &plan).await
     }
     .await;
-    let mut record = ctx
-        .status
-        .retention
-        .lock();
+    let mut record = ctx.status.retention.lock();
     match done {
         Ok(r) => {
             tracing::info!(tags_deleted = r.tags_deleted, "retention done");

@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod architecture;
 mod cache;
 mod cache_faults;
 mod cli;
