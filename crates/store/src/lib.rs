@@ -8,7 +8,9 @@
 //! the same [`conformance`] suite; [`faults::FaultyStore`] wraps any of them to make
 //! chosen operations fail in tests.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+#[cfg(any(test, feature = "test-support"))]
 pub mod faults;
 pub mod fs;
 mod key;

@@ -845,6 +845,7 @@ fn classify(e: &object_store::Error) -> CheckError {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// The S3 server the test setup started (`scripts/test` starts SeaweedFS), from
 /// `BERTH_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`, under a fresh
 /// prefix so runs never see each other's objects.
