@@ -54,6 +54,11 @@ pub struct FsStore {
 struct Inner {
     root: PathBuf,
     fsync: bool,
+    /// Folder creation and the write into the new folder hold it shared; pruning empty
+    /// folders holds it exclusively. In one process a prune therefore never lands
+    /// between a writer's mkdir and its rename (under heavy load the retries alone were
+    /// once exhausted); across processes the retries still cover the race.
+    folders: parking_lot::RwLock<()>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -131,6 +136,7 @@ impl Inner {
     /// whose last tag, manifest and blob are gone stops being listed). A writer racing
     /// with this finds its folder gone and creates it again (see [`Inner::publish`]).
     fn prune_empty_parents(&self, path: &Path) {
+        let _exclusive = self.folders.write();
         let mut cur = path.parent();
         while let Some(dir) = cur {
             if dir == self.root || !dir.starts_with(&self.root) {
@@ -161,7 +167,14 @@ impl Inner {
                         && attempts < PRUNE_RACE_RETRIES =>
                 {
                     attempts += 1;
+                    // Create the folder and rename into it with no prune in between.
+                    let _shared = self.folders.read();
                     self.create_dirs(parent)?;
+                    match fs::rename(from, to) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -182,6 +195,7 @@ impl FsStore {
         let inner = Arc::new(Inner {
             root: options.root,
             fsync: options.fsync,
+            folders: parking_lot::RwLock::new(()),
         });
         let i = inner.clone();
         blocking(move || {
