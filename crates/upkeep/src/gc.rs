@@ -461,3 +461,158 @@ async fn collect(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod mark_tests {
+    //! The mark at the crate's boundary, on the in-memory store: from each tag through an
+    //! index to its children, their configs and layers, and to the referrers of what is
+    //! marked; nothing within the grace period goes.
+
+    use super::*;
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use oci::{Digest, Reference, RepoName, media};
+    use registry::PutManifest;
+    use std::sync::Arc;
+
+    async fn blob(r: &Registry, repo: &RepoName, bytes: &'static [u8]) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        let body = futures::stream::iter([Ok(Bytes::from_static(bytes))]).boxed();
+        r.put_blob(repo, &d, Some(bytes.len() as u64), body)
+            .await
+            .unwrap();
+        d
+    }
+
+    fn desc(media_type: &str, d: &Digest, size: usize) -> serde_json::Value {
+        serde_json::json!({"mediaType": media_type, "digest": d.to_string(), "size": size})
+    }
+
+    async fn manifest(
+        r: &Registry,
+        repo: &RepoName,
+        reference: &str,
+        media_type: &str,
+        body: serde_json::Value,
+    ) -> Digest {
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
+        let d = Digest::sha256_of(&bytes);
+        let reference: Reference = if reference.is_empty() {
+            Reference::Digest(d.clone())
+        } else {
+            reference.parse().unwrap()
+        };
+        r.put_manifest(PutManifest {
+            repo,
+            reference: &reference,
+            content_type: Some(media_type),
+            bytes,
+        })
+        .await
+        .unwrap();
+        d
+    }
+
+    async fn image(
+        r: &Registry,
+        repo: &RepoName,
+        tag: &str,
+        config: &'static [u8],
+        layer: &'static [u8],
+        subject: Option<&Digest>,
+    ) -> Digest {
+        let c = blob(r, repo, config).await;
+        let l = blob(r, repo, layer).await;
+        let mut body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": desc("application/vnd.oci.image.config.v1+json", &c, config.len()),
+            "layers": [desc("application/vnd.oci.image.layer.v1.tar", &l, layer.len())],
+        });
+        if let Some(s) = subject {
+            body["subject"] = desc(media::OCI_INDEX, s, 1);
+            body["artifactType"] = "application/example.signature".into();
+        }
+        manifest(r, repo, tag, media::OCI_MANIFEST, body).await
+    }
+
+    async fn present(r: &Registry, key: store::Key) -> bool {
+        r.store().stat(&key).await.unwrap().is_some()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_mark_follows_tags_through_indexes_children_and_referrers() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            registry::RegistryOptions::default(),
+        );
+        let repo: RepoName = "team/app".parse().unwrap();
+        // A tagged index over one child image, which only the index reaches.
+        let child = image(&r, &repo, "", b"{\"c\":1}", b"child layer", None).await;
+        let index = manifest(
+            &r,
+            &repo,
+            "multi",
+            media::OCI_INDEX,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media::OCI_INDEX,
+                "manifests": [desc(media::OCI_MANIFEST, &child, 1)],
+            }),
+        )
+        .await;
+        // A signature of the index: reached only as a referrer.
+        let signature = image(&r, &repo, "", b"{\"s\":1}", b"signature", Some(&index)).await;
+        // An untagged image and a blob nothing references.
+        let orphan = image(&r, &repo, "", b"{\"o\":1}", b"orphan layer", None).await;
+        let loose = blob(&r, &repo, b"loose").await;
+
+        // Within the grace period nothing goes.
+        let within = GcOptions {
+            grace: Duration::from_secs(3600),
+            renewal_slack: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let report = run_once(&r, &within, &crate::Quiet).await.unwrap();
+        assert_eq!((report.manifests_deleted, report.blobs_deleted), (0, 0));
+        assert!(present(&r, registry::layout::blob(&orphan).unwrap()).await);
+
+        let now = GcOptions {
+            grace: Duration::ZERO,
+            renewal_slack: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let report = run_once(&r, &now, &crate::Quiet).await.unwrap();
+        for d in [&index, &child, &signature] {
+            assert!(
+                present(&r, registry::layout::manifest_link(&repo, d).unwrap()).await,
+                "{d} is reachable and was kept"
+            );
+            assert!(present(&r, registry::layout::blob(d).unwrap()).await);
+        }
+        for bytes in [
+            &b"child layer"[..],
+            b"signature",
+            b"{\"c\":1}",
+            b"{\"s\":1}",
+        ] {
+            let d = Digest::sha256_of(bytes);
+            assert!(
+                present(&r, registry::layout::blob(&d).unwrap()).await,
+                "{d}"
+            );
+        }
+        assert!(!present(&r, registry::layout::manifest_link(&repo, &orphan).unwrap()).await);
+        assert!(!present(&r, registry::layout::blob(&orphan).unwrap()).await);
+        assert!(!present(&r, registry::layout::blob(&loose).unwrap()).await);
+        let orphan_layer = Digest::sha256_of(b"orphan layer");
+        assert!(!present(&r, registry::layout::blob(&orphan_layer).unwrap()).await);
+        assert_eq!(report.manifests_deleted, 1, "{report:?}");
+        // The tag still pulls whole.
+        let got = r
+            .get_manifest(&repo, &"multi".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got.digest, index);
+    }
+}
