@@ -367,8 +367,23 @@ impl Cache {
         })
     }
 
-    /// A blob of an upstream repository: from the store, or from a fill (started now or
-    /// joined if one is under way).
+    /// `repo`'s copy of blob `digest` in the store, if it has one (counted as a hit).
+    async fn local_hit(
+        &self,
+        up: &CachedUpstream,
+        local: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<registry::OpenBlob>, CacheError> {
+        match self.registry.open_blob(local, digest).await {
+            Ok(blob) => {
+                up.stats.hits.inc();
+                Ok(Some(blob))
+            }
+            Err(RegistryError::BlobUnknown) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The size of a blob, for a HEAD: from the store when this repository has it, else
     /// the upstream's answer to a HEAD, without downloading anything (a cache in front
     /// of this one must not see a false 404, nor make it fetch what nobody pulls).
@@ -379,13 +394,8 @@ impl Cache {
         digest: &Digest,
     ) -> Result<BlobSize, CacheError> {
         let local = up.local(repo)?;
-        match self.registry.open_blob(&local, digest).await {
-            Ok(blob) => {
-                up.stats.hits.inc();
-                return Ok(BlobSize::Local(blob));
-            }
-            Err(RegistryError::BlobUnknown) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(blob) = self.local_hit(up, &local, digest).await? {
+            return Ok(BlobSize::Local(blob));
         }
         match timed(
             &up.stats.upstream_latency,
@@ -399,6 +409,8 @@ impl Cache {
         }
     }
 
+    /// A blob of an upstream repository: from the store, or from a fill (started now or
+    /// joined if one is under way).
     pub async fn blob(
         &self,
         up: &Arc<CachedUpstream>,
@@ -406,13 +418,8 @@ impl Cache {
         digest: &Digest,
     ) -> Result<BlobSource, CacheError> {
         let local = up.local(repo)?;
-        match self.registry.open_blob(&local, digest).await {
-            Ok(blob) => {
-                up.stats.hits.inc();
-                return Ok(BlobSource::Local(blob));
-            }
-            Err(RegistryError::BlobUnknown) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(blob) = self.local_hit(up, &local, digest).await? {
+            return Ok(BlobSource::Local(blob));
         }
         // Bytes already in the store for another repository (hosted or cached) are
         // shared only when the upstream confirms the blob for this repository: a
@@ -427,16 +434,11 @@ impl Cache {
             .await
             {
                 Ok(size) if size == stored => {
-                    if self.registry.relink_blob(&local, digest).await? {
-                        match self.registry.open_blob(&local, digest).await {
-                            Ok(blob) => {
-                                up.stats.hits.inc();
-                                return Ok(BlobSource::Local(blob));
-                            }
-                            // Collected between the link and now: download it.
-                            Err(RegistryError::BlobUnknown) => {}
-                            Err(e) => return Err(e.into()),
-                        }
+                    // Collected between the link and now: download it.
+                    if self.registry.relink_blob(&local, digest).await?
+                        && let Some(blob) = self.local_hit(up, &local, digest).await?
+                    {
+                        return Ok(BlobSource::Local(blob));
                     }
                 }
                 // Another size under the same digest: the download below verifies.

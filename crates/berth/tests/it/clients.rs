@@ -136,6 +136,30 @@ async fn untagged(s: &TestServer, repo: &str, tag: &str, creds: (&str, &str)) ->
     r.status() == 404
 }
 
+/// A client's push that must have been refused for lack of rights.
+fn assert_refused(r: &Run) {
+    assert!(!r.ok, "the push went through: {}", r.out);
+    assert!(
+        r.out.contains("denied") || r.out.contains("unauthorized"),
+        "refused, but not for want of rights: {}",
+        r.out
+    );
+}
+
+/// The users' server of a client test, with its address and the directory the test
+/// works in; `None` (with the reason printed) where the clients cannot run.
+async fn users_server() -> Option<(tempfile::TempDir, TestServer, String)> {
+    if let Some(why) = not_root() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().to_owned();
+    let s = TestServer::start_with(|c| with_users(c, &users)).await;
+    let host = s.addr.to_string();
+    Some((dir, s, host))
+}
+
 /// The two users of the client tests: alice may push and pull everywhere, bob only pull.
 const ALICE: (&str, &str) = ("alice", "alice-pw");
 const BOB: (&str, &str) = ("bob", "bob-pw");
@@ -319,14 +343,9 @@ impl Drop for Dockerd {
 /// refused the push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_pushes_and_pulls_through_the_token_flow() {
-    if let Some(why) = not_root() {
-        eprintln!("SKIPPED: {why}");
+    let Some((dir, s, host)) = users_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().to_owned();
-    let s = TestServer::start_with(|c| with_users(c, &users)).await;
-    let host = s.addr.to_string();
+    };
     let dockerd = Dockerd::start(&[]).await;
     let ctx = build_context(dir.path(), 1, 3);
     dockerd
@@ -345,12 +364,7 @@ async fn docker_pushes_and_pulls_through_the_token_flow() {
 
     // No login: the push is refused (docker asks for credentials).
     let r = dockerd.docker(&["push", &app]).await;
-    assert!(!r.ok, "{}", r.out);
-    assert!(
-        r.out.contains("unauthorized") || r.out.contains("denied"),
-        "{}",
-        r.out
-    );
+    assert_refused(&r);
     // A wrong password is refused at login.
     let r = dockerd.login(&host, ("alice", "wrong")).await;
     assert!(
@@ -362,12 +376,7 @@ async fn docker_pushes_and_pulls_through_the_token_flow() {
     let r = dockerd.login(&host, BOB).await;
     assert!(r.ok, "{}", r.out);
     let r = dockerd.docker(&["push", &app]).await;
-    assert!(!r.ok, "bob pushed: {}", r.out);
-    assert!(
-        r.out.contains("denied") || r.out.contains("unauthorized"),
-        "{}",
-        r.out
-    );
+    assert_refused(&r);
     assert!(untagged(&s, "team/app", "v1", ALICE).await);
 
     // alice pushes both (three layers, and one imported layer).
@@ -704,12 +713,7 @@ async fn podman_pushes_pulls_searches_and_mirrors_through_a_path_prefix() {
     let r = podman
         .run(&["push", "--tls-verify=false", "localhost/m-amd64", &app])
         .await;
-    assert!(!r.ok, "bob pushed: {}", r.out);
-    assert!(
-        r.out.contains("denied") || r.out.contains("unauthorized"),
-        "{}",
-        r.out
-    );
+    assert_refused(&r);
     assert!(untagged(&s, "pod/app", "v1", ALICE).await);
 
     // alice pushes an image and an index over both platforms.
@@ -800,14 +804,9 @@ async fn podman_pushes_pulls_searches_and_mirrors_through_a_path_prefix() {
 /// pushed; bob is refused the push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buildah_pushes_and_pulls_through_the_token_flow() {
-    if let Some(why) = not_root() {
-        eprintln!("SKIPPED: {why}");
+    let Some((dir, s, host)) = users_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().to_owned();
-    let s = TestServer::start_with(|c| with_users(c, &users)).await;
-    let host = s.addr.to_string();
+    };
     let buildah = Podman::new(
         "buildah",
         dir.path(),
@@ -943,14 +942,9 @@ async fn buildah_pushes_and_pulls_through_the_token_flow() {
 async fn ctr_and_skopeo_log_in_through_the_token_flow() {
     use crate::skopeo::{build_multi_layout, p, require_tools, skopeo};
     require_tools();
-    if let Some(why) = not_root() {
-        eprintln!("SKIPPED: {why}");
+    let Some((dir, s, host)) = users_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().to_owned();
-    let s = TestServer::start_with(|c| with_users(c, &users)).await;
-    let host = s.addr.to_string();
+    };
     let src = dir.path().join("src");
     let (_, index_digest, _) = build_multi_layout(&src).await;
     let alice = format!("{}:{}", ALICE.0, ALICE.1);
@@ -974,12 +968,7 @@ async fn ctr_and_skopeo_log_in_through_the_token_flow() {
         None,
     )
     .await;
-    assert!(!r.ok, "bob pushed: {}", r.out);
-    assert!(
-        r.out.contains("denied") || r.out.contains("unauthorized"),
-        "{}",
-        r.out
-    );
+    assert_refused(&r);
     skopeo(&[
         "copy",
         "--all",
