@@ -1,10 +1,10 @@
-//! Fuzzes `upstream::parse_challenge` on `WWW-Authenticate` values: it never panics, the
+//! Fuzzes `distribution::parse_challenge` on `WWW-Authenticate` values: it never panics, the
 //! scheme and parameter names come out lowercased and trimmed, and a challenge written
 //! back out (scheme, then `key="value"` with `\` escapes) parses to the same challenge.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use upstream::{Challenge, parse_challenge};
+use distribution::{Challenge, parse_challenge};
 
 /// `scheme k1="v1", k2="v2"` in sorted key order, quoting `"` and `\` in values.
 fn render(c: &Challenge) -> String {

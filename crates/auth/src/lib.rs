@@ -7,7 +7,7 @@ pub mod rules;
 pub mod token;
 pub mod users;
 
-pub use rules::{AccessRule, AccessRules, Action, ActionSet, Principal};
+pub use rules::{AccessRule, AccessRules, Action, ActionSet, Principal, RuleError};
 pub use token::{Claims, Scope, TokenError, TokenSigner};
 pub use users::{HtpasswdError, Users};
 

@@ -35,17 +35,34 @@ impl Action {
 }
 
 impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Action, String> {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Action, RuleError> {
         match s {
             "pull" => Ok(Action::Pull),
             "push" => Ok(Action::Push),
             "delete" => Ok(Action::Delete),
-            other => Err(format!(
-                "unknown action {other:?}: use \"pull\", \"push\" or \"delete\""
-            )),
+            other => Err(RuleError::UnknownAction(other.to_owned())),
         }
     }
+}
+
+/// Why an access rule does not compile; each message names the offending part.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("unknown action {0:?}: use \"pull\", \"push\" or \"delete\"")]
+    UnknownAction(String),
+    #[error("empty user name in an access rule")]
+    EmptyUser,
+    #[error("invalid user name {0:?} in an access rule")]
+    InvalidUser(String),
+    #[error(transparent)]
+    Pattern(#[from] oci::PatternError),
+    #[error("the access rule for {repositories:?} names no users")]
+    NoUsers { repositories: String },
+    #[error(
+        "the access rule for {repositories:?} names group @{group}, which [auth.groups] does not define"
+    )]
+    UndefinedGroup { repositories: String, group: String },
 }
 
 impl fmt::Display for Action {
@@ -101,16 +118,16 @@ pub enum Principal {
 }
 
 impl std::str::FromStr for Principal {
-    type Err = String;
+    type Err = RuleError;
     /// `anonymous`, `authenticated`, `@group`, or a user name.
-    fn from_str(s: &str) -> Result<Principal, String> {
+    fn from_str(s: &str) -> Result<Principal, RuleError> {
         match s {
-            "" => Err("empty user name in an access rule".into()),
+            "" => Err(RuleError::EmptyUser),
             "anonymous" => Ok(Principal::Anonymous),
             "authenticated" => Ok(Principal::Authenticated),
             g if g.starts_with('@') && g.len() > 1 => Ok(Principal::Group(g[1..].to_owned())),
             u if u.contains(':') || u.chars().any(char::is_whitespace) => {
-                Err(format!("invalid user name {u:?} in an access rule"))
+                Err(RuleError::InvalidUser(u.to_owned()))
             }
             u => Ok(Principal::User(u.to_owned())),
         }
@@ -133,12 +150,12 @@ impl AccessRule {
         repositories: &str,
         principals: Vec<Principal>,
         allow: ActionSet,
-    ) -> Result<AccessRule, String> {
+    ) -> Result<AccessRule, RuleError> {
         let matcher = oci::RepoPattern::new(repositories)?;
         if principals.is_empty() {
-            return Err(format!(
-                "the access rule for {repositories:?} names no users"
-            ));
+            return Err(RuleError::NoUsers {
+                repositories: repositories.to_owned(),
+            });
         }
         Ok(AccessRule {
             repositories: repositories.to_owned(),
@@ -165,16 +182,16 @@ impl AccessRules {
     pub fn new(
         rules: Vec<AccessRule>,
         groups: HashMap<String, Vec<String>>,
-    ) -> Result<AccessRules, String> {
+    ) -> Result<AccessRules, RuleError> {
         for r in &rules {
             for p in &r.principals {
                 if let Principal::Group(g) = p
                     && !groups.contains_key(g)
                 {
-                    return Err(format!(
-                        "the access rule for {:?} names group @{g}, which [auth.groups] does not define",
-                        r.repositories
-                    ));
+                    return Err(RuleError::UndefinedGroup {
+                        repositories: r.repositories.clone(),
+                        group: g.clone(),
+                    });
                 }
             }
         }
@@ -287,19 +304,24 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_the_reason() {
-        assert!("push!".parse::<Action>().unwrap_err().contains("push!"));
-        assert!("a:b".parse::<Principal>().is_err());
-        assert!(AccessRule::new("a/[", vec![Principal::Anonymous], ActionSet::NONE).is_err());
-        assert!(
-            AccessRule::new("a/**", vec![], ActionSet::NONE)
-                .unwrap_err()
-                .contains("names no users")
+        let e = "push!".parse::<Action>().unwrap_err();
+        assert_eq!(e, RuleError::UnknownAction("push!".into()));
+        assert!(e.to_string().contains("\"push!\""), "{e}");
+        assert_eq!(
+            "a:b".parse::<Principal>(),
+            Err(RuleError::InvalidUser("a:b".into()))
         );
+        assert!(matches!(
+            AccessRule::new("a/[", vec![Principal::Anonymous], ActionSet::NONE),
+            Err(RuleError::Pattern(_))
+        ));
+        let e = AccessRule::new("a/**", vec![], ActionSet::NONE).unwrap_err();
+        assert!(e.to_string().contains("names no users"), "{e}");
         let e = AccessRules::new(
             vec![rule("**", &["@ghosts"], &[Action::Pull])],
             HashMap::new(),
         )
         .unwrap_err();
-        assert!(e.contains("@ghosts"), "{e}");
+        assert!(e.to_string().contains("@ghosts"), "{e}");
     }
 }

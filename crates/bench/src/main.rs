@@ -71,6 +71,11 @@ struct Cli {
     /// The berth binary [default: target/release/berth of this workspace].
     #[arg(long, value_name = "PATH")]
     berth: Option<PathBuf>,
+    /// An earlier berth binary to measure beside this one (column `baseline (fsync)`,
+    /// configured as `berth (fsync)`), alternating with the others each round: a change
+    /// shown against the build before it in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// The CNCF distribution binary (Debian package docker-registry).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_DISTRIBUTION)]
     distribution: PathBuf,
@@ -138,6 +143,9 @@ impl Cli {
         if self.only != Some(Only::Distribution) {
             out.push((Kind::Berth { fsync: true }, berth.clone()));
             out.push((Kind::Berth { fsync: false }, berth));
+            if let Some(b) = &self.baseline {
+                out.push((Kind::BerthBaseline, b.clone()));
+            }
         }
         out
     }

@@ -134,8 +134,7 @@ impl<'a> CacheServer<'a> {
             .server
             .base
             .join(&format!("v2/{REPO_CACHED}/blobs/{}", blob.digest))?;
-        if let (Kind::Berth { .. }, Role::Cache { upstream }) = (self.server.kind, self.server.role)
-        {
+        if let (true, Role::Cache { upstream }) = (self.server.kind.is_berth(), self.server.role) {
             url.query_pairs_mut()
                 .append_pair("ns", &upstream.to_string());
         }

@@ -35,6 +35,9 @@ pub enum Kind {
     BerthS3 {
         set: u8,
     },
+    /// An earlier berth binary (`--baseline`), configured as `Berth { fsync: true }`, to
+    /// show a change against the build before it in the same run.
+    BerthBaseline,
 }
 
 impl Kind {
@@ -44,12 +47,21 @@ impl Kind {
             Kind::Berth { fsync: true } => "berth (fsync)",
             Kind::Berth { fsync: false } => "berth (no fsync)",
             Kind::BerthS3 { .. } => "berth (s3)",
+            Kind::BerthBaseline => "baseline (fsync)",
         }
+    }
+
+    /// Whether the server is a berth (any build, any store).
+    pub fn is_berth(self) -> bool {
+        !matches!(self, Kind::Distribution)
     }
 
     /// The configuration file's name and text for a `role` server on `addr` storing in
     /// `data`.
     fn config(self, role: Role, addr: SocketAddr, data: &Path) -> (&'static str, String) {
+        if self == Kind::BerthBaseline {
+            return Kind::Berth { fsync: true }.config(role, addr, data);
+        }
         let data = data.display();
         match self {
             Kind::Distribution => {
@@ -81,6 +93,7 @@ impl Kind {
                     crate::s3::SECRET_KEY,
                 ),
             ),
+            Kind::BerthBaseline => unreachable!("configured as Berth above"),
             Kind::Berth { fsync } => {
                 let mut toml = format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
@@ -195,7 +208,7 @@ impl Server {
         let config = config.clone();
         match kind {
             Kind::Distribution => cmd.arg("serve").arg(&config),
-            Kind::Berth { .. } | Kind::BerthS3 { .. } => {
+            Kind::Berth { .. } | Kind::BerthS3 { .. } | Kind::BerthBaseline => {
                 cmd.arg("serve").arg("--config").arg(&config)
             }
         };

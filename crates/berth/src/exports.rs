@@ -25,7 +25,7 @@ pub struct ExportRule {
 
 impl ExportRule {
     /// Compile an entry (the configuration was validated).
-    pub fn new(c: &ExportConfig) -> Result<ExportRule, String> {
+    pub fn new(c: &ExportConfig) -> Result<ExportRule, oci::PatternError> {
         Ok(ExportRule {
             repositories: RepoPattern::new(&c.repositories)?,
             tags: RepoPattern::new(&c.tags)?,

@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod exports;
+pub mod health;
 pub mod hosts;
+mod notify;
 pub mod reload;
 mod serve;
 pub mod tools;
@@ -32,7 +34,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.storage.kind {
         StorageKind::Fs => Arc::new(open_fs(config).await?),
         StorageKind::S3 => {
-            let options = config.storage.s3().map_err(anyhow::Error::msg)?;
+            let options = config.storage.s3()?;
             store::s3::S3Store::check(&options)
                 .await
                 .with_context(|| format!("cannot use {}", describe_store(config)))?;
@@ -108,7 +110,7 @@ pub fn describe_store(config: &Config) -> String {
 /// The cache's view of the configured upstreams (reading password files now).
 pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec>> {
     let dns = (!config.dns.servers.is_empty()).then(|| {
-        upstream::FallbackResolver::new(&upstream::DnsOptions {
+        distribution::FallbackResolver::new(&distribution::DnsOptions {
             servers: config.dns.servers.clone(),
             fallback: config.dns.fallback.clone(),
         })
@@ -119,10 +121,10 @@ pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec
         .map(|u| {
             Ok(cache::UpstreamSpec {
                 name: u.name.clone(),
-                options: upstream::UpstreamOptions {
+                options: distribution::ClientOptions {
                     credentials: u.credentials()?,
                     dns: dns.clone(),
-                    ..upstream::UpstreamOptions::new(u.url.clone())
+                    ..distribution::ClientOptions::new(u.url.clone())
                 },
                 tag_ttl: u.tag_ttl,
             })
@@ -275,7 +277,7 @@ pub fn retention_rules(config: &Config) -> anyhow::Result<Vec<upkeep::retention:
         .retention
         .rules
         .iter()
-        .map(|r| r.compile().map_err(|e| anyhow::anyhow!(e)))
+        .map(|r| Ok(r.compile()?))
         .collect()
 }
 
@@ -337,8 +339,7 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
         .exports
         .iter()
         .map(exports::ExportRule::new)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<Result<Vec<_>, _>>()?;
     let retention = retention_rules(config)?;
     let mut tasks = Vec::new();
     let limits = eviction_limits(config);
@@ -375,8 +376,12 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
 pub fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: `docker logs`, journald and files get
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Text => builder.init(),

@@ -3,12 +3,22 @@
 //! behaviour of its own.
 
 use berth::config::Config;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the package version and the git commit it was built
+/// from (`build.rs`; `unknown` when built outside a git checkout without
+/// `BERTH_GIT_COMMIT`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BERTH_GIT_COMMIT"),
+    ")"
+);
 
 /// berth: a private OCI container registry and pull-through cache in one binary.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "berth", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +36,40 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Print the embedded default configuration, a starting point for your own file.
-    DefaultConfig,
+    DefaultConfig {
+        /// Print the container image's variant instead: listening on 0.0.0.0:5000 and
+        /// storing in /var/lib/berth (what the image has at /etc/berth/berth.toml).
+        #[arg(long)]
+        container: bool,
+    },
+    /// Probe a running berth: exit 0 when GET /v2/ answers 200 or 401, 1 otherwise.
+    ///
+    /// Asks the main listener of the configuration ([server] listen, on loopback when it
+    /// listens on every address; https when TLS is configured, the certificate unchecked),
+    /// or --url. For container health checks and Kubernetes exec probes: needs no shell.
+    Health {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Probe this URL instead (e.g. http://10.0.0.5:5000/v2/); its certificate is
+        /// checked.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script for SHELL to stdout.
+    ///
+    /// e.g. `berth completions bash > /etc/bash_completion.d/berth`,
+    /// `berth completions zsh > "${fpath[1]}/_berth"`,
+    /// `berth completions fish > ~/.config/fish/completions/berth.fish`.
+    Completions {
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print berth's manual page (roff) to stdout: `berth man > /usr/local/share/man/man1/berth.1`.
+    Man,
     /// Check a configuration file and exit: 0 when valid, 1 with the reason when not.
     CheckConfig {
         /// Path of the TOML configuration file.
@@ -216,6 +259,11 @@ impl From<RemoteArgs> for client::remote::Connect {
     }
 }
 
+/// `--timeout 3s`: a duration as the configuration file writes them.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    berth::config::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -239,8 +287,32 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     use berth::tools::tool_config;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::DefaultConfig => {
-            print!("{}", berth::config::DEFAULT_TOML);
+        Command::DefaultConfig { container } => {
+            if container {
+                print!("{}", berth::config::container_default());
+            } else {
+                print!("{}", berth::config::DEFAULT_TOML);
+            }
+            Ok(true)
+        }
+        Command::Health {
+            config,
+            url,
+            timeout,
+        } => {
+            let config = tool_config(config.as_deref())?;
+            let opts = berth::health::HealthOptions { url, timeout };
+            let h = runtime()?.block_on(berth::health::check(&config, &opts))?;
+            let verdict = if h.healthy { "healthy" } else { "unhealthy" };
+            println!("{verdict}: GET {}: {}", h.url, h.detail);
+            Ok(h.healthy)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut out);
+            Ok(true)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             Ok(true)
         }
         Command::CheckConfig { config } => {

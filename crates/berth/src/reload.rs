@@ -121,7 +121,13 @@ impl Live {
     pub async fn reload(&self) -> anyhow::Result<()> {
         let mut state = self.state.lock().await;
         state.stamp = stamp(&self.path);
+        crate::notify::reloading();
         let result = self.apply(&mut state).await;
+        crate::notify::reloaded(if result.is_ok() {
+            "configuration reloaded"
+        } else {
+            "configuration refused; the running one stays"
+        });
         self.app.metrics.reloads.record(result.is_ok());
         match &result {
             Ok(()) => tracing::info!(config = %self.path.display(), "configuration reloaded"),

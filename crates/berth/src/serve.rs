@@ -131,7 +131,7 @@ impl Running {
 /// How listeners serve connections under `config`: its client timeout and, when
 /// configured, its TLS certificates (loaded now, so a bad file fails the start).
 pub fn serve_options(config: &Config) -> anyhow::Result<server::ServeOptions> {
-    let tls = match config.server.tls_files().map_err(anyhow::Error::msg)? {
+    let tls = match config.server.tls_files()? {
         Some(files) => {
             Some(server::TlsCerts::load(files).map_err(|e| anyhow::anyhow!("[server] tls: {e}"))?)
         }
@@ -225,10 +225,13 @@ pub async fn run_server(
         config_path: path.map(Path::to_owned),
         store: Some(store),
     };
-    run_server_on(config, listeners, options, shutdown)
-        .await?
-        .wait()
-        .await
+    let shutdown = async move {
+        shutdown.await;
+        crate::notify::stopping();
+    };
+    let running = run_server_on(config, listeners, options, shutdown).await?;
+    crate::notify::ready(&format!("serving on {}", running.addr));
+    running.wait().await
 }
 
 /// Start serving `config` on `listeners` until `shutdown` completes: build the

@@ -40,6 +40,7 @@ pub fn tool_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
         let filter = tracing_subscriber::EnvFilter::new("error");
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     } else {

@@ -384,7 +384,7 @@ mod eviction_tests {
             reg.clone(),
             vec![UpstreamSpec {
                 name: "up.io".into(),
-                options: upstream::UpstreamOptions::new("http://127.0.0.1:9"),
+                options: distribution::ClientOptions::new("http://127.0.0.1:9"),
                 tag_ttl: Duration::from_secs(60),
             }],
         )

@@ -67,7 +67,7 @@ pub enum FillError {
     #[error("not found upstream")]
     NotFound,
     #[error("{0}")]
-    Upstream(#[source] upstream::UpstreamError),
+    Upstream(#[source] distribution::ClientError),
     #[error("{0}")]
     Store(#[source] registry::RegistryError),
     /// The bytes did not verify at commit (digest or size): nothing was stored.
@@ -214,7 +214,7 @@ async fn run(
     )
     .await
     .map_err(|e| match e {
-        upstream::UpstreamError::NotFound => FillError::NotFound,
+        distribution::ClientError::NotFound => FillError::NotFound,
         e => FillError::Upstream(e),
     })?;
     let id = job

@@ -11,6 +11,7 @@ mod fill;
 #[cfg(test)]
 mod tests;
 
+use distribution::{Client, ClientError, ClientOptions};
 use fill::Fill;
 pub use fill::{FillError, FillReader, Started};
 use oci::{Digest, Reference, RepoName, Tag};
@@ -19,7 +20,6 @@ use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use upstream::{Upstream, UpstreamError, UpstreamOptions};
 
 pub use evict::{
     EVICTION_GRACE, EVICTION_INTERVAL, EvictionLimits, EvictionReport, Pin, spawn_eviction,
@@ -36,7 +36,7 @@ pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(5 * 60);
 pub struct UpstreamSpec {
     /// The registry host as users write it (`docker.io`, `127.0.0.1:5000`).
     pub name: String,
-    pub options: UpstreamOptions,
+    pub options: ClientOptions,
     pub tag_ttl: Duration,
 }
 
@@ -79,7 +79,7 @@ pub struct CachedUpstream {
     pub tag_ttl: Duration,
     /// Counters, kept across reconfigurations.
     pub stats: Arc<Stats>,
-    client: Upstream,
+    client: Client,
     /// When clients last used each cached root manifest, by (store repository, digest):
     /// a cache of recent use for eviction, rebuilt from write times after a restart.
     access: Arc<Mutex<HashMap<(RepoName, Digest), SystemTime>>>,
@@ -146,7 +146,7 @@ pub struct Cache {
 
 impl Cache {
     /// A cache over `registry` for `specs` (names must be distinct).
-    pub fn new(registry: Registry, specs: Vec<UpstreamSpec>) -> Result<Cache, UpstreamError> {
+    pub fn new(registry: Registry, specs: Vec<UpstreamSpec>) -> Result<Cache, ClientError> {
         let cache = Cache {
             registry,
             upstreams: arc_swap::ArcSwap::default(),
@@ -160,7 +160,7 @@ impl Cache {
     /// carry over by name; clients are built anew (new credentials, URLs and TTLs apply to
     /// the next request). Requests and downloads under way finish with the upstream they
     /// started with. On error nothing changes.
-    pub fn reconfigure(&self, specs: Vec<UpstreamSpec>) -> Result<(), UpstreamError> {
+    pub fn reconfigure(&self, specs: Vec<UpstreamSpec>) -> Result<(), ClientError> {
         let old = self.upstreams.load_full();
         let mut upstreams = HashMap::new();
         for spec in specs {
@@ -170,7 +170,7 @@ impl Cache {
                 name: spec.name.clone(),
                 tag_ttl: spec.tag_ttl,
                 stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
-                client: Upstream::new(spec.options)?,
+                client: Client::new(spec.options)?,
                 access: previous.map(|p| p.access.clone()).unwrap_or_default(),
             };
             upstreams.insert(spec.name, Arc::new(up));
@@ -209,13 +209,13 @@ impl Cache {
         self.current().values().any(|u| u.key == first)
     }
 
-    fn outage(&self, up: &CachedUpstream, e: &UpstreamError) {
+    fn outage(&self, up: &CachedUpstream, e: &ClientError) {
         up.stats.upstream_errors.inc();
         tracing::warn!(upstream = %up.name, error = %e, "upstream request failed");
     }
 
     /// Count and log an upstream failure with nothing cached to fall back on.
-    fn unavailable(&self, up: &CachedUpstream, e: UpstreamError) -> CacheError {
+    fn unavailable(&self, up: &CachedUpstream, e: ClientError) -> CacheError {
         self.outage(up, &e);
         CacheError::Unavailable {
             upstream: up.name.clone(),
@@ -312,7 +312,7 @@ impl Cache {
                 self.fetch_manifest(up, repo, local, Some(tag), &head.digest.to_string())
                     .await
             }
-            (Err(UpstreamError::NotFound), _) => Err(CacheError::NotFound),
+            (Err(ClientError::NotFound), _) => Err(CacheError::NotFound),
             (Err(e), Some(m)) => {
                 self.outage(up, &e);
                 up.stats.stale_serves.inc();
@@ -345,7 +345,7 @@ impl Cache {
         .await
         {
             Ok(f) => f,
-            Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
+            Err(ClientError::NotFound) => return Err(CacheError::NotFound),
             Err(e) => return Err(self.unavailable(up, e)),
         };
         self.registry
@@ -404,7 +404,7 @@ impl Cache {
         .await
         {
             Ok(size) => Ok(BlobSize::Upstream(size)),
-            Err(UpstreamError::NotFound) => Err(CacheError::NotFound),
+            Err(ClientError::NotFound) => Err(CacheError::NotFound),
             Err(e) => Err(self.unavailable(up, e)),
         }
     }
@@ -443,7 +443,7 @@ impl Cache {
                 }
                 // Another size under the same digest: the download below verifies.
                 Ok(_) => {}
-                Err(UpstreamError::NotFound) => return Err(CacheError::NotFound),
+                Err(ClientError::NotFound) => return Err(CacheError::NotFound),
                 Err(e) => return Err(self.unavailable(up, e)),
             }
         }

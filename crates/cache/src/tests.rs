@@ -90,7 +90,7 @@ fn cache_of(fake: &Fake) -> (Cache, Registry) {
     );
     let spec = UpstreamSpec {
         name: "up.test".into(),
-        options: upstream::UpstreamOptions::new(fake.url.clone()),
+        options: distribution::ClientOptions::new(fake.url.clone()),
         tag_ttl: Duration::from_secs(60),
     };
     (Cache::new(registry.clone(), vec![spec]).unwrap(), registry)

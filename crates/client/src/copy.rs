@@ -63,7 +63,7 @@ pub trait ImageSink: Send + Sync {
 
 /// A repository in a registry.
 pub struct Registry {
-    client: upstream::Upstream,
+    client: distribution::Client,
     registry: String,
     repo: String,
 }
@@ -105,7 +105,7 @@ impl ImageSink for Registry {
     async fn has_blob(&self, digest: &Digest, size: u64) -> anyhow::Result<bool> {
         match self.client.head_blob(&self.repo, digest).await {
             Ok(n) => Ok(n == size),
-            Err(upstream::UpstreamError::NotFound) => Ok(false),
+            Err(distribution::ClientError::NotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -3,7 +3,7 @@
 //! layout directories ([`copy`]), break-glass tarballs ([`archive`]), pull walks
 //! ([`verify`]), the client commands as the CLI runs them ([`commands`]) and the progress
 //! bars of berth's commands ([`progress`]). It reaches registries only through their
-//! HTTP API (`upstream::Upstream`) and writes only the files it is asked to; it never
+//! HTTP API (`distribution::Client`) and writes only the files it is asked to; it never
 //! opens a berth store and never serves HTTP.
 
 pub mod archive;
@@ -38,18 +38,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 
 /// `1.5 MiB`: a byte count as people read it (binary units, one decimal).
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
 #[cfg(test)]

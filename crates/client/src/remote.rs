@@ -111,18 +111,18 @@ pub struct Connect {
     pub creds_file: Option<std::path::PathBuf>,
 }
 
-fn split_creds(s: &str, from: &str) -> anyhow::Result<upstream::Credentials> {
+fn split_creds(s: &str, from: &str) -> anyhow::Result<distribution::Credentials> {
     let (u, p) = s
         .trim_end_matches(['\r', '\n'])
         .split_once(':')
         .ok_or_else(|| anyhow::anyhow!("{from} must be USER:PASS"))?;
-    Ok(upstream::Credentials {
+    Ok(distribution::Credentials {
         username: u.to_owned(),
         password: p.to_owned(),
     })
 }
 
-fn read_creds(path: &Path) -> anyhow::Result<upstream::Credentials> {
+fn read_creds(path: &Path) -> anyhow::Result<distribution::Credentials> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     split_creds(
@@ -133,7 +133,7 @@ fn read_creds(path: &Path) -> anyhow::Result<upstream::Credentials> {
 
 impl Connect {
     /// A client for the registry `image` names.
-    pub fn client(&self, image: &ImageRef) -> anyhow::Result<upstream::Upstream> {
+    pub fn client(&self, image: &ImageRef) -> anyhow::Result<distribution::Client> {
         let url = if image.registry == "docker.io" {
             DOCKER_HUB_API.to_owned()
         } else if self.plain_http {
@@ -147,9 +147,9 @@ impl Connect {
             (None, Some(f)) => Some(read_creds(f)?),
             (None, None) => None,
         };
-        upstream::Upstream::new(upstream::UpstreamOptions {
+        distribution::Client::new(distribution::ClientOptions {
             credentials,
-            ..upstream::UpstreamOptions::new(url)
+            ..distribution::ClientOptions::new(url)
         })
         .map_err(|e| anyhow::anyhow!("cannot set up a client for {}: {e}", image.registry))
     }

@@ -59,7 +59,7 @@ impl VerifyReport {
 }
 
 struct Walk<'a> {
-    client: &'a upstream::Upstream,
+    client: &'a distribution::Client,
     repo: &'a str,
     opts: VerifyOptions,
     nodes: Vec<Node>,
@@ -68,7 +68,7 @@ struct Walk<'a> {
 
 /// Check one blob: HEAD (size must match), or download and hash it.
 async fn check_blob(
-    client: &upstream::Upstream,
+    client: &distribution::Client,
     repo: &str,
     deep: bool,
     d: &Descriptor,
@@ -112,7 +112,7 @@ async fn check_blob(
 
 /// The node of one config or layer, checked.
 async fn blob_node(
-    client: &upstream::Upstream,
+    client: &distribution::Client,
     repo: &str,
     deep: bool,
     kind: &'static str,
@@ -254,7 +254,7 @@ impl Walk<'_> {
 
 /// Walk `image` and report every node.
 pub async fn verify(
-    client: &upstream::Upstream,
+    client: &distribution::Client,
     image: &ImageRef,
     opts: VerifyOptions,
 ) -> VerifyReport {

@@ -11,12 +11,6 @@ pub struct PatternError {
     pub reason: String,
 }
 
-impl From<PatternError> for String {
-    fn from(e: PatternError) -> String {
-        e.to_string()
-    }
-}
-
 /// A compiled repository pattern.
 #[derive(Clone, Debug)]
 pub struct RepoPattern {

@@ -36,18 +36,7 @@ fn esc(s: &str) -> String {
 
 /// `1.5 GiB`, `312 KiB`, `17 B`.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
 /// `3 min ago`, `2 h ago`, `5 d ago`; `—` when never.

@@ -466,7 +466,8 @@ async fn collect(
 mod mark_tests {
     //! The mark at the crate's boundary, on the in-memory store: from each tag through an
     //! index to its children, their configs and layers, and to the referrers of what is
-    //! marked; nothing within the grace period goes.
+    //! marked; nothing within the grace period goes, and nothing renewed while the
+    //! collection runs.
 
     use super::*;
     use bytes::Bytes;
@@ -614,5 +615,74 @@ mod mark_tests {
             .await
             .unwrap();
         assert_eq!(got.digest, index);
+    }
+
+    /// A [`Progress`] that pushes `bytes` again into `repo` when phase `at` starts: a
+    /// client renewing content between the mark, which doomed it, and the sweep.
+    struct PushAtPhase {
+        registry: Registry,
+        repo: RepoName,
+        bytes: &'static [u8],
+        at: &'static str,
+    }
+
+    impl Progress for PushAtPhase {
+        fn phase(&self, name: &str, _: u64) {
+            if name == self.at {
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(blob(
+                        &self.registry,
+                        &self.repo,
+                        self.bytes,
+                    ))
+                });
+            }
+        }
+        fn advance(&self, _: u64) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn content_renewed_during_the_sweep_is_kept() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            registry::RegistryOptions::default(),
+        );
+        let repo: RepoName = "team/app".parse().unwrap();
+        let now = GcOptions {
+            grace: Duration::ZERO,
+            renewal_slack: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        // Nothing references either blob, so the mark dooms both and their links.
+        let renewed = blob(&r, &repo, b"pushed again mid-sweep").await;
+        let dropped = blob(&r, &repo, b"left alone").await;
+        let progress = PushAtPhase {
+            registry: r.clone(),
+            repo: repo.clone(),
+            bytes: b"pushed again mid-sweep",
+            at: "sweeping blobs",
+        };
+        let report = run_once(&r, &now, &progress).await.unwrap();
+        // The links went in the link sweep; the push put its link back and renewed the
+        // bytes, which the blob sweep then found newer than the cut-off.
+        assert_eq!(report.kept_in_use, 1, "{report:?}");
+        assert_eq!(report.blobs_deleted, 1, "{report:?}");
+        assert!(present(&r, registry::layout::blob(&renewed).unwrap()).await);
+        assert!(present(&r, registry::layout::blob_link(&repo, &renewed).unwrap()).await);
+        assert!(!present(&r, registry::layout::blob(&dropped).unwrap()).await);
+        let open = r.open_blob(&repo, &renewed).await.unwrap();
+        assert_eq!(open.size, b"pushed again mid-sweep".len() as u64);
+
+        // Renewed before the link sweep: the link is kept, and with it the bytes, which
+        // are then not even candidates.
+        let progress = PushAtPhase {
+            at: "sweeping links",
+            ..progress
+        };
+        let again = blob(&r, &repo, b"left alone").await;
+        let report = run_once(&r, &now, &progress).await.unwrap();
+        assert!(report.kept_in_use >= 1, "{report:?}");
+        assert!(present(&r, registry::layout::blob(&renewed).unwrap()).await);
+        assert!(!present(&r, registry::layout::blob(&again).unwrap()).await);
     }
 }

@@ -133,7 +133,7 @@ pub fn lease_holder() -> &'static str {
 }
 
 /// Take (or renew) lease `name`, or `Busy`.
-pub(crate) async fn lease(store: &dyn store::Store, name: &'static str) -> Result<()> {
+pub(crate) async fn lease(store: &dyn store::Leaser, name: &'static str) -> Result<()> {
     if store.acquire_lease(name, lease_holder(), LEASE_TTL).await? {
         Ok(())
     } else {

@@ -30,6 +30,19 @@ pub struct RetentionRule {
     pub max_age: Option<Duration>,
 }
 
+/// Why a retention rule does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionRuleError {
+    #[error(transparent)]
+    Pattern(#[from] oci::PatternError),
+    #[error("invalid keep_tags regex {regex:?}: {source}")]
+    KeepTags {
+        regex: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
 impl RetentionRule {
     /// Compile a rule; the error names what is wrong with the pattern.
     pub fn new(
@@ -37,11 +50,14 @@ impl RetentionRule {
         keep_last: Option<usize>,
         keep_tags: Option<&str>,
         max_age: Option<Duration>,
-    ) -> Result<RetentionRule, String> {
+    ) -> Result<RetentionRule, RetentionRuleError> {
         let matcher = oci::RepoPattern::new(repositories)?;
         let keep_tags = keep_tags
             .map(|t| {
-                regex::Regex::new(t).map_err(|e| format!("invalid keep_tags regex {t:?}: {e}"))
+                regex::Regex::new(t).map_err(|source| RetentionRuleError::KeepTags {
+                    regex: t.to_owned(),
+                    source,
+                })
             })
             .transpose()?;
         Ok(RetentionRule {

@@ -3,6 +3,7 @@
 //! compiles rules with the `auth` crate; it never reads requests or checks passwords.
 
 use super::Config;
+use super::Invalid;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -33,7 +34,7 @@ pub struct AccessConfig {
 }
 
 impl AccessConfig {
-    fn compile(&self) -> Result<auth::AccessRule, String> {
+    fn compile(&self) -> Result<auth::AccessRule, auth::RuleError> {
         let principals = self
             .users
             .iter()
@@ -72,7 +73,7 @@ pub const DEFAULT_ACCESS_WITHOUT_USERS: [(&str, &str, &[&str]); 1] =
 impl Config {
     /// The access rules in force: the `[[access]]` tables, or [`DEFAULT_ACCESS`] (with
     /// users) or [`DEFAULT_ACCESS_WITHOUT_USERS`] (without).
-    pub fn access_rules(&self) -> Result<auth::AccessRules, String> {
+    pub fn access_rules(&self) -> Result<auth::AccessRules, Invalid> {
         let defaults: Vec<AccessConfig>;
         let tables = if self.access.is_empty() {
             let chosen: &[(&str, &str, &[&str])] = if self.auth.htpasswd.is_none() {
@@ -96,11 +97,13 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                a.compile()
-                    .map_err(|e| format!("[[access]] #{}: {e}", i + 1))
+                a.compile().map_err(|error| Invalid::Access {
+                    number: i + 1,
+                    error,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        auth::AccessRules::new(rules, self.auth.groups.clone())
+        auth::AccessRules::new(rules, self.auth.groups.clone()).map_err(Invalid::AccessRules)
     }
 }
 

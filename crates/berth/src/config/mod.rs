@@ -5,6 +5,7 @@
 //! never opens stores or sockets.
 
 mod auth;
+mod error;
 mod export;
 mod log;
 mod parse;
@@ -14,6 +15,7 @@ mod upkeep;
 mod upstream;
 
 pub use auth::{AccessConfig, AuthConfig, DEFAULT_ACCESS, DEFAULT_ACCESS_WITHOUT_USERS};
+pub use error::{ConfigError, Invalid, ValueError};
 pub use export::ExportConfig;
 pub use log::{LogConfig, LogFormat};
 pub use parse::{parse_duration, parse_size};
@@ -27,6 +29,27 @@ use std::path::Path;
 
 /// The configuration `berth serve` runs with when no file is given.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The default's listen line, which [`container_default`] opens to every address.
+const DEFAULT_LISTEN_LINE: &str = "listen = \"127.0.0.1:5000\"";
+/// The default's data directory line, which [`container_default`] moves to the volume.
+const DEFAULT_PATH_LINE: &str = "path = \"./berth-data\"";
+
+/// The configuration of the container image (`berth default-config --container`, at
+/// `/etc/berth/berth.toml` in the image): the embedded default, listening on
+/// `0.0.0.0:5000` (a container's loopback is its own) and storing in the
+/// `/var/lib/berth` volume. Derived from [`DEFAULT_TOML`] so the two cannot drift.
+pub fn container_default() -> String {
+    DEFAULT_TOML
+        .replacen(DEFAULT_LISTEN_LINE, "listen = \"0.0.0.0:5000\"", 1)
+        .replacen(DEFAULT_PATH_LINE, "path = \"/var/lib/berth\"", 1)
+        .replacen(
+            "# berth's embedded default configuration: what `berth serve` runs with no --config.",
+            "# berth's container configuration (`berth default-config --container`): the embedded\n\
+             # default, listening on every address and storing in the /var/lib/berth volume.",
+            1,
+        )
+}
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -63,94 +86,103 @@ pub struct Config {
 
 impl Config {
     /// Parse a configuration document; `origin` names it in error messages.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let mut msg = format!("invalid configuration in {origin}: {e}");
-            if msg.contains("retention") && msg.contains("invalid type") {
-                msg.push_str("\nhint: write the schedule as [retention] interval = \"1h\" and each rule as a [[retention.rule]] table");
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| {
+            let msg = error.to_string();
+            let hint = if msg.contains("retention") && msg.contains("invalid type") {
+                "\nhint: write the schedule as [retention] interval = \"1h\" and each rule as a [[retention.rule]] table"
+            } else {
+                ""
+            };
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                error: Box::new(error),
+                hint,
             }
-            anyhow::anyhow!(msg)
         })?;
-        config
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid configuration in {origin}: {e}"))?;
+        config.validate().map_err(|invalid| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            invalid,
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         self.server.tls_files()?;
         if self.storage.redirect && self.storage.kind != StorageKind::S3 {
-            return Err("[storage] redirect needs kind = \"s3\": only object storage can hand out presigned URLs".into());
+            return Err(Invalid::RedirectNeedsS3);
         }
         if self.storage.kind == StorageKind::S3 {
             self.storage.s3()?;
             if self.auth.htpasswd.is_some() && self.auth.token_key.is_none() {
-                return Err("[auth] token_key is required with [storage] kind = \"s3\": replicas must share the token signing key".into());
+                return Err(Invalid::S3WithoutTokenKey);
             }
         }
-        for (i, e) in self.exports.iter().enumerate() {
-            oci::RepoPattern::new(&e.repositories)
-                .map_err(|m| format!("[[export]] #{}: {m}", i + 1))?;
-            oci::RepoPattern::new(&e.tags)
-                .map_err(|m| format!("[[export]] #{}: tags: {m}", i + 1))?;
+        for (number, e) in (1..).zip(&self.exports) {
+            let pattern = |field, text| {
+                oci::RepoPattern::new(text).map_err(|error| Invalid::ExportPattern {
+                    number,
+                    field,
+                    error,
+                })
+            };
+            pattern("", &e.repositories)?;
+            pattern("tags: ", &e.tags)?;
             if e.keep == 0 {
-                return Err(format!("[[export]] #{}: keep must be at least 1", i + 1));
+                return Err(Invalid::ExportKeepZero { number });
             }
         }
         if self.metrics.listen == Some(self.server.listen) {
-            return Err(format!(
-                "[metrics] listen {} is the main [server] listen address; leave it out to serve /metrics there",
-                self.server.listen
-            ));
+            return Err(Invalid::MetricsOnMainListener(self.server.listen));
         }
         if self.server.client_timeout.is_zero() {
-            return Err("[server] client_timeout must be above zero".into());
+            return Err(Invalid::ClientTimeoutZero);
         }
         if self.dns.servers.is_empty() && !self.dns.fallback.is_empty() {
-            return Err("[dns] fallback needs servers: the fallback is asked only after the primary servers".into());
+            return Err(Invalid::DnsFallbackWithoutServers);
         }
-        for (i, r) in self.retention.rules.iter().enumerate() {
+        for (number, r) in (1..).zip(&self.retention.rules) {
             r.compile()
-                .map_err(|e| format!("[[retention.rule]] #{}: {e}", i + 1))?;
+                .map_err(|error| Invalid::RetentionRule { number, error })?;
             if r.keep_last.is_none() && r.max_age.is_none() {
-                return Err(format!(
-                    "[[retention.rule]] #{} ({}): set keep_last or max_age, or the rule drops nothing",
-                    i + 1,
-                    r.repositories
-                ));
+                return Err(Invalid::RetentionDropsNothing {
+                    number,
+                    repositories: r.repositories.clone(),
+                });
             }
         }
         self.access_rules()?;
         if let Some(h) = &self.auth.htpasswd {
-            ::auth::Users::load(h).map_err(|e| format!("[auth] htpasswd: {e}"))?;
+            ::auth::Users::load(h).map_err(Invalid::Htpasswd)?;
         }
         if self.scrub.rate == 0 {
-            return Err("[scrub] rate must be more than 0 bytes per second".into());
+            return Err(Invalid::ScrubRateZero);
         }
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for u in &self.upstreams {
             u.validate()?;
             if !names.insert(u.name.as_str()) || !keys.insert(cache::key_for(&u.name)) {
-                return Err(format!("[[upstream]] name {:?} is defined twice", u.name));
+                return Err(Invalid::UpstreamTwice(u.name.clone()));
             }
             if u.listen == Some(self.server.listen) {
-                return Err(format!(
-                    "upstream {}: listen {} is the main [server] listen address",
-                    u.name, self.server.listen
-                ));
+                return Err(Invalid::UpstreamOnMainListener {
+                    upstream: u.name.clone(),
+                    listen: self.server.listen,
+                });
             }
         }
         Ok(())
     }
 
     /// Load from a file, or the embedded default when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
             None => Config::parse(DEFAULT_TOML, "the embedded default configuration"),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    anyhow::anyhow!("cannot read configuration file {}: {e}", p.display())
+                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
+                    path: p.to_owned(),
+                    error,
                 })?;
                 Config::parse(&text, &p.display().to_string())
             }
@@ -185,6 +217,53 @@ mod tests {
             "example",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_container_default_is_the_default_on_every_address_and_the_volume() {
+        assert!(DEFAULT_TOML.contains(DEFAULT_LISTEN_LINE));
+        assert!(DEFAULT_TOML.contains(DEFAULT_PATH_LINE));
+        let text = container_default();
+        let c = Config::parse(&text, "container").unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(c.storage.path, PathBuf::from("/var/lib/berth"));
+        let mut d = Config::load(None).unwrap();
+        d.server.listen = c.server.listen;
+        d.storage.path = c.storage.path.clone();
+        assert_eq!(c, d, "nothing else differs");
+    }
+
+    #[test]
+    fn errors_are_typed_and_name_their_origin() {
+        let e = Config::parse("[server]\nclient_timeout = \"0s\"\n", "mine.toml").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { origin, invalid: Invalid::ClientTimeoutZero } if origin == "mine.toml"),
+            "{e:?}"
+        );
+        let e = Config::parse(
+            "[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"fly\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Invalid {
+                    invalid: Invalid::Access { number: 1, error: ::auth::RuleError::UnknownAction(a) },
+                    ..
+                } if a == "fly"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration in t: [[access]] #1: unknown action \"fly\": use \"pull\", \"push\" or \"delete\""
+        );
+        let e = Config::parse("[gc]\ngrace = \"5M\"\n", "t").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+        assert!(e.to_string().contains("\"5M\""), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
     }
 
     #[test]

@@ -2,26 +2,25 @@
 //! the serde adapters the sections use for them. It only parses text; it never reads a
 //! file.
 
+use super::ValueError;
 use serde::Deserialize;
 
 /// Parse `512MiB`, `50GiB`, `1TB`, `1000` (bytes), with `bytesize`: binary (KiB, MiB,
 /// GiB, TiB) and decimal (KB, MB, GB, TB) units, in any case, a space and a fraction
 /// (`1.5GiB`) allowed. A size beyond a u64 is refused.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let t = s.trim();
     let bytes = t
         .parse::<bytesize::ByteSize>()
-        .map_err(|e| {
-            format!(
-                "invalid size {s:?} ({e}): expected a number with a unit, like \"50GiB\" \
-                 (B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-            )
+        .map_err(|reason| ValueError::Size {
+            text: s.to_owned(),
+            reason,
         })?
         .as_u64();
     // bytesize saturates at u64::MAX instead of refusing what does not fit: that result
     // stands only when the number times its unit is exactly u64::MAX.
     if bytes == u64::MAX && !is_exactly_u64_max(t) {
-        return Err(format!("size {s:?} is too large"));
+        return Err(ValueError::SizeTooLarge { text: s.to_owned() });
     }
     Ok(bytes)
 }
@@ -45,15 +44,16 @@ fn is_exactly_u64_max(t: &str) -> bool {
 /// Parse `90s`, `5m`, `2h`, `7d` (or a plain number of seconds), with `humantime`; sums
 /// (`1h 30m`) and fractions (`1.5h`) too. The units are s, m, h and d only: humantime
 /// knows more, among them `M` for months, which a `5M` meant as minutes would get.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, ValueError> {
     let t = s.trim();
     if let Some(unit) = t
         .split(|c: char| !c.is_alphabetic())
         .find(|u| !u.is_empty() && !matches!(*u, "s" | "m" | "h" | "d"))
     {
-        return Err(format!(
-            "invalid duration unit {unit:?} in {s:?}: use s, m, h or d"
-        ));
+        return Err(ValueError::DurationUnit {
+            text: s.to_owned(),
+            unit: unit.to_owned(),
+        });
     }
     // humantime wants a unit after every number; a bare number is seconds.
     let with_unit;
@@ -63,12 +63,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     } else {
         t
     };
-    humantime::parse_duration(text).map_err(|e| match e {
+    humantime::parse_duration(text).map_err(|error| match error {
         // Found by the config fuzz target: `13350170495401940308m` overflowed the multiply.
-        humantime::DurationError::NumberOverflow => format!("duration {s:?} is too long"),
-        e => format!(
-            "invalid duration {s:?} ({e}): expected a number with s, m, h or d, like \"5m\""
-        ),
+        humantime::DurationError::NumberOverflow => {
+            ValueError::DurationTooLong { text: s.to_owned() }
+        }
+        error => ValueError::Duration {
+            text: s.to_owned(),
+            error,
+        },
     })
 }
 
@@ -108,20 +111,18 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_too_large_for_a_u64_are_refused() {
-        assert!(
-            parse_duration("13350170495401940308m")
-                .unwrap_err()
-                .contains("too long")
-        );
+        assert!(matches!(
+            parse_duration("13350170495401940308m"),
+            Err(ValueError::DurationTooLong { .. })
+        ));
         assert_eq!(
             parse_duration("2h").unwrap(),
             std::time::Duration::from_secs(7200)
         );
-        assert!(
-            parse_size("18446744073709551615KiB")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(matches!(
+            parse_size("18446744073709551615KiB"),
+            Err(ValueError::SizeTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -158,19 +159,17 @@ mod tests {
             "1.",
             "18446744073709551616",
         ] {
-            let e = parse_duration(bad).unwrap_err();
+            let e = parse_duration(bad).unwrap_err().to_string();
             assert!(e.contains("duration"), "{bad:?}: {e}");
         }
-        assert!(
-            parse_duration("18446744073709551616")
-                .unwrap_err()
-                .contains("too long")
-        );
-        assert!(
-            parse_duration("1d 18446744073709551615s")
-                .unwrap_err()
-                .contains("too long")
-        );
+        assert!(matches!(
+            parse_duration("18446744073709551616"),
+            Err(ValueError::DurationTooLong { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1d 18446744073709551615s"),
+            Err(ValueError::DurationTooLong { .. })
+        ));
 
         for (text, want) in [
             ("0", 0),
@@ -190,12 +189,12 @@ mod tests {
             assert_eq!(parse_size(text), Ok(want), "{text:?}");
         }
         for bad in ["", "lots", "5 parsecs", "GiB", "-1KiB", "5 KiBs"] {
-            let e = parse_size(bad).unwrap_err();
+            let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains("size"), "{bad:?}: {e}");
         }
         for big in ["16EiB", "99999999999999999999KB", "17179869184GiB"] {
             assert!(
-                parse_size(big).unwrap_err().contains("too large"),
+                matches!(parse_size(big), Err(ValueError::SizeTooLarge { .. })),
                 "{big:?}"
             );
         }

@@ -2,6 +2,7 @@
 //! limits, trusted proxies and the external URL. It only describes them; it never binds
 //! a socket or loads a certificate.
 
+use super::Invalid;
 use super::parse::{de_duration, de_opt_size, de_size};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -82,15 +83,15 @@ fn default_client_timeout() -> std::time::Duration {
 
 impl ServerConfig {
     /// The TLS files, when both are configured.
-    pub fn tls_files(&self) -> Result<Option<server::TlsFiles>, String> {
+    pub fn tls_files(&self) -> Result<Option<server::TlsFiles>, Invalid> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(server::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             })),
             (None, None) => Ok(None),
-            (Some(_), None) => Err("[server] tls_cert needs tls_key".into()),
-            (None, Some(_)) => Err("[server] tls_key needs tls_cert".into()),
+            (Some(_), None) => Err(Invalid::TlsCertWithoutKey),
+            (None, Some(_)) => Err(Invalid::TlsKeyWithoutCert),
         }
     }
 }

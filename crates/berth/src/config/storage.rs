@@ -1,6 +1,7 @@
 //! `[storage]`: which backend (a directory, or an S3 bucket with its endpoint, keys and
 //! prefix) and how it writes. It only describes the store; it never opens it.
 
+use super::Invalid;
 use super::parse::default_true;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -69,14 +70,14 @@ impl Default for StorageConfig {
 
 impl StorageConfig {
     /// The S3 options, for `kind = "s3"`.
-    pub fn s3(&self) -> Result<store::s3::S3Options, String> {
+    pub fn s3(&self) -> Result<store::s3::S3Options, Invalid> {
         let bucket = self
             .bucket
             .clone()
             .filter(|b| !b.is_empty())
-            .ok_or("[storage] kind = \"s3\" needs bucket")?;
+            .ok_or(Invalid::S3WithoutBucket)?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err("[storage] access_key_id and secret_access_key go together".into());
+            return Err(Invalid::S3HalfAKey);
         }
         Ok(store::s3::S3Options {
             bucket,

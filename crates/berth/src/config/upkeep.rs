@@ -83,7 +83,9 @@ pub struct RetentionRuleConfig {
 
 impl RetentionRuleConfig {
     /// The compiled rule.
-    pub fn compile(&self) -> Result<upkeep::retention::RetentionRule, String> {
+    pub fn compile(
+        &self,
+    ) -> Result<upkeep::retention::RetentionRule, upkeep::retention::RetentionRuleError> {
         upkeep::retention::RetentionRule::new(
             &self.repositories,
             self.keep_last,

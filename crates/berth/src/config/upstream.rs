@@ -2,6 +2,7 @@
 //! TTL, dedicated listener, eviction limits) and the DNS servers their names are resolved
 //! with. It checks entries and reads password files when asked; it never connects.
 
+use super::Invalid;
 use super::parse::{de_duration, de_opt_duration, de_opt_size};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -75,7 +76,7 @@ fn default_tag_ttl() -> std::time::Duration {
 
 impl UpstreamConfig {
     /// Check what serde cannot: the name's form, the URL's scheme, credentials.
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
         let n = &self.name;
         let (host, port) = match n.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -94,35 +95,32 @@ impl UpstreamConfig {
                 .parse::<oci::RepoName>()
                 .is_err()
         {
-            return Err(format!(
-                "upstream name {n:?} is not a registry host (lowercase host name or address, optional :port)"
-            ));
+            return Err(Invalid::UpstreamName(n.clone()));
         }
         for p in &self.pinned {
-            cache::Pin::new(p).map_err(|e| format!("upstream {n}: pinned: {e}"))?;
+            cache::Pin::new(p).map_err(|error| Invalid::UpstreamPin {
+                upstream: n.clone(),
+                error,
+            })?;
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!(
-                "upstream {n}: url {:?} must start with http:// or https://",
-                self.url
-            ));
+            return Err(Invalid::UpstreamUrl {
+                upstream: n.clone(),
+                url: self.url.clone(),
+            });
         }
         if self.password_file.is_some() && self.password_env.is_some() {
-            return Err(format!(
-                "upstream {n}: set password_file or password_env, not both"
-            ));
+            return Err(Invalid::UpstreamTwoPasswords(n.clone()));
         }
         let has_password = self.password_file.is_some() || self.password_env.is_some();
         if has_password != self.username.is_some() {
-            return Err(format!(
-                "upstream {n}: username and a password (password_file or password_env) go together"
-            ));
+            return Err(Invalid::UpstreamHalfCredentials(n.clone()));
         }
         Ok(())
     }
 
     /// The credentials, reading the password file or variable now.
-    pub fn credentials(&self) -> anyhow::Result<Option<upstream::Credentials>> {
+    pub fn credentials(&self) -> anyhow::Result<Option<distribution::Credentials>> {
         let Some(username) = &self.username else {
             return Ok(None);
         };
@@ -145,7 +143,7 @@ impl UpstreamConfig {
             })?,
             (None, None) => unreachable!("validated: a username comes with a password"),
         };
-        Ok(Some(upstream::Credentials {
+        Ok(Some(distribution::Credentials {
             username: username.clone(),
             password,
         }))

@@ -291,3 +291,153 @@ async fn serve_refuses_storage_it_cannot_use() {
     );
     assert!(logged.contains(&named), "{named} not in: {logged}");
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let (ok, text) = output(berth().arg("--version"));
+    assert!(ok, "{text}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let want = match head {
+        Some(c) => format!("berth {} (commit {c})", env!("CARGO_PKG_VERSION")),
+        // Built from a tarball: no git to compare with.
+        None => format!("berth {} (commit unknown)", env!("CARGO_PKG_VERSION")),
+    };
+    assert_eq!(text.trim(), want);
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definitions() {
+    for (shell, marker) in [
+        ("bash", "_berth()"),
+        ("zsh", "#compdef berth"),
+        ("fish", "complete -c berth"),
+    ] {
+        let (ok, text) = output(berth().args(["completions", shell]));
+        assert!(ok, "{shell}: {text}");
+        assert!(text.contains(marker), "{shell}: {text}");
+        for sub in ["serve", "hosts-toml", "health", "default-config"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let (ok, text) = output(berth().args(["completions", "tcsh"]));
+    assert!(!ok && text.contains("tcsh"), "{text}");
+    let (ok, man) = output(berth().arg("man"));
+    assert!(ok, "{man}");
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH berth 1"),
+        "{man}"
+    );
+    assert!(man.contains(".TH berth 1"), "{man}");
+    for sub in ["serve", "fsck", "health", "completions"] {
+        assert!(man.contains(sub), "the man page lacks {sub}");
+    }
+    // The page renders: groff (from man-db's dependencies) reads it without a warning.
+    if Command::new("groff").arg("--version").output().is_ok() {
+        let mut child = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(man.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && warnings.is_empty(), "{warnings}");
+    } else {
+        println!("SKIPPED: rendering the man page: groff is not installed");
+    }
+}
+
+#[test]
+fn the_container_default_config_listens_everywhere_and_stores_in_the_volume() {
+    let (ok, text) = output(berth().args(["default-config", "--container"]));
+    assert!(ok, "{text}");
+    assert!(text.contains("listen = \"0.0.0.0:5000\""), "{text}");
+    assert!(text.contains("path = \"/var/lib/berth\""), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berth.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, out) = output(berth().arg("check-config").arg("--config").arg(&file));
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn health_is_zero_for_a_serving_berth_and_one_otherwise() {
+    let s = crate::common::TestServer::start().await;
+    let probe = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("health")
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = probe(vec!["--url".into(), s.url("/v2/")]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("healthy: GET ") && text.contains("HTTP 200"),
+        "{text}"
+    );
+
+    // From a configuration that listens on every address: the probe goes to loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let port = s
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let file = dir.path().join("berth.toml");
+    std::fs::write(&file, format!("[server]\nlisten = \"0.0.0.0:{port}\"\n")).unwrap();
+    let (code, text) = probe(vec!["--config".into(), file.display().to_string()]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/v2/")),
+        "{text}"
+    );
+
+    // A registry that wants credentials is up: 401 is healthy.
+    let users = tempfile::tempdir().unwrap();
+    let htpasswd = users.path().join("htpasswd");
+    crate::common::write_htpasswd(&htpasswd, &[("alice", "pw")]);
+    let locked = crate::common::TestServer::start_with(|c| {
+        c.auth.htpasswd = Some(htpasswd.clone());
+        c.access = vec![crate::common::rule("**", &["alice"], &["pull"])];
+    })
+    .await;
+    let (code, text) = probe(vec!["--url".into(), locked.url("/v2/")]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+
+    // Nothing listening: unhealthy, exit 1, and why.
+    let closed = format!("http://127.0.0.1:{}/v2/", crate::common::free_port());
+    let (code, text) = probe(vec![
+        "--url".into(),
+        closed,
+        "--timeout".into(),
+        "1s".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.starts_with("unhealthy: GET ") && text.contains("no answer"),
+        "{text}"
+    );
+}

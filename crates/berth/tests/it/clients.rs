@@ -25,7 +25,12 @@ pub(crate) struct Run {
 }
 
 /// Run `program` to completion off the runtime's threads.
-async fn exec(program: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
+pub(crate) async fn exec(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Run {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -58,7 +63,7 @@ async fn exec(program: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<
 }
 
 /// `Some(reason)` when the daemons cannot run here.
-fn not_root() -> Option<&'static str> {
+pub(crate) fn not_root() -> Option<&'static str> {
     #[allow(unsafe_code)] // reason: geteuid has no safe wrapper in std; it cannot fail
     let uid = unsafe { libc::geteuid() };
     (uid != 0).then_some("the daemons and rootful storage of these clients need root")
@@ -85,7 +90,7 @@ fn build_context(dir: &Path, seed: u64, files: usize) -> PathBuf {
 }
 
 /// A tar of a tiny root file system, for `docker import` and `podman import`.
-fn rootfs_tar(dir: &Path, seed: u64) -> PathBuf {
+pub(crate) fn rootfs_tar(dir: &Path, seed: u64) -> PathBuf {
     let path = dir.join(format!("rootfs-{seed}.tar"));
     let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
     for (name, len) in [("etc/hostname", 16), ("data/payload.bin", 100 * 1024)] {
@@ -251,6 +256,11 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// `DOCKER_HOST` for this daemon, for tools that speak its API (docker-compose).
+    pub(crate) fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
     /// The docker CLI against this daemon, with its own credential store.
     pub(crate) async fn docker(&self, args: &[&str]) -> Run {
         self.docker_with(args, None).await
@@ -288,7 +298,7 @@ impl Dockerd {
     }
 
     /// The image ID of `reference`.
-    async fn id(&self, reference: &str) -> String {
+    pub(crate) async fn id(&self, reference: &str) -> String {
         let out = self
             .ok(&["image", "inspect", "--format", "{{.Id}}", reference])
             .await;
@@ -302,7 +312,7 @@ impl Dockerd {
 
     /// Remove every image, so the next pull fetches everything again (the top-level
     /// ones: their parents, a classic build's intermediate images, go with them).
-    async fn forget_images(&self) {
+    pub(crate) async fn forget_images(&self) {
         let ids = self.ok(&["images", "--quiet"]).await;
         let mut ids: Vec<&str> = ids.split_whitespace().collect();
         ids.sort();
@@ -321,10 +331,7 @@ impl Drop for Dockerd {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        #[allow(unsafe_code)] // reason: libc::kill has no safe wrapper in std
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        crate::common::send_signal(child.id(), libc::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while child.try_wait().ok().flatten().is_none() {
             if std::time::Instant::now() > deadline {

@@ -329,6 +329,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Send `sig` to process `pid` (a child of the test); whether it was delivered.
+pub fn send_signal(pid: u32, sig: libc::c_int) -> bool {
+    #[allow(unsafe_code)] // reason: libc::kill has no safe wrapper in std
+    // SAFETY: kill(2) takes no pointers; a wrong pid only fails with ESRCH.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig) == 0
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (for servers started as processes).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

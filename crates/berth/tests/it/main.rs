@@ -12,6 +12,7 @@ mod client;
 mod clients;
 mod common;
 mod crash;
+mod deploy;
 mod faults;
 mod gc_fsck;
 mod ops;

@@ -1,7 +1,9 @@
-//! A client for one upstream OCI registry: anonymous, Basic and Bearer-token access
-//! (following `WWW-Authenticate` challenges, caching tokens until they expire), manifest
-//! HEAD and GET with digest verification, and streaming blob GET that follows redirects
-//! to blob storage. It owns nothing of berth's store and never decides what to cache.
+//! A client of the OCI distribution API for one remote registry: anonymous, Basic and
+//! Bearer-token access (following `WWW-Authenticate` challenges, caching tokens until they
+//! expire), manifest HEAD, GET (with digest verification) and PUT, streaming blob GET that
+//! follows redirects to blob storage, blob upload and cross-repository mount. The cache
+//! uses it to read its upstreams and the client tools to read and push; it owns nothing of
+//! berth's store and never decides what to cache.
 
 mod challenge;
 mod dns;
@@ -59,7 +61,7 @@ impl std::fmt::Debug for Credentials {
 
 /// How to reach one upstream.
 #[derive(Clone, Debug)]
-pub struct UpstreamOptions {
+pub struct ClientOptions {
     /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
     pub url: String,
     pub credentials: Option<Credentials>,
@@ -70,10 +72,10 @@ pub struct UpstreamOptions {
     pub pool_idle: Duration,
 }
 
-impl UpstreamOptions {
+impl ClientOptions {
     /// Options for `url`: anonymous, system DNS, default pooling.
-    pub fn new(url: impl Into<String>) -> UpstreamOptions {
-        UpstreamOptions {
+    pub fn new(url: impl Into<String>) -> ClientOptions {
+        ClientOptions {
             url: url.into(),
             credentials: None,
             dns: None,
@@ -84,7 +86,7 @@ impl UpstreamOptions {
 
 /// What can go wrong talking to an upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum ClientError {
     #[error("not found upstream")]
     NotFound,
     #[error("upstream refused the credentials: {0}")]
@@ -99,21 +101,21 @@ pub enum UpstreamError {
     Invalid(String),
 }
 
-impl UpstreamError {
+impl ClientError {
     /// Is this a failure of the upstream (down, erroring, unreachable), as opposed to
     /// an answer about the content? Such failures let a cache serve what it has.
     pub fn is_outage(&self) -> bool {
         match self {
-            UpstreamError::Transport(_) => true,
-            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Transport(_) => true,
+            ClientError::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
     }
 }
 
-impl From<reqwest::Error> for UpstreamError {
+impl From<reqwest::Error> for ClientError {
     fn from(e: reqwest::Error) -> Self {
-        UpstreamError::Transport(e)
+        ClientError::Transport(e)
     }
 }
 
@@ -130,7 +132,7 @@ fn causes(e: &dyn std::error::Error) -> String {
     out
 }
 
-pub type Result<T, E = UpstreamError> = std::result::Result<T, E>;
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// A manifest's identity as a HEAD reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,7 +162,7 @@ struct CachedToken {
 }
 
 /// A client for one upstream registry. Cheap to share; tokens are cached per scope.
-pub struct Upstream {
+pub struct Client {
     base: String,
     credentials: Option<Credentials>,
     http: reqwest::Client,
@@ -174,9 +176,9 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-impl Upstream {
+impl Client {
     /// A client for `options.url`.
-    pub fn new(options: UpstreamOptions) -> Result<Upstream> {
+    pub fn new(options: ClientOptions) -> Result<Client> {
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(options.pool_idle)
@@ -186,7 +188,7 @@ impl Upstream {
             http = http.dns_resolver(dns);
         }
         let http = http.build()?;
-        Ok(Upstream {
+        Ok(Client {
             base: options.url.trim_end_matches('/').to_owned(),
             credentials: options.credentials,
             http,
@@ -217,7 +219,7 @@ impl Upstream {
         let realm = challenge
             .params
             .get("realm")
-            .ok_or_else(|| UpstreamError::Invalid("Bearer challenge without realm".into()))?;
+            .ok_or_else(|| ClientError::Invalid("Bearer challenge without realm".into()))?;
         let mut req = self.http.get(realm);
         let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(service) = challenge.params.get("service") {
@@ -231,13 +233,13 @@ impl Upstream {
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(UpstreamError::Unauthorized(format!(
+                return Err(ClientError::Unauthorized(format!(
                     "token server answered {}",
                     resp.status()
                 )));
             }
             s => {
-                return Err(UpstreamError::Status {
+                return Err(ClientError::Status {
                     status: s.as_u16(),
                     message: "token server error".into(),
                 });
@@ -246,12 +248,12 @@ impl Upstream {
         let body: TokenResponse = resp
             .json()
             .await
-            .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
+            .map_err(|e| ClientError::Invalid(format!("token response: {e}")))?;
         let value = body
             .token
             .or(body.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| UpstreamError::Invalid("token response without a token".into()))?;
+            .ok_or_else(|| ClientError::Invalid("token response without a token".into()))?;
         let lifetime = body
             .expires_in
             .map(Duration::from_secs)
@@ -296,20 +298,20 @@ impl Upstream {
             Some(c) if c.scheme == "basic" => match self.basic() {
                 Some(b) => build().header(AUTHORIZATION, b),
                 None => {
-                    return Err(UpstreamError::Unauthorized(
+                    return Err(ClientError::Unauthorized(
                         "upstream wants Basic credentials; none configured".into(),
                     ));
                 }
             },
             _ => {
-                return Err(UpstreamError::Unauthorized(
+                return Err(ClientError::Unauthorized(
                     "401 without a usable challenge".into(),
                 ));
             }
         };
         let resp = retry.send().await?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            return Err(UpstreamError::Unauthorized(format!(
+            return Err(ClientError::Unauthorized(format!(
                 "upstream answered {} after authenticating",
                 resp.status()
             )));
@@ -336,9 +338,9 @@ impl Upstream {
             .await?;
         let resp = check(resp).await?;
         let digest = header_str(&resp, "docker-content-digest")
-            .ok_or_else(|| UpstreamError::Invalid("HEAD without Docker-Content-Digest".into()))?
+            .ok_or_else(|| ClientError::Invalid("HEAD without Docker-Content-Digest".into()))?
             .parse::<Digest>()
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let media_type = header_str(&resp, CONTENT_TYPE.as_str())
             .unwrap_or(media::OCI_MANIFEST)
             .to_owned();
@@ -361,7 +363,7 @@ impl Upstream {
             .await?;
         let resp = check(resp).await?;
         if resp.content_length().is_some_and(|n| n > max_bytes) {
-            return Err(UpstreamError::Invalid(format!(
+            return Err(ClientError::Invalid(format!(
                 "manifest larger than {max_bytes} bytes"
             )));
         }
@@ -372,7 +374,7 @@ impl Upstream {
         while let Some(chunk) = body.next().await {
             bytes.extend_from_slice(&chunk?);
             if bytes.len() as u64 > max_bytes {
-                return Err(UpstreamError::Invalid(format!(
+                return Err(ClientError::Invalid(format!(
                     "manifest larger than {max_bytes} bytes"
                 )));
             }
@@ -384,7 +386,7 @@ impl Upstream {
         let digest = match expected {
             Some(d) => {
                 if d.same_algorithm_of(&bytes) != d {
-                    return Err(UpstreamError::Invalid(format!(
+                    return Err(ClientError::Invalid(format!(
                         "manifest bytes do not match {d}"
                     )));
                 }
@@ -393,7 +395,7 @@ impl Upstream {
             None => Digest::sha256_of(&bytes),
         };
         let parsed = oci::ParsedManifest::parse(&bytes, media_type.as_deref())
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         Ok(FetchedManifest {
             digest,
             media_type: parsed.media_type,
@@ -401,7 +403,7 @@ impl Upstream {
         })
     }
 
-    /// HEAD a blob: its size, or [`UpstreamError::NotFound`].
+    /// HEAD a blob: its size, or [`ClientError::NotFound`].
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
         let url = self.url(repo, "blobs", &digest.to_string());
         let resp = self
@@ -412,7 +414,7 @@ impl Upstream {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| UpstreamError::Invalid("blob HEAD without Content-Length".into()))
+            .ok_or_else(|| ClientError::Invalid("blob HEAD without Content-Length".into()))
     }
 
     /// The referrers of manifest `digest` (OCI 1.1 referrers API). A registry without
@@ -426,12 +428,12 @@ impl Upstream {
             .await?;
         let resp = match check(resp).await {
             Ok(r) => r,
-            Err(UpstreamError::NotFound) => return Ok(Vec::new()),
+            Err(ClientError::NotFound) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let bytes = resp.bytes().await?;
         let parsed = oci::ParsedManifest::parse(&bytes, Some(media::OCI_INDEX))
-            .map_err(|e| UpstreamError::Invalid(format!("referrers index: {e}")))?;
+            .map_err(|e| ClientError::Invalid(format!("referrers index: {e}")))?;
         Ok(parsed.manifests)
     }
 
@@ -492,7 +494,7 @@ impl Upstream {
             .await?;
         let resp = check(resp).await?;
         let location = header_str(&resp, "location")
-            .ok_or_else(|| UpstreamError::Invalid("upload started without a Location".into()))?;
+            .ok_or_else(|| ClientError::Invalid("upload started without a Location".into()))?;
         let location = self.absolute(location);
         // A streamed body can be sent only once: use the token the POST just earned.
         let mut put = self
@@ -562,11 +564,11 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
         return Ok(resp);
     }
     if status == StatusCode::NOT_FOUND {
-        return Err(UpstreamError::NotFound);
+        return Err(ClientError::NotFound);
     }
     let message = resp.text().await.unwrap_or_default();
     let message: String = message.chars().take(200).collect();
-    Err(UpstreamError::Status {
+    Err(ClientError::Status {
         status: status.as_u16(),
         message,
     })

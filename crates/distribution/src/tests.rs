@@ -151,10 +151,10 @@ async fn start_on(addr: &str, fake: Fake) -> (Arc<Fake>, String) {
     (fake, base)
 }
 
-fn client(base: &str, credentials: Option<Credentials>) -> Upstream {
-    Upstream::new(UpstreamOptions {
+fn client(base: &str, credentials: Option<Credentials>) -> Client {
+    Client::new(ClientOptions {
         credentials,
-        ..UpstreamOptions::new(base)
+        ..ClientOptions::new(base)
     })
     .unwrap()
 }
@@ -184,7 +184,7 @@ async fn bearer_flow_caches_the_token_and_renews_it_on_401() {
     );
     assert!(matches!(
         up.get_manifest("lib/x", "nope", 1 << 20).await,
-        Err(UpstreamError::NotFound)
+        Err(ClientError::NotFound)
     ));
 }
 
@@ -198,7 +198,7 @@ async fn token_server_with_basic_credentials() {
     let anonymous = client(&base, None);
     assert!(matches!(
         anonymous.head_manifest("lib/x", "latest").await,
-        Err(UpstreamError::Unauthorized(_))
+        Err(ClientError::Unauthorized(_))
     ));
     let wrong = client(
         &base,
@@ -209,7 +209,7 @@ async fn token_server_with_basic_credentials() {
     );
     assert!(matches!(
         wrong.head_manifest("lib/x", "latest").await,
-        Err(UpstreamError::Unauthorized(_))
+        Err(ClientError::Unauthorized(_))
     ));
     let alice = client(
         &base,
@@ -246,16 +246,16 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
     let up = client(&base, None);
     assert!(matches!(
         up.get_manifest("lib/x", "latest", 1 << 20).await,
-        Err(UpstreamError::Invalid(_))
+        Err(ClientError::Invalid(_))
     ));
     let by_digest = Digest::sha256_of(MANIFEST).to_string();
     assert!(matches!(
         up.get_manifest("lib/x", &by_digest, 1 << 20).await,
-        Err(UpstreamError::Invalid(_))
+        Err(ClientError::Invalid(_))
     ));
     assert!(matches!(
         up.get_manifest("lib/x", "latest", 10).await,
-        Err(UpstreamError::Invalid(_))
+        Err(ClientError::Invalid(_))
     ));
 }
 
@@ -284,10 +284,10 @@ async fn an_upstream_that_moves_is_found_at_its_new_address() {
         servers: vec![silent.addr],
         fallback: vec![primary.addr],
     });
-    let up = Upstream::new(UpstreamOptions {
+    let up = Client::new(ClientOptions {
         dns: Some(dns),
         pool_idle: Duration::from_millis(100),
-        ..UpstreamOptions::new(format!("http://registry.test:{port}"))
+        ..ClientOptions::new(format!("http://registry.test:{port}"))
     })
     .unwrap();
     up.head_manifest("lib/x", "latest").await.unwrap();
