@@ -16,15 +16,24 @@ fn main() {
     let commit = match std::env::var("BERTH_GIT_COMMIT") {
         Ok(c) if !c.trim().is_empty() => c.trim().to_owned(),
         _ => {
+            // A new commit moves HEAD or the branch it names (a loose ref, or one in
+            // packed-refs; in a worktree, refs live in the common directory). Only
+            // files that exist are named: cargo reruns a script whose named file is
+            // missing on every build.
+            let mut watch = Vec::new();
             if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-                let dir = std::path::Path::new(&dir);
-                // A new commit moves HEAD or the branch it names.
-                for f in ["HEAD", "packed-refs"] {
-                    println!("cargo:rerun-if-changed={}", dir.join(f).display());
-                }
+                watch.push(std::path::Path::new(&dir).join("HEAD"));
+            }
+            if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            {
+                let common = std::path::Path::new(&common);
+                watch.push(common.join("packed-refs"));
                 if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                    println!("cargo:rerun-if-changed={}", dir.join(r).display());
+                    watch.push(common.join(r));
                 }
+            }
+            for f in watch.iter().filter(|f| f.exists()) {
+                println!("cargo:rerun-if-changed={}", f.display());
             }
             match git(&["rev-parse", "--short=12", "HEAD"]) {
                 Some(c) if !c.is_empty() => c,

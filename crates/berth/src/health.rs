@@ -1,10 +1,11 @@
 //! `berth health`: the probe a container health check, a Kubernetes exec probe or a
 //! monitoring script runs. It asks `GET /v2/` of the configured main listener (on
 //! loopback when it listens on every address) and is healthy when berth answers 200, or
-//! 401 (a registry that wants credentials is up). It only reads; it opens no store.
+//! 401 (a registry that wants credentials is up). It reads only the `[server]` table of
+//! the configuration and opens no store.
 
-use crate::config::Config;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use crate::config::ServerConfig;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// How long the probe waits for an answer: container runtimes and kubelet default to
@@ -29,15 +30,15 @@ pub struct Health {
 }
 
 /// The `/v2/` URL of the main listener: `https` when TLS is configured, and loopback in
-/// place of an unspecified address.
-pub fn probe_url(config: &Config) -> String {
-    let listen = config.server.listen;
+/// place of an unspecified address. For `[::]` that is 127.0.0.1 too: a dual-stack
+/// listener serves IPv4, and a container often has no IPv6 loopback at all.
+pub fn probe_url(server: &ServerConfig) -> String {
+    let listen = server.listen;
     let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    let scheme = if config.server.tls_cert.is_some() {
+    let scheme = if server.tls_cert.is_some() {
         "https"
     } else {
         "http"
@@ -46,11 +47,14 @@ pub fn probe_url(config: &Config) -> String {
 }
 
 /// Probe once.
-pub async fn check(config: &Config, opts: &HealthOptions) -> anyhow::Result<Health> {
+pub async fn check(server: &ServerConfig, opts: &HealthOptions) -> anyhow::Result<Health> {
     let derived = opts.url.is_none();
-    let url = opts.url.clone().unwrap_or_else(|| probe_url(config));
+    let url = opts.url.clone().unwrap_or_else(|| probe_url(server));
     let http = reqwest::Client::builder()
         .timeout(opts.timeout)
+        // Straight to the listener: an HTTP(S)_PROXY of the environment (common beside
+        // a pull-through cache) must not stand between a probe and loopback.
+        .no_proxy()
         // The probe derived from the configuration goes to loopback, which the
         // certificate does not name; it checks liveness, not identity.
         .danger_accept_invalid_certs(derived)
@@ -75,4 +79,26 @@ pub async fn check(config: &Config, opts: &HealthOptions) -> anyhow::Result<Heal
         healthy,
         detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_goes_to_loopback_for_unspecified_addresses_and_https_with_tls() {
+        let mut server = crate::config::Config::load(None).unwrap().server;
+        for (listen, want) in [
+            ("127.0.0.1:5000", "http://127.0.0.1:5000/v2/"),
+            ("0.0.0.0:5050", "http://127.0.0.1:5050/v2/"),
+            ("[::]:5000", "http://127.0.0.1:5000/v2/"),
+            ("[::1]:5001", "http://[::1]:5001/v2/"),
+            ("10.1.2.3:443", "http://10.1.2.3:443/v2/"),
+        ] {
+            server.listen = listen.parse().unwrap();
+            assert_eq!(probe_url(&server), want, "{listen}");
+        }
+        server.tls_cert = Some("/etc/berth/tls.crt".into());
+        assert_eq!(probe_url(&server), "https://10.1.2.3:443/v2/");
+    }
 }

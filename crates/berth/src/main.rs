@@ -2,7 +2,7 @@
 //! library that runs it (`berth`, `berth::tools`, `client::commands`). It holds no
 //! behaviour of its own.
 
-use berth::config::Config;
+use berth::config::{Config, FileChecks};
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -300,9 +300,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             url,
             timeout,
         } => {
-            let config = tool_config(config.as_deref())?;
+            let server = Config::load_server(config.as_deref())?;
             let opts = berth::health::HealthOptions { url, timeout };
-            let h = runtime()?.block_on(berth::health::check(&config, &opts))?;
+            let h = runtime()?.block_on(berth::health::check(&server, &opts))?;
             let verdict = if h.healthy { "healthy" } else { "unhealthy" };
             println!("{verdict}: GET {}: {}", h.url, h.detail);
             Ok(h.healthy)
@@ -324,11 +324,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let config_path = config;
             let config = Config::load(config_path.as_deref())?;
             berth::init_logging(config.log.format);
-            runtime()?.block_on(berth::run_server(
-                &config,
-                config_path.as_deref(),
-                berth::shutdown_signal(),
-            ))?;
+            runtime()?.block_on(async {
+                // Caught from here on: a stop while the store opens still drains.
+                let shutdown = berth::shutdown_signal()?;
+                berth::run_server(&config, config_path.as_deref(), shutdown).await
+            })?;
             Ok(true)
         }
         Command::Gc { config, dry_run } => {
@@ -423,7 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             endpoint,
             ca,
         } => {
-            let config = tool_config(config.as_deref())?;
+            let config = berth::tools::tool_config_with(config.as_deref(), FileChecks::Skip)?;
             let opts = berth::hosts::HostsOptions {
                 out: dir,
                 endpoint,

@@ -363,25 +363,19 @@ pub async fn run_server_on(
     })
 }
 
-/// Completes on Ctrl-C or SIGTERM: the shutdown future `berth serve` runs with.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// The shutdown future `berth serve` runs with: it completes on SIGINT (Ctrl-C) or
+/// SIGTERM. Both are caught from this call on, before the store is opened or anything
+/// is bound, so a stop that comes early still drains instead of killing the process
+/// (call it inside the runtime).
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {},
+            _ = interrupt.recv() => {},
             _ = term.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }

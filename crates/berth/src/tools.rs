@@ -3,7 +3,7 @@
 //! one-shot command starts with ([`tool_config`]). The jobs themselves live in the
 //! `upkeep` crate; this module only formats and decides exit status.
 
-use crate::config::Config;
+use crate::config::{Config, FileChecks};
 use std::io::Write;
 
 /// The phase bar of [`client::progress`] as an upkeep job's [`upkeep::Progress`].
@@ -35,7 +35,15 @@ pub use server::human_bytes;
 /// Load a config for a one-shot tool, logging only errors on stderr (the tool prints its
 /// findings itself) unless BERTH_LOG asks for more.
 pub fn tool_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    let config = Config::load(path)?;
+    tool_config_with(path, FileChecks::Read)
+}
+
+/// [`tool_config`], reading the files the configuration names or not.
+pub fn tool_config_with(
+    path: Option<&std::path::Path>,
+    files: FileChecks,
+) -> anyhow::Result<Config> {
+    let config = Config::load_with(path, files)?;
     if std::env::var_os("BERTH_LOG").is_none() {
         let filter = tracing_subscriber::EnvFilter::new("error");
         tracing_subscriber::fmt()

@@ -35,12 +35,9 @@ pub struct RetentionRule {
 pub enum RetentionRuleError {
     #[error(transparent)]
     Pattern(#[from] oci::PatternError),
-    #[error("invalid keep_tags regex {regex:?}: {source}")]
-    KeepTags {
-        regex: String,
-        #[source]
-        source: regex::Error,
-    },
+    /// The regex error's text is in the message (so it is not also a `source`).
+    #[error("invalid keep_tags regex {regex:?}: {error}")]
+    KeepTags { regex: String, error: regex::Error },
 }
 
 impl RetentionRule {
@@ -54,9 +51,9 @@ impl RetentionRule {
         let matcher = oci::RepoPattern::new(repositories)?;
         let keep_tags = keep_tags
             .map(|t| {
-                regex::Regex::new(t).map_err(|source| RetentionRuleError::KeepTags {
+                regex::Regex::new(t).map_err(|error| RetentionRuleError::KeepTags {
                     regex: t.to_owned(),
-                    source,
+                    error,
                 })
             })
             .transpose()?;

@@ -51,6 +51,24 @@ pub fn container_default() -> String {
         )
 }
 
+/// Whether loading also reads the files the configuration names (`[auth] htpasswd`).
+/// Commands that never use them (`berth hosts-toml` on a node that mounts only
+/// berth.toml) skip that; `serve`, `check-config` and the store tools read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChecks {
+    Read,
+    Skip,
+}
+
+/// Only the `[server]` table of a file, every other table ignored unchecked: what
+/// `berth health` needs to find the listener, so that a file berth would refuse (and
+/// keeps serving the old one instead of) does not fail the probe.
+#[derive(Deserialize)]
+struct ServerOnly {
+    #[serde(default)]
+    server: ServerConfig,
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +105,13 @@ pub struct Config {
 impl Config {
     /// Parse a configuration document; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|error| {
+        Config::parse_unchecked(text, origin)?.validated(origin, FileChecks::Read)
+    }
+
+    /// The document as serde reads it (keys and value forms), before the checks that
+    /// span sections.
+    fn parse_unchecked(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|error| {
             let msg = error.to_string();
             let hint = if msg.contains("retention") && msg.contains("invalid type") {
                 "\nhint: write the schedule as [retention] interval = \"1h\" and each rule as a [[retention.rule]] table"
@@ -99,15 +123,19 @@ impl Config {
                 error: Box::new(error),
                 hint,
             }
-        })?;
-        config.validate().map_err(|invalid| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            invalid,
-        })?;
-        Ok(config)
+        })
     }
 
-    fn validate(&self) -> Result<(), Invalid> {
+    fn validated(self, origin: &str, files: FileChecks) -> Result<Config, ConfigError> {
+        self.validate(files)
+            .map_err(|invalid| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                invalid,
+            })?;
+        Ok(self)
+    }
+
+    fn validate(&self, files: FileChecks) -> Result<(), Invalid> {
         self.server.tls_files()?;
         if self.storage.redirect && self.storage.kind != StorageKind::S3 {
             return Err(Invalid::RedirectNeedsS3);
@@ -152,7 +180,7 @@ impl Config {
             }
         }
         self.access_rules()?;
-        if let Some(h) = &self.auth.htpasswd {
+        if let (Some(h), FileChecks::Read) = (&self.auth.htpasswd, files) {
             ::auth::Users::load(h).map_err(Invalid::Htpasswd)?;
         }
         if self.scrub.rate == 0 {
@@ -177,15 +205,44 @@ impl Config {
 
     /// Load from a file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            None => Config::parse(DEFAULT_TOML, "the embedded default configuration"),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
-                    path: p.to_owned(),
-                    error,
-                })?;
-                Config::parse(&text, &p.display().to_string())
-            }
+        Config::load_with(path, FileChecks::Read)
+    }
+
+    /// [`Config::load`], reading the files it names or not.
+    pub fn load_with(path: Option<&Path>, files: FileChecks) -> Result<Config, ConfigError> {
+        let (text, origin) = read(path)?;
+        let config = Config::parse_unchecked(&text, &origin)?;
+        config.validated(&origin, files)
+    }
+
+    /// The `[server]` table of a file (or of the embedded default), the rest unread.
+    pub fn load_server(path: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let (text, origin) = read(path)?;
+        let only: ServerOnly = toml::from_str(&text).map_err(|error| ConfigError::Syntax {
+            origin: origin.clone(),
+            error: Box::new(error),
+            hint: "",
+        })?;
+        only.server
+            .tls_files()
+            .map_err(|invalid| ConfigError::Invalid { origin, invalid })?;
+        Ok(only.server)
+    }
+}
+
+/// The text of `path`, or of the embedded default, and its name for messages.
+fn read(path: Option<&Path>) -> Result<(String, String), ConfigError> {
+    match path {
+        None => Ok((
+            DEFAULT_TOML.to_owned(),
+            "the embedded default configuration".to_owned(),
+        )),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
+                path: p.to_owned(),
+                error,
+            })?;
+            Ok((text, p.display().to_string()))
         }
     }
 }
@@ -231,6 +288,45 @@ mod tests {
         d.server.listen = c.server.listen;
         d.storage.path = c.storage.path.clone();
         assert_eq!(c, d, "nothing else differs");
+    }
+
+    #[test]
+    fn health_reads_only_the_server_table_and_hosts_toml_skips_the_users_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        // A file berth would refuse: an unknown [gc] key and an htpasswd that is not there.
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"0.0.0.0:5050\"\n[gc]\nnope = 1\n[auth]\nhtpasswd = \"/nonexistent/htpasswd\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&file)).is_err());
+        let server = Config::load_server(Some(&file)).unwrap();
+        assert_eq!(server.listen.to_string(), "0.0.0.0:5050");
+        // Without the unknown key: only the users file is missing, which hosts-toml
+        // (on a node that mounts berth.toml alone) does not read.
+        std::fs::write(
+            &file,
+            "[auth]\nhtpasswd = \"/nonexistent/htpasswd\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&file)).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Invalid {
+                    invalid: Invalid::Htpasswd(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let c = Config::load_with(Some(&file), FileChecks::Skip).unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        // A broken [server] still fails the probe's parse, naming the key.
+        std::fs::write(&file, "[server]\ntls_cert = \"/x.pem\"\n").unwrap();
+        let e = Config::load_server(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("tls_cert needs tls_key"), "{e}");
     }
 
     #[test]

@@ -289,7 +289,7 @@ impl Dockerd {
         r.out
     }
 
-    async fn login(&self, host: &str, (user, password): (&str, &str)) -> Run {
+    pub(crate) async fn login(&self, host: &str, (user, password): (&str, &str)) -> Run {
         self.docker_with(
             &["login", "--username", user, "--password-stdin", host],
             Some(password),
@@ -557,13 +557,13 @@ async fn docker_pulls_docker_hub_names_through_the_mirror() {
 
 /// Rootful podman with storage of its own under `dir` (vfs), its own auth file and
 /// registries.conf.
-struct Podman {
+pub(crate) struct Podman {
     program: &'static str,
     root: PathBuf,
 }
 
 impl Podman {
-    fn new(program: &'static str, dir: &Path, registries: &str) -> Podman {
+    pub(crate) fn new(program: &'static str, dir: &Path, registries: &str) -> Podman {
         require_tool(program);
         let root = dir.join(program);
         std::fs::create_dir_all(root.join("tmp")).unwrap();
@@ -601,7 +601,7 @@ impl Podman {
         .await
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args).await;
         assert!(r.ok, "{} {args:?} failed:\n{}", self.program, r.out);
         r.out

@@ -2,15 +2,16 @@
 //! `deploy/container/Containerfile` (its final stage built from the release binary, as
 //! CI cannot pull the build stage's base image) run by Debian's docker daemon; the
 //! compose stack of `deploy/compose/` brought up by Debian's docker-compose, pulling
-//! through its docker.io port from a local distribution; the systemd readiness protocol
-//! a `Type=notify` unit relies on; and the offline checks of every file under `deploy/`
-//! (`scripts/check-deploy`: systemd-analyze, kustomize + kubernetes-validate, promtool,
-//! the PrometheusRule generated from the alert rules).
+//! through its docker.io port from a local distribution; and the systemd readiness
+//! protocol a `Type=notify` unit relies on. The offline checks of every file under
+//! `deploy/` (systemd-analyze, kustomize + kubernetes-validate, promtool, the
+//! PrometheusRule generated from the alert rules) are `scripts/check-deploy`, which
+//! `scripts/test` runs after the tests so CI prints what each check says.
 //!
 //! The image tests need root (their own dockerd): they say SKIPPED and why when not root.
 
 use crate::cache::Distribution;
-use crate::clients::{Dockerd, exec, not_root, rootfs_tar};
+use crate::clients::{Dockerd, Podman, exec, not_root, rootfs_tar};
 use crate::common::{KillOnDrop, client, free_port};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,9 +81,9 @@ fn ci_containerfile() -> String {
     out
 }
 
-/// Build the image as CI does, tagged `tag`, in `dockerd`: rootfs.sh on the release
-/// binary, a tarball of it, the final stage.
-async fn build_image(dockerd: &Dockerd, dir: &Path, tag: &str) {
+/// The build context CI builds the image from: rootfs.sh on the release binary, a
+/// tarball of its output, and the Containerfile's final stage ([`ci_containerfile`]).
+async fn image_context(dir: &Path) -> PathBuf {
     let ctx = dir.join("image");
     std::fs::create_dir_all(&ctx).unwrap();
     let rootfs = ctx.join("rootfs");
@@ -113,6 +114,12 @@ async fn build_image(dockerd: &Dockerd, dir: &Path, tag: &str) {
     assert!(r.ok, "tar failed:\n{}", r.out);
     std::fs::remove_dir_all(&rootfs).unwrap();
     std::fs::write(ctx.join("Containerfile"), ci_containerfile()).unwrap();
+    ctx
+}
+
+/// Build the image as CI does, tagged `tag`, in `dockerd`.
+async fn build_image(dockerd: &Dockerd, dir: &Path, tag: &str) {
+    let ctx = image_context(dir).await;
     dockerd
         .ok(&[
             "build",
@@ -140,17 +147,18 @@ async fn forget(dockerd: &Dockerd, refs: &[&str]) {
     }
 }
 
-/// Wait until `url` answers 200, or fail showing `why()`.
-async fn wait_for_200(url: &str, why: impl AsyncFnOnce() -> String) {
+/// Wait until `url` (a `/v2/`) answers, 200 or 401 (users configured: the challenge
+/// of the token flow), or fail showing `why()`.
+async fn wait_for_v2(url: &str, why: impl AsyncFnOnce() -> String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = client().get(url).send().await
-            && r.status() == 200
+            && (r.status() == 200 || r.status() == 401)
         {
             return;
         }
         if std::time::Instant::now() > deadline {
-            panic!("{url} never answered 200:\n{}", why().await);
+            panic!("{url} never answered:\n{}", why().await);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -178,19 +186,16 @@ async fn the_container_image_runs_as_documented_and_keeps_its_data() {
     build_image(&dockerd, dir.path(), "berth:ci").await;
 
     // What the image is, as `docker inspect` shows it.
-    let config = dockerd
+    let settings = dockerd
         .ok(&[
             "image",
             "inspect",
             "--format",
-            "{{.Config.User}} {{json .Config.Volumes}} {{.Config.StopSignal}} {{json .Config.Entrypoint}} {{json .Config.Cmd}} {{json .Config.Healthcheck.Test}}",
+            IMAGE_SETTINGS_FORMAT,
             "berth:ci",
         ])
         .await;
-    assert_eq!(
-        config.trim(),
-        r#"10001:10001 {"/var/lib/berth":{}} SIGTERM ["/usr/bin/berth"] ["serve","--config","/etc/berth/berth.toml"] ["CMD","/usr/bin/berth","health","--config","/etc/berth/berth.toml"]"#
-    );
+    assert_eq!(settings.trim(), IMAGE_SETTINGS);
     // Its configuration is the container default (listening everywhere, the volume).
     dockerd.ok(&["create", "--name", "peek", "berth:ci"]).await;
     let peek = dir.path().join("peek.toml");
@@ -233,7 +238,7 @@ async fn the_container_image_runs_as_documented_and_keeps_its_data() {
         ])
         .await;
     let base = format!("http://127.0.0.1:{port}");
-    wait_for_200(&format!("{base}/v2/"), async || {
+    wait_for_v2(&format!("{base}/v2/"), async || {
         dockerd.docker(&["logs", "berth"]).await.out
     })
     .await;
@@ -289,7 +294,7 @@ async fn the_container_image_runs_as_documented_and_keeps_its_data() {
         .await;
     assert_eq!(code.trim(), "0", "graceful stop");
     dockerd.ok(&["start", "berth"]).await;
-    wait_for_200(&format!("{base}/v2/"), async || {
+    wait_for_v2(&format!("{base}/v2/"), async || {
         dockerd.docker(&["logs", "berth"]).await.out
     })
     .await;
@@ -298,6 +303,44 @@ async fn the_container_image_runs_as_documented_and_keeps_its_data() {
     assert_eq!(dockerd.id(&at).await, id, "pulled after the restart");
     dockerd.ok(&["rm", "--force", "berth"]).await;
     dockerd.ok(&["volume", "rm", "berth-data"]).await;
+}
+
+/// What `docker image inspect` shows of the image's run-time settings.
+const IMAGE_SETTINGS: &str = r#"10001:10001 {"/var/lib/berth":{}} SIGTERM ["/usr/bin/berth"] ["serve","--config","/etc/berth/berth.toml"] ["CMD","/usr/bin/berth","health","--config","/etc/berth/berth.toml"]"#;
+const IMAGE_SETTINGS_FORMAT: &str = "{{.Config.User}} {{json .Config.Volumes}} {{.Config.StopSignal}} {{json .Config.Entrypoint}} {{json .Config.Cmd}} {{json .Config.Healthcheck.Test}}";
+
+#[tokio::test]
+async fn podman_builds_the_same_image() {
+    if let Some(why) = not_root() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = image_context(dir.path()).await;
+    let podman = Podman::new("podman", dir.path(), "");
+    // Docker's image format: Podman's default OCI format has no HEALTHCHECK.
+    podman
+        .ok(&[
+            "build",
+            "--format",
+            "docker",
+            "--tag",
+            "berth:ci",
+            "--file",
+            ctx.join("Containerfile").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ])
+        .await;
+    let settings = podman
+        .ok(&[
+            "image",
+            "inspect",
+            "--format",
+            IMAGE_SETTINGS_FORMAT,
+            "berth:ci",
+        ])
+        .await;
+    assert_eq!(settings.trim(), IMAGE_SETTINGS);
 }
 
 /// `deploy/compose/compose.yaml` with host networking for this daemon, which has no
@@ -366,6 +409,8 @@ async fn the_compose_stack_replaces_the_registry2_stack() {
     let stack = dir.path().join("stack");
     std::fs::create_dir_all(&stack).unwrap();
     std::fs::write(stack.join("berth.toml"), conf).unwrap();
+    // The users who may push, as docs/deploy.md has them created before the first `up`.
+    crate::common::write_htpasswd(&stack.join("htpasswd"), &[("alice", "s3cret")]);
     std::fs::write(stack.join("compose.yaml"), host_network_compose()).unwrap();
     let host = dockerd.host();
     let compose = async |args: &[&str]| {
@@ -390,13 +435,19 @@ async fn the_compose_stack_replaces_the_registry2_stack() {
     dockerd.ok(&["push", &at_upstream]).await;
     forget(&dockerd, &["imported:v1", &at_upstream]).await;
     let hub = format!("http://127.0.0.1:{}", ports[&5000]);
-    wait_for_200(&format!("{hub}/v2/"), async || compose(&["logs"]).await).await;
+    wait_for_v2(&format!("{hub}/v2/"), async || compose(&["logs"]).await).await;
     let through = format!("127.0.0.1:{}/library/compose-test:v1", ports[&5000]);
     dockerd.ok(&["pull", &through]).await;
     assert_eq!(dockerd.id(&through).await, id);
     // Hosted repositories on 5050; metrics on 9090 count the cache miss.
-    let hosted = format!("127.0.0.1:{}/team/app:v1", ports[&5050]);
+    let hosted_at = format!("127.0.0.1:{}", ports[&5050]);
+    let hosted = format!("{hosted_at}/team/app:v1");
     dockerd.ok(&["tag", &through, &hosted]).await;
+    // Not an open registry: pushing needs a user.
+    let refused = dockerd.docker(&["push", &hosted]).await;
+    assert!(!refused.ok, "an anonymous push was taken:\n{}", refused.out);
+    let login = dockerd.login(&hosted_at, ("alice", "s3cret")).await;
+    assert!(login.ok, "{}", login.out);
     dockerd.ok(&["push", &hosted]).await;
     let metrics = client()
         .get(format!("http://127.0.0.1:{}/metrics", ports[&9090]))
@@ -433,23 +484,6 @@ async fn exec_in(
     full.extend_from_slice(args);
     // env -C DIR: coreutils runs the program in DIR.
     exec("env", &full, &all_env, None).await
-}
-
-#[test]
-fn every_deployment_file_passes_its_offline_checks() {
-    let script = repo_root().join("scripts/check-deploy");
-    let out = std::process::Command::new(&script)
-        .env("BERTH", env!("CARGO_BIN_EXE_berth"))
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "scripts/check-deploy failed:\n{text}");
 }
 
 /// How long berth may take to say something to the service manager: starting on an empty
