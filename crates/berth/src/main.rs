@@ -164,6 +164,64 @@ enum Command {
         #[arg(long, value_name = "USER:PASS")]
         dest_creds: Option<String>,
     },
+    /// Mirror a whole registry into another: every repository and tag, byte for byte.
+    ///
+    /// SRC and DST are registries as `berth copy` names them, without a repository
+    /// (host[:port]; docker.io is Docker Hub). The repositories are SRC's catalog
+    /// (/v2/_catalog, page by page) or the names in --list; each tag they have is copied
+    /// as `berth copy --all` copies it: the whole index with every platform, manifests
+    /// exactly as read (digests never change), blobs the destination has skipped, and a
+    /// blob already sent to another repository of DST mounted there. A tag whose digest
+    /// at DST already equals SRC's (one HEAD each) is left alone, so a rerun copies
+    /// nothing and an interrupted mirror resumes. Every copied or up-to-date tag is then
+    /// verified at DST (HEAD walk, as `berth verify`). Nothing is ever deleted at DST.
+    ///
+    /// Prints one line per tag (copied, up to date, FAILED with the reason) and a
+    /// summary with the bytes copied, or the same as JSON. Exit status 0 only when every
+    /// tag copied (or was up to date) and verified.
+    Mirror {
+        /// The registry to read: host[:port].
+        #[arg(value_name = "SRC")]
+        src: String,
+        /// The registry to write: host[:port].
+        #[arg(value_name = "DST")]
+        dst: String,
+        /// Only repositories matching PATTERN (`*` within a path component, `**` across:
+        /// 'team/**'); give it again for more; default: every repository.
+        #[arg(long = "repositories", value_name = "PATTERN")]
+        repositories: Vec<String>,
+        /// Only tags matching REGEX, anywhere in the tag unless anchored ('^v1\.');
+        /// default: every tag.
+        #[arg(long, value_name = "REGEX")]
+        tags: Option<String>,
+        /// Read the repository names from FILE (one a line, # comments) instead of SRC's
+        /// catalog: for registries whose catalog is closed, such as Docker Hub.
+        #[arg(long, value_name = "FILE")]
+        list: Option<PathBuf>,
+        /// From each index, take only this platform's image (os/arch[/variant]) and tag
+        /// it at DST; default: the whole index with every platform.
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// Tags copied at once (each moving several blobs at a time).
+        #[arg(long, value_name = "N", default_value_t = 4,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
+        /// Show what would be copied (and what is up to date); write nothing to DST.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Talk plain HTTP to both registries.
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials for the source registry.
+        #[arg(long, value_name = "USER:PASS")]
+        src_creds: Option<String>,
+        /// Credentials for the destination registry.
+        #[arg(long, value_name = "USER:PASS")]
+        dest_creds: Option<String>,
+    },
     /// Write an image to an OCI image-layout tarball (break-glass copy).
     ///
     /// The file is readable by `skopeo copy oci-archive:FILE ...` and by `berth import`;
@@ -386,6 +444,37 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             runtime()?.block_on(client::commands::copy(args, &mut out))?;
             Ok(true)
+        }
+        Command::Mirror {
+            src,
+            dst,
+            repositories,
+            tags,
+            list,
+            platform,
+            jobs,
+            dry_run,
+            json,
+            plain_http,
+            src_creds,
+            dest_creds,
+        } => {
+            tool_config(None)?;
+            let args = client::commands::MirrorArgs {
+                src,
+                dst,
+                repositories,
+                tags,
+                list,
+                platform,
+                jobs: jobs.into(),
+                dry_run,
+                json,
+                plain_http,
+                src_creds,
+                dest_creds,
+            };
+            runtime()?.block_on(client::commands::mirror(args, &mut out))
         }
         Command::Export {
             image,

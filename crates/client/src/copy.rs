@@ -1,8 +1,9 @@
 //! `berth copy`: move an image (or a whole index) between registries and OCI layout
 //! directories without changing a byte: manifests are written exactly as read, so every
 //! digest survives. Blobs the destination already has are skipped (so a rerun resumes),
-//! same-registry copies mount instead of uploading, and blobs travel several at a time.
-//! It never changes the source.
+//! same-registry copies mount instead of uploading (as do blobs a sink's [`BlobHomes`]
+//! knows another repository of its registry to hold), and blobs travel several at a
+//! time. It never changes the source.
 
 use crate::remote::{Connect, ImageRef};
 use anyhow::Context;
@@ -10,6 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use oci::{Descriptor, Digest, ParsedManifest};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,13 +62,50 @@ pub trait ImageSink: Send + Sync {
     async fn put_manifest(&self, m: &RawManifest, tag: Option<&str>) -> anyhow::Result<()>;
     /// `registry/repository` when this is a registry.
     fn registry_repo(&self) -> Option<(String, String)>;
+    /// Another repository of the same registry known to hold `digest`, to mount from.
+    fn sibling_with(&self, _digest: &Digest) -> Option<String> {
+        None
+    }
 }
+
+/// Which repository of one registry holds which blob, as learnt while copying into it,
+/// so that a later copy into another of its repositories mounts the blob rather than
+/// uploading it again (`berth mirror`: base layers shared by many repositories).
+#[derive(Default)]
+pub struct BlobHomes(Mutex<HashMap<Digest, String>>);
 
 /// A repository in a registry.
 pub struct Registry {
-    client: distribution::Client,
+    client: Arc<distribution::Client>,
     registry: String,
     repo: String,
+    homes: Option<Arc<BlobHomes>>,
+}
+
+impl Registry {
+    /// Repository `repo` of `registry` (`host[:port]`, as typed), through `client`; as a
+    /// sink, recording into `homes` (when given) where each blob it holds lives and
+    /// mounting from there.
+    pub fn new(
+        client: Arc<distribution::Client>,
+        registry: &str,
+        repo: &oci::RepoName,
+        homes: Option<Arc<BlobHomes>>,
+    ) -> Registry {
+        Registry {
+            client,
+            registry: registry.to_owned(),
+            repo: repo.to_string(),
+            homes,
+        }
+    }
+
+    /// Note that this repository holds `digest`.
+    fn holds(&self, digest: &Digest) {
+        if let Some(h) = &self.homes {
+            h.0.lock().insert(digest.clone(), self.repo.clone());
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -104,14 +144,21 @@ impl ImageSource for Registry {
 impl ImageSink for Registry {
     async fn has_blob(&self, digest: &Digest, size: u64) -> anyhow::Result<bool> {
         match self.client.head_blob(&self.repo, digest).await {
-            Ok(n) => Ok(n == size),
-            Err(distribution::ClientError::NotFound) => Ok(false),
+            Ok(n) if n == size => {
+                self.holds(digest);
+                Ok(true)
+            }
+            Ok(_) | Err(distribution::ClientError::NotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn mount(&self, digest: &Digest, from: &str) -> anyhow::Result<bool> {
-        Ok(self.client.mount_blob(&self.repo, digest, from).await?)
+        let mounted = self.client.mount_blob(&self.repo, digest, from).await?;
+        if mounted {
+            self.holds(digest);
+        }
+        Ok(mounted)
     }
 
     async fn put_blob(
@@ -123,7 +170,9 @@ impl ImageSink for Registry {
         self.client
             .put_blob(&self.repo, digest, size, body)
             .await
-            .with_context(|| format!("upload of {digest} to {}/{}", self.registry, self.repo))
+            .with_context(|| format!("upload of {digest} to {}/{}", self.registry, self.repo))?;
+        self.holds(digest);
+        Ok(())
     }
 
     async fn put_manifest(&self, m: &RawManifest, tag: Option<&str>) -> anyhow::Result<()> {
@@ -138,6 +187,11 @@ impl ImageSink for Registry {
 
     fn registry_repo(&self) -> Option<(String, String)> {
         Some((self.registry.clone(), self.repo.clone()))
+    }
+
+    fn sibling_with(&self, digest: &Digest) -> Option<String> {
+        let homes = self.homes.as_ref()?.0.lock();
+        homes.get(digest).filter(|r| **r != self.repo).cloned()
     }
 }
 
@@ -357,11 +411,8 @@ impl Endpoint {
     }
 
     fn registry(&self, connect: &Connect, r: &ImageRef) -> anyhow::Result<Registry> {
-        Ok(Registry {
-            client: connect.client(r)?,
-            registry: r.registry.clone(),
-            repo: r.repo.to_string(),
-        })
+        let client = Arc::new(connect.client(r)?);
+        Ok(Registry::new(client, &r.registry, &r.repo, None))
     }
 
     /// Open as a source.
@@ -434,7 +485,7 @@ pub fn host_platform() -> String {
 }
 
 /// Does `d` name platform `want` (`os/arch` matches any variant; `os/arch/variant` one)?
-fn matches_platform(d: &Descriptor, want: &str) -> bool {
+pub(crate) fn matches_platform(d: &Descriptor, want: &str) -> bool {
     d.platform_name().is_some_and(|p| {
         p == want || (want.matches('/').count() == 1 && p.starts_with(&format!("{want}/")))
     })
@@ -447,8 +498,9 @@ struct Copier<'a> {
     report: CopyReport,
 }
 
-/// One blob to the sink: skipped if there, mounted if the same registry has it, else
-/// streamed across. Returns how.
+/// One blob to the sink: skipped if there, mounted if the same registry has it (in the
+/// source repository, or in a sibling the sink knows of), else streamed across. Returns
+/// how.
 async fn copy_blob(
     src: &dyn ImageSource,
     dst: &dyn ImageSink,
@@ -459,10 +511,12 @@ async fn copy_blob(
         progress.blob_done(&d.digest, "exists");
         return Ok(("exists", 0));
     }
-    if let (Some((sr, srepo)), Some((dr, drepo))) = (src.registry_repo(), dst.registry_repo())
-        && sr == dr
-        && srepo != drepo
-        && dst.mount(&d.digest, &srepo).await.unwrap_or(false)
+    let from = match (src.registry_repo(), dst.registry_repo()) {
+        (Some((sr, srepo)), Some((dr, drepo))) if sr == dr && srepo != drepo => Some(srepo),
+        _ => dst.sibling_with(&d.digest),
+    };
+    if let Some(from) = from
+        && dst.mount(&d.digest, &from).await.unwrap_or(false)
     {
         progress.blob_done(&d.digest, "mounted");
         return Ok(("mounted", 0));

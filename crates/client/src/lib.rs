@@ -1,14 +1,16 @@
 //! berth's client toolkit: image references as users type them and clients for the
 //! registries they name ([`remote`]), byte-exact copies between registries and OCI
-//! layout directories ([`copy`]), break-glass tarballs ([`archive`]), pull walks
-//! ([`verify`]), the client commands as the CLI runs them ([`commands`]) and the progress
-//! bars of berth's commands ([`progress`]). It reaches registries only through their
-//! HTTP API (`distribution::Client`) and writes only the files it is asked to; it never
-//! opens a berth store and never serves HTTP.
+//! layout directories ([`copy`]), whole registries mirrored into others ([`mirror`]),
+//! break-glass tarballs ([`archive`]), pull walks ([`verify`]), the client commands as
+//! the CLI runs them ([`commands`]) and the progress bars of berth's commands
+//! ([`progress`]). It reaches registries only through their HTTP API
+//! (`distribution::Client`) and writes only the files it is asked to; it never opens a
+//! berth store and never serves HTTP.
 
 pub mod archive;
 pub mod commands;
 pub mod copy;
+pub mod mirror;
 pub mod progress;
 pub mod remote;
 pub mod verify;

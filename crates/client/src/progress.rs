@@ -1,10 +1,12 @@
 //! The progress bars (indicatif) of berth's commands, all drawn on stderr: for image
-//! transfers (`copy`, `export`, `import`) per-blob and overall bars with bytes, rate and
-//! ETA on a terminal and plain log lines elsewhere ([`TransferProgress`]); for long jobs
-//! in phases (`gc`, `retention`, `fsck`) one bar per phase on a terminal and nothing
-//! elsewhere ([`PhaseBar`]). It only displays; it never moves bytes or runs a job.
+//! transfers (`copy`, `mirror`, `export`, `import`) per-blob and overall bars with bytes,
+//! rate and ETA (for `mirror` also a count of tags) on a terminal and plain log lines
+//! elsewhere ([`TransferProgress`]); for long jobs in phases (`gc`, `retention`, `fsck`)
+//! one bar per phase on a terminal and nothing elsewhere ([`PhaseBar`]). It only
+//! displays; it never moves bytes or runs a job.
 
 use crate::copy::CopyProgress;
+use crate::mirror::MirrorProgress;
 use oci::Digest;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -22,6 +24,8 @@ struct Bars {
     multi: indicatif::MultiProgress,
     overall: indicatif::ProgressBar,
     blobs: Mutex<HashMap<Digest, indicatif::ProgressBar>>,
+    /// Tags done of those found (`mirror`).
+    tags: Mutex<Option<indicatif::ProgressBar>>,
 }
 
 fn short(d: &Digest) -> String {
@@ -47,6 +51,7 @@ impl TransferProgress {
                 multi,
                 overall,
                 blobs: Mutex::default(),
+                tags: Mutex::default(),
             }),
         }
     }
@@ -55,6 +60,9 @@ impl TransferProgress {
     pub fn finish(&self) {
         if let Some(b) = &self.bars {
             b.overall.finish_and_clear();
+            if let Some(t) = b.tags.lock().take() {
+                t.finish_and_clear();
+            }
         }
     }
 }
@@ -97,6 +105,33 @@ impl CopyProgress for TransferProgress {
         };
         if let Some(bar) = b.blobs.lock().remove(digest) {
             bar.finish_and_clear();
+        }
+    }
+}
+
+impl MirrorProgress for TransferProgress {
+    fn tags_found(&self, n: u64) {
+        let Some(b) = &self.bars else {
+            eprintln!("{n} tags to mirror");
+            return;
+        };
+        let bar = b.multi.insert(0, indicatif::ProgressBar::new(n));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>19} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message("tags");
+        *b.tags.lock() = Some(bar);
+    }
+
+    fn tag_done(&self, line: &str) {
+        let Some(b) = &self.bars else {
+            eprintln!("{line}");
+            return;
+        };
+        if let Some(bar) = b.tags.lock().as_ref() {
+            bar.inc(1);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Image references as users type them (`registry.lan:5000/team/app:v1`,
 //! `nginx@sha256:…`) and clients for the registries they name, for the client commands
-//! (`verify`, `copy`, `export`, `import`). It parses and connects; it never walks or
-//! copies images.
+//! (`verify`, `copy`, `mirror`, `export`, `import`). It parses and connects; it never
+//! walks or copies images.
 
 use anyhow::Context;
 use oci::{Digest, RepoName, Tag};
@@ -65,20 +65,25 @@ impl std::str::FromStr for ImageRef {
                 _ => (path.clone(), RefTarget::Tag("latest".parse()?)),
             }
         };
-        let name = if registry == "docker.io" && !name.contains('/') {
-            format!("library/{name}")
-        } else {
-            name
-        };
-        let repo: RepoName = name
-            .parse()
-            .with_context(|| format!("bad repository name in {s:?}"))?;
+        let repo = repo_name(&registry, &name).with_context(|| format!("in {s:?}"))?;
         Ok(ImageRef {
             registry,
             repo,
             target,
         })
     }
+}
+
+/// Repository `name` of `registry` as Docker names it: a one-part name on `docker.io`
+/// means `library/<name>`.
+pub fn repo_name(registry: &str, name: &str) -> anyhow::Result<RepoName> {
+    let name = if registry == "docker.io" && !name.contains('/') {
+        format!("library/{name}")
+    } else {
+        name.to_owned()
+    };
+    name.parse()
+        .with_context(|| format!("bad repository name {name:?}"))
 }
 
 impl ImageRef {
@@ -134,12 +139,17 @@ fn read_creds(path: &Path) -> anyhow::Result<distribution::Credentials> {
 impl Connect {
     /// A client for the registry `image` names.
     pub fn client(&self, image: &ImageRef) -> anyhow::Result<distribution::Client> {
-        let url = if image.registry == "docker.io" {
+        self.registry_client(&image.registry)
+    }
+
+    /// A client for `registry` (`host[:port]`; `docker.io` is Docker Hub's API).
+    pub fn registry_client(&self, registry: &str) -> anyhow::Result<distribution::Client> {
+        let url = if registry == "docker.io" {
             DOCKER_HUB_API.to_owned()
         } else if self.plain_http {
-            format!("http://{}", image.registry)
+            format!("http://{registry}")
         } else {
-            format!("https://{}", image.registry)
+            format!("https://{registry}")
         };
         let credentials = match (&self.creds, &self.creds_file) {
             (Some(_), Some(_)) => anyhow::bail!("give --creds or --creds-file, not both"),
@@ -151,7 +161,7 @@ impl Connect {
             credentials,
             ..distribution::ClientOptions::new(url)
         })
-        .map_err(|e| anyhow::anyhow!("cannot set up a client for {}: {e}", image.registry))
+        .map_err(|e| anyhow::anyhow!("cannot set up a client for {registry}: {e}"))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod challenge;
 mod dns;
+mod listing;
 
 pub use challenge::Challenge;
 pub use challenge::parse as parse_challenge;

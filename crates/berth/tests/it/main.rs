@@ -15,6 +15,7 @@ mod crash;
 mod deploy;
 mod faults;
 mod gc_fsck;
+mod mirror;
 mod ops;
 mod replicas;
 mod skopeo;
