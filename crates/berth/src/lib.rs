@@ -127,6 +127,9 @@ pub fn upstream_specs(config: &Config) -> anyhow::Result<Vec<cache::UpstreamSpec
                     ..distribution::ClientOptions::new(u.url.clone())
                 },
                 tag_ttl: u.tag_ttl,
+                repositories: u.repository_patterns()?,
+                limits: u.limits(),
+                prefetch: u.prefetch_rules()?,
             })
         })
         .collect()
@@ -346,6 +349,7 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
     if !limits.is_empty() {
         tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
     }
+    tasks.extend(cache::spawn_prefetch(app.cache.clone()));
     let jobs = upkeep::JobContext {
         registry: app.registry.clone(),
         status: app.upkeep.clone(),

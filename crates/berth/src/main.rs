@@ -251,6 +251,21 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Run every [[upstream.prefetch]] rule once: bring the images they name into the
+    /// cache (all their platforms unless the rule lists some), as `berth serve` does on
+    /// each rule's interval.
+    ///
+    /// Tags already cached are revalidated with a HEAD once their tag_ttl has passed;
+    /// new and moved tags are fetched. With --dry-run nothing is fetched: each matched
+    /// tag is shown as cached or to be fetched. Exit status 0 only when every tag came in.
+    Prefetch {
+        /// Path of the TOML configuration file (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Show what would be fetched; fetch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Write containerd hosts.toml files so nodes pull every upstream through berth.
     ///
     /// Writes OUT/<upstream>/hosts.toml for each [[upstream]]: berth as a mirror with the
@@ -505,6 +520,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             runtime()?.block_on(client::commands::import(args, &mut out))?;
             Ok(true)
+        }
+        Command::Prefetch { config, dry_run } => {
+            let config = tool_config(config.as_deref())?;
+            runtime()?.block_on(berth::tools::prefetch(&config, dry_run, &mut out))
         }
         Command::HostsToml {
             config,

@@ -39,7 +39,15 @@ fn background_inputs(c: &Config) -> impl PartialEq + use<> {
     let eviction: Vec<_> = c
         .upstreams
         .iter()
-        .map(|u| (u.name.clone(), u.max_size, u.max_idle, u.pinned.clone()))
+        .map(|u| {
+            (
+                u.name.clone(),
+                u.max_size,
+                u.max_idle,
+                u.pinned.clone(),
+                u.prefetch.clone(),
+            )
+        })
         .collect();
     (
         c.gc.clone(),

@@ -57,6 +57,54 @@ pub fn tool_config_with(
     Ok(config)
 }
 
+/// `berth prefetch`: every rule of every upstream once; `Ok(false)` when a tag failed.
+pub async fn prefetch(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let app = crate::build_app(config).await?;
+    let mode = if dry_run {
+        cache::PrefetchMode::DryRun
+    } else {
+        cache::PrefetchMode::Fetch
+    };
+    let mut ok = true;
+    let mut rules = 0;
+    for up in app.cache.upstreams() {
+        for (i, rule) in up.prefetch.iter().enumerate() {
+            rules += 1;
+            let r = app.cache.prefetch_once(&up, rule, mode).await;
+            let (verb, done) = if dry_run {
+                ("would fetch", "cached")
+            } else {
+                ("fetched", "fresh")
+            };
+            writeln!(
+                out,
+                "{} rule #{}: {} tags matched, {} {done}, {} {verb}{}",
+                up.name,
+                i + 1,
+                r.matched.len(),
+                r.fresh,
+                r.fetched.len(),
+                if dry_run {
+                    String::new()
+                } else {
+                    format!(" ({} downloads)", r.downloads)
+                }
+            )?;
+            for t in &r.fetched {
+                writeln!(out, "  {verb} {t}")?;
+            }
+            for f in &r.failures {
+                writeln!(out, "  failed {f}")?;
+                ok = false;
+            }
+        }
+    }
+    if rules == 0 {
+        writeln!(out, "no [[upstream.prefetch]] rules configured")?;
+    }
+    Ok(ok)
+}
+
 /// `berth gc`.
 pub async fn gc(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let app = crate::build_app(config).await?;

@@ -257,6 +257,10 @@ impl Cache {
                     .pinned
                     .iter()
                     .any(|p| p.pins(upstream_repo.as_str(), t.as_str()))
+                    || up
+                        .prefetch
+                        .iter()
+                        .any(|r| r.covers(upstream_repo.as_str(), t.as_str()))
             });
             units.push(Unit {
                 repo: repo.clone(),
@@ -386,6 +390,9 @@ mod eviction_tests {
                 name: "up.io".into(),
                 options: distribution::ClientOptions::new("http://127.0.0.1:9"),
                 tag_ttl: Duration::from_secs(60),
+                repositories: Vec::new(),
+                limits: crate::Limits::default(),
+                prefetch: Vec::new(),
             }],
         )
         .unwrap();

@@ -97,6 +97,21 @@ pub(crate) struct FillJob {
     pub repo: RepoName,
     pub digest: Digest,
     pub fills: Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>,
+    /// The upstream gate's leave for this download, held until it ends.
+    pub pass: crate::gate::Pass,
+}
+
+impl FillError {
+    /// When the upstream answered the download with 429: the wait its `Retry-After`
+    /// asked for, if any.
+    pub fn rate_limited(&self) -> Option<Option<std::time::Duration>> {
+        match self {
+            FillError::Upstream(distribution::ClientError::RateLimited { retry_after }) => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One blob download in progress.
@@ -208,12 +223,13 @@ async fn run(
         Err(e) => return Err(FillError::Store(e)),
     }
     up.stats.upstream_blob_gets.inc();
-    let fetch = crate::timed(
+    let answer = crate::timed(
         &up.stats.upstream_latency,
         up.client.get_blob(job.upstream_repo.as_str(), &job.digest),
     )
-    .await
-    .map_err(|e| match e {
+    .await;
+    up.gate.record(&job.pass, &answer);
+    let fetch = answer.map_err(|e| match e {
         distribution::ClientError::NotFound => FillError::NotFound,
         e => FillError::Upstream(e),
     })?;

@@ -8,14 +8,18 @@
 
 mod evict;
 mod fill;
+pub mod gate;
+pub mod prefetch;
 #[cfg(test)]
 mod tests;
 
 use distribution::{Client, ClientError, ClientOptions};
 use fill::Fill;
 pub use fill::{FillError, FillReader, Started};
+pub use gate::{Circuit, Gate, GateStats, Limits, Refused};
 use oci::{Digest, Reference, RepoName, Tag};
 use parking_lot::Mutex;
+pub use prefetch::{PrefetchMode, PrefetchReport, PrefetchRule, TagFilter, spawn_prefetch};
 use registry::{Manifest, Registry, RegistryError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +42,12 @@ pub struct UpstreamSpec {
     pub name: String,
     pub options: ClientOptions,
     pub tag_ttl: Duration,
+    /// The upstream repositories clients may ask for (as the upstream names them:
+    /// `library/nginx`); empty for all.
+    pub repositories: Vec<oci::RepoPattern>,
+    pub limits: Limits,
+    /// Images kept cached and fresh without a client asking.
+    pub prefetch: Vec<PrefetchRule>,
 }
 
 /// Counters of one upstream's cache traffic.
@@ -61,6 +71,18 @@ pub struct Stats {
     pub fetched_bytes: meter::Counter,
     /// Blob bytes sent to clients straight from the store: traffic the upstream was spared.
     pub served_bytes: meter::Counter,
+    /// Requests refused by the allow-list (`repositories`), never sent upstream.
+    pub denied: meter::Counter,
+    /// What the upstream's gate refused and saw (limits, 429s, the circuit breaker).
+    pub gate: Arc<GateStats>,
+    /// Prefetch runs finished.
+    pub prefetch_runs: meter::Counter,
+    /// Tags a prefetch run could not bring in.
+    pub prefetch_failures: meter::Counter,
+    /// Cache misses prefetch runs caused (manifests and blobs fetched upstream).
+    pub prefetch_downloads: meter::Counter,
+    /// Tags the last prefetch run matched (of the last rule that ran).
+    pub prefetch_images: std::sync::atomic::AtomicU64,
 }
 
 /// Await `f`, recording how long it took in `h`.
@@ -77,8 +99,15 @@ pub struct CachedUpstream {
     /// The first component of its repositories in the store.
     pub key: String,
     pub tag_ttl: Duration,
+    /// The allow-list: upstream repositories clients may ask for; empty for all.
+    pub repositories: Vec<oci::RepoPattern>,
     /// Counters, kept across reconfigurations.
     pub stats: Arc<Stats>,
+    /// Admission of requests to the upstream (rebuilt with the configuration; its
+    /// counters live in `stats`).
+    pub gate: Gate,
+    /// The `[[upstream.prefetch]]` rules; eviction never takes what they cover.
+    pub prefetch: Arc<Vec<PrefetchRule>>,
     client: Client,
     /// When clients last used each cached root manifest, by (store repository, digest):
     /// a cache of recent use for eviction, rebuilt from write times after a restart.
@@ -86,6 +115,42 @@ pub struct CachedUpstream {
 }
 
 impl CachedUpstream {
+    /// Whether clients may ask for `repo` (an upstream name) through this cache: the
+    /// allow-list, checked before anything is looked up or sent.
+    pub fn allows(&self, repo: &RepoName) -> bool {
+        self.repositories.is_empty() || self.repositories.iter().any(|p| p.matches(repo.as_str()))
+    }
+
+    /// [`CachedUpstream::allows`], as the error the client gets (counted).
+    pub fn check_allowed(&self, repo: &RepoName) -> Result<(), CacheError> {
+        if self.allows(repo) {
+            return Ok(());
+        }
+        self.stats.denied.inc();
+        Err(CacheError::Denied {
+            upstream: self.name.clone(),
+            repo: repo.to_string(),
+            allowed: self
+                .repositories
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Send one request upstream through the gate: refused at once when the limits,
+    /// a 429 or the circuit breaker say so; the answer recorded for the breaker.
+    async fn ask<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, Asked> {
+        let pass = self.gate.admit().await.map_err(Asked::Refused)?;
+        let answer = timed(&self.stats.upstream_latency, request).await;
+        self.gate.record(&pass, &answer);
+        answer.map_err(Asked::Client)
+    }
+
     /// The repository name as the upstream knows it, with Docker Hub's `library/`
     /// prefix added to single-component names.
     pub fn normalize(&self, repo: RepoName) -> RepoName {
@@ -109,6 +174,14 @@ pub fn key_for(name: &str) -> String {
     name.to_ascii_lowercase().replace(':', "-")
 }
 
+/// Why a request was not answered by the upstream: refused before it was sent, or the
+/// upstream's error.
+#[derive(Debug)]
+enum Asked {
+    Refused(Refused),
+    Client(ClientError),
+}
+
 /// Why a cached request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -116,6 +189,24 @@ pub enum CacheError {
     NotFound,
     #[error("upstream {upstream} unavailable and nothing cached: {message}")]
     Unavailable { upstream: String, message: String },
+    /// The allow-list of the upstream does not name the repository.
+    #[error(
+        "repository {repo} is not in the allow-list of upstream {upstream} ([[upstream]] repositories = [{allowed}])"
+    )]
+    Denied {
+        upstream: String,
+        repo: String,
+        allowed: String,
+    },
+    /// Not sent upstream (limits, rate limit in force, circuit open) and not cached.
+    #[error("upstream {upstream}: {refused}; nothing cached to serve")]
+    Refused { upstream: String, refused: Refused },
+    /// The upstream answered 429 and nothing is cached.
+    #[error("upstream {upstream} is rate-limiting berth and nothing is cached")]
+    RateLimited {
+        upstream: String,
+        retry_after: Option<Duration>,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -165,11 +256,15 @@ impl Cache {
         let mut upstreams = HashMap::new();
         for spec in specs {
             let previous = old.get(&spec.name);
+            let stats: Arc<Stats> = previous.map(|p| p.stats.clone()).unwrap_or_default();
             let up = CachedUpstream {
                 key: key_for(&spec.name),
                 name: spec.name.clone(),
                 tag_ttl: spec.tag_ttl,
-                stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+                repositories: spec.repositories,
+                stats: stats.clone(),
+                gate: Gate::new(spec.limits, stats.gate.clone()),
+                prefetch: Arc::new(spec.prefetch),
                 client: Client::new(spec.options)?,
                 access: previous.map(|p| p.access.clone()).unwrap_or_default(),
             };
@@ -223,6 +318,26 @@ impl Cache {
         }
     }
 
+    /// The client's error for a request the upstream did not answer, with nothing
+    /// cached to serve instead.
+    fn failed(&self, up: &CachedUpstream, e: Asked) -> CacheError {
+        match e {
+            Asked::Client(ClientError::NotFound) => CacheError::NotFound,
+            Asked::Client(ClientError::RateLimited { retry_after }) => {
+                tracing::warn!(upstream = %up.name, "upstream rate limit (429)");
+                CacheError::RateLimited {
+                    upstream: up.name.clone(),
+                    retry_after,
+                }
+            }
+            Asked::Client(e) => self.unavailable(up, e),
+            Asked::Refused(refused) => CacheError::Refused {
+                upstream: up.name.clone(),
+                refused,
+            },
+        }
+    }
+
     /// A manifest of an upstream repository, by tag or digest.
     pub async fn get_manifest(
         &self,
@@ -230,6 +345,7 @@ impl Cache {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Manifest, CacheError> {
+        up.check_allowed(repo)?;
         let local = up.local(repo)?;
         let found = self.get_manifest_inner(up, repo, &local, reference).await?;
         self.touch(up, &local, &found.digest);
@@ -287,11 +403,8 @@ impl Cache {
         }
         // Revalidate with a HEAD: it does not count against Docker Hub's rate limit.
         match (
-            timed(
-                &up.stats.upstream_latency,
-                up.client.head_manifest(repo.as_str(), tag.as_str()),
-            )
-            .await,
+            up.ask(up.client.head_manifest(repo.as_str(), tag.as_str()))
+                .await,
             cached,
         ) {
             (Ok(head), Some(m)) if head.digest == m.digest => {
@@ -312,20 +425,19 @@ impl Cache {
                 self.fetch_manifest(up, repo, local, Some(tag), &head.digest.to_string())
                     .await
             }
-            (Err(ClientError::NotFound), _) => Err(CacheError::NotFound),
+            (Err(Asked::Client(ClientError::NotFound)), _) => Err(CacheError::NotFound),
             (Err(e), Some(m)) => {
-                self.outage(up, &e);
+                match &e {
+                    Asked::Client(e) => self.outage(up, e),
+                    Asked::Refused(r) => {
+                        tracing::debug!(upstream = %up.name, reason = %r, "not asking the upstream")
+                    }
+                }
                 up.stats.stale_serves.inc();
                 tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, "serving cached tag while the upstream fails");
                 Ok(m)
             }
-            (Err(e), None) => {
-                self.outage(up, &e);
-                Err(CacheError::Unavailable {
-                    upstream: up.name.clone(),
-                    message: e.to_string(),
-                })
-            }
+            (Err(e), None) => Err(self.failed(up, e)),
         }
     }
 
@@ -338,16 +450,10 @@ impl Cache {
         reference: &str,
     ) -> Result<Manifest, CacheError> {
         let max = self.registry.options().max_manifest_bytes;
-        let fetched = match timed(
-            &up.stats.upstream_latency,
-            up.client.get_manifest(repo.as_str(), reference, max),
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(ClientError::NotFound) => return Err(CacheError::NotFound),
-            Err(e) => return Err(self.unavailable(up, e)),
-        };
+        let fetched = up
+            .ask(up.client.get_manifest(repo.as_str(), reference, max))
+            .await
+            .map_err(|e| self.failed(up, e))?;
         self.registry
             .cache_manifest(
                 local,
@@ -393,20 +499,15 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobSize, CacheError> {
+        up.check_allowed(repo)?;
         let local = up.local(repo)?;
         if let Some(blob) = self.local_hit(up, &local, digest).await? {
             return Ok(BlobSize::Local(blob));
         }
-        match timed(
-            &up.stats.upstream_latency,
-            up.client.head_blob(repo.as_str(), digest),
-        )
-        .await
-        {
-            Ok(size) => Ok(BlobSize::Upstream(size)),
-            Err(ClientError::NotFound) => Err(CacheError::NotFound),
-            Err(e) => Err(self.unavailable(up, e)),
-        }
+        up.ask(up.client.head_blob(repo.as_str(), digest))
+            .await
+            .map(BlobSize::Upstream)
+            .map_err(|e| self.failed(up, e))
     }
 
     /// A blob of an upstream repository: from the store, or from a fill (started now or
@@ -417,6 +518,7 @@ impl Cache {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobSource, CacheError> {
+        up.check_allowed(repo)?;
         let local = up.local(repo)?;
         if let Some(blob) = self.local_hit(up, &local, digest).await? {
             return Ok(BlobSource::Local(blob));
@@ -427,12 +529,7 @@ impl Cache {
         // hosted layer nor bytes pushed elsewhere under an upstream digest leak
         // through it. A HEAD costs no download (and no Docker Hub rate limit).
         if let Some(stored) = self.registry.content_size(digest).await? {
-            match timed(
-                &up.stats.upstream_latency,
-                up.client.head_blob(repo.as_str(), digest),
-            )
-            .await
-            {
+            match up.ask(up.client.head_blob(repo.as_str(), digest)).await {
                 Ok(size) if size == stored => {
                     // Collected between the link and now: download it.
                     if self.registry.relink_blob(&local, digest).await?
@@ -443,14 +540,28 @@ impl Cache {
                 }
                 // Another size under the same digest: the download below verifies.
                 Ok(_) => {}
-                Err(ClientError::NotFound) => return Err(CacheError::NotFound),
-                Err(e) => return Err(self.unavailable(up, e)),
+                Err(e) => return Err(self.failed(up, e)),
             }
         }
+        let key = (local.clone(), digest.clone());
+        let joined = self.fills.lock().get(&key).cloned();
+        if let Some(f) = joined {
+            up.stats.joins.inc();
+            return Ok(BlobSource::Filling(f.reader(self.registry.clone(), local)));
+        }
+        // A new download needs the gate's leave, held until it ends.
+        let pass = up
+            .gate
+            .admit()
+            .await
+            .map_err(|refused| CacheError::Refused {
+                upstream: up.name.clone(),
+                refused,
+            })?;
         let fill = {
             let mut fills = self.fills.lock();
-            let key = (local.clone(), digest.clone());
             match fills.get(&key) {
+                // Started by another client while this one waited: join it.
                 Some(f) => {
                     up.stats.joins.inc();
                     f.clone()
@@ -458,6 +569,7 @@ impl Cache {
                 None => {
                     up.stats.misses.inc();
                     let f = Fill::start(fill::FillJob {
+                        pass,
                         registry: self.registry.clone(),
                         upstream: up.clone(),
                         upstream_repo: repo.clone(),

@@ -92,6 +92,9 @@ fn cache_of(fake: &Fake) -> (Cache, Registry) {
         name: "up.test".into(),
         options: distribution::ClientOptions::new(fake.url.clone()),
         tag_ttl: Duration::from_secs(60),
+        repositories: Vec::new(),
+        limits: crate::Limits::default(),
+        prefetch: Vec::new(),
     };
     (Cache::new(registry.clone(), vec![spec]).unwrap(), registry)
 }

@@ -94,6 +94,10 @@ pub enum ClientError {
     Unauthorized(String),
     #[error("upstream answered {status}: {message}")]
     Status { status: u16, message: String },
+    /// `429 Too Many Requests`, with the wait its `Retry-After` asks for (seconds or an
+    /// HTTP date), when it had one.
+    #[error("upstream rate limit: 429 Too Many Requests{}", retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
     /// The request did not get an answer (connection, TLS, timeout); the source error
     /// is kept, and the message shows its whole chain of causes.
     #[error("upstream unreachable: {}", causes(.0))]
@@ -108,7 +112,8 @@ impl ClientError {
     pub fn is_outage(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
-            ClientError::Status { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Status { status, .. } => *status >= 500,
+            ClientError::RateLimited { .. } => true,
             _ => false,
         }
     }
@@ -238,6 +243,11 @@ impl Client {
                     "token server answered {}",
                     resp.status()
                 )));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(ClientError::RateLimited {
+                    retry_after: retry_after(&resp),
+                });
             }
             s => {
                 return Err(ClientError::Status {
@@ -559,6 +569,18 @@ fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A response's `Retry-After`: delay-seconds, or an HTTP date (RFC 9110 §10.2.3) turned
+/// into the time from now; `None` when absent or unreadable.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = header_str(resp, "retry-after")?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let wait = at.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
@@ -566,6 +588,11 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     }
     if status == StatusCode::NOT_FOUND {
         return Err(ClientError::NotFound);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(ClientError::RateLimited {
+            retry_after: retry_after(&resp),
+        });
     }
     let message = resp.text().await.unwrap_or_default();
     let message: String = message.chars().take(200).collect();

@@ -26,8 +26,65 @@ pub(crate) fn cache_error(e: CacheError, not_found_code: &'static str) -> ApiErr
         CacheError::Unavailable { .. } => {
             ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
         }
+        CacheError::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string()),
+        CacheError::Refused { ref refused, .. } => {
+            let (status, code) = match refused {
+                cache::Refused::RateLimited { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")
+                }
+                cache::Refused::Busy { .. } | cache::Refused::Down { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+                }
+            };
+            let wait = refused.retry_after();
+            ApiError::new(status, code, e.to_string())
+                .with_header(header::RETRY_AFTER, retry_after(wait))
+        }
+        CacheError::RateLimited {
+            retry_after: wait, ..
+        } => {
+            let wait = wait.unwrap_or(cache::gate::DEFAULT_RATE_LIMIT_BACKOFF);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                e.to_string(),
+            )
+            .with_header(header::RETRY_AFTER, retry_after(wait))
+        }
         CacheError::Registry(e) => e.into(),
     }
+}
+
+/// A `Retry-After` of whole seconds, at least one (a client told 0 would retry at once).
+fn retry_after(wait: std::time::Duration) -> axum::http::HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    axum::http::HeaderValue::from(secs.max(1))
+}
+
+/// The error of a blob download that failed before its first byte: the upstream's 429
+/// as a 429 (the client may retry later), anything else as 502.
+fn fill_error(up: &CachedUpstream, e: &cache::FillError) -> ApiError {
+    if let Some(wait) = e.rate_limited() {
+        return cache_error(
+            CacheError::RateLimited {
+                upstream: up.name.clone(),
+                retry_after: wait,
+            },
+            "BLOB_UNKNOWN",
+        );
+    }
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "UNKNOWN",
+        format!("upstream {}: {e}", up.name),
+    )
+}
+
+/// The upstream's allow-list, for the routes the cache does not check itself (listings
+/// from the store).
+fn allowed(up: &CachedUpstream, repo: &RepoName) -> Result<()> {
+    up.check_allowed(repo)
+        .map_err(|e| cache_error(e, "NAME_UNKNOWN"))
 }
 
 pub(crate) fn local(up: &CachedUpstream, repo: &RepoName) -> Result<RepoName> {
@@ -58,8 +115,12 @@ pub(crate) async fn handle(
         (Route::Blob(repo, digest), m @ (Method::GET | Method::HEAD)) => {
             blob(app, up, &repo, &digest, headers, m == Method::HEAD).await
         }
-        (Route::Tags(repo), Method::GET) => listing::tags(app, &local(up, &repo)?, uri).await,
+        (Route::Tags(repo), Method::GET) => {
+            allowed(up, &repo)?;
+            listing::tags(app, &local(up, &repo)?, uri).await
+        }
         (Route::Referrers(repo, d), Method::GET) => {
+            allowed(up, &repo)?;
             listing::referrers(app, &local(up, &repo)?, &d, uri).await
         }
         (_, m) => Err(ApiError::new(
@@ -110,13 +171,7 @@ pub(crate) async fn blob(
     let total = match reader.started().await {
         cache::Started::Streaming(total) => total,
         cache::Started::NotFound => return Err(cache_error(CacheError::NotFound, "BLOB_UNKNOWN")),
-        cache::Started::Failed(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                format!("upstream {}: {e}", up.name),
-            ));
-        }
+        cache::Started::Failed(e) => return Err(fill_error(up, &e)),
     };
     // A range waits for the whole blob; a plain GET streams it as it arrives.
     if headers.contains_key(header::RANGE) {

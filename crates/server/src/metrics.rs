@@ -274,7 +274,7 @@ pub fn render(app: &App) -> String {
 
     // Cache, per upstream.
     let upstreams = app.cache.upstreams();
-    let counters: [UpstreamCounter; 7] = [
+    let counters: [UpstreamCounter; 16] = [
         (
             "berth_cache_hits_total",
             "Cached requests answered from the store.",
@@ -310,12 +310,99 @@ pub fn render(app: &App) -> String {
             "Blob bytes sent to clients from the store without going upstream.",
             |s| s.served_bytes.get(),
         ),
+        (
+            "berth_cache_denied_total",
+            "Requests refused by the upstream's allow-list (repositories), never sent upstream.",
+            |s| s.denied.get(),
+        ),
+        (
+            "berth_upstream_refused_busy_total",
+            "Requests refused with 503 because too many were waiting for max_concurrent or max_rate.",
+            |s| s.gate.refused_busy.get(),
+        ),
+        (
+            "berth_upstream_refused_rate_limited_total",
+            "Requests not sent while the upstream's 429 Retry-After was in force.",
+            |s| s.gate.refused_rate_limited.get(),
+        ),
+        (
+            "berth_upstream_refused_down_total",
+            "Requests not sent while the upstream was marked down (circuit open).",
+            |s| s.gate.refused_down.get(),
+        ),
+        (
+            "berth_upstream_rate_limited_total",
+            "429 Too Many Requests answers from the upstream.",
+            |s| s.gate.rate_limited.get(),
+        ),
+        (
+            "berth_prefetch_runs_total",
+            "Prefetch rule runs finished ([[upstream.prefetch]]).",
+            |s| s.prefetch_runs.get(),
+        ),
+        (
+            "berth_prefetch_failures_total",
+            "Tags a prefetch run could not bring into the cache.",
+            |s| s.prefetch_failures.get(),
+        ),
+        (
+            "berth_prefetch_downloads_total",
+            "Manifests and blobs prefetch runs fetched from the upstream.",
+            |s| s.prefetch_downloads.get(),
+        ),
+        (
+            "berth_upstream_marked_down_total",
+            "Times the upstream was marked down after failures in a row (the circuit opened).",
+            |s| s.gate.circuit_opened.get(),
+        ),
     ];
     for (name, help, get) in counters {
         e.family(name, Kind::Counter, help);
         for up in &upstreams {
             e.sample(name, &[("upstream", &up.name)], get(&up.stats) as f64);
         }
+    }
+    type UpstreamGauge = (&'static str, &'static str, fn(&cache::Gate) -> f64);
+    let gauges: [UpstreamGauge; 4] = [
+        (
+            "berth_upstream_up",
+            "1 when requests go to the upstream, 0 while it is marked down or being probed.",
+            |g| f64::from(u8::from(matches!(g.circuit(), cache::Circuit::Up { .. }))),
+        ),
+        (
+            "berth_upstream_rate_limited",
+            "1 while a 429's Retry-After from the upstream is in force.",
+            |g| f64::from(u8::from(g.rate_limited())),
+        ),
+        (
+            "berth_upstream_in_flight",
+            "Upstream requests holding a max_concurrent slot now (0 without the limit).",
+            |g| g.in_flight() as f64,
+        ),
+        (
+            "berth_upstream_waiting",
+            "Requests waiting for a max_concurrent slot or a max_rate token now.",
+            |g| g.waiting() as f64,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        e.family(name, Kind::Gauge, help);
+        for up in &upstreams {
+            e.sample(name, &[("upstream", &up.name)], get(&up.gate));
+        }
+    }
+    let name = "berth_prefetch_tags";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Tags the last prefetch run of the upstream matched (kept cached and fresh).",
+    );
+    for up in upstreams.iter().filter(|u| !u.prefetch.is_empty()) {
+        let n = up
+            .stats
+            .prefetch_images
+            .load(std::sync::atomic::Ordering::Relaxed);
+        e.sample(name, &[("upstream", &up.name)], n as f64);
     }
     let name = "berth_upstream_request_duration_seconds";
     e.family(

@@ -242,7 +242,7 @@ fn upstream_section(app: &App, h: &mut String) {
         h.push_str("<p class=\"muted\">No upstreams configured.</p>");
         return;
     }
-    h.push_str("<table><tr><th>upstream</th><th>hits</th><th>misses</th><th>hit rate</th><th>bytes saved</th><th>bytes fetched</th><th>stale serves</th><th>upstream errors</th></tr>");
+    h.push_str("<table><tr><th>upstream</th><th>hits</th><th>misses</th><th>hit rate</th><th>bytes saved</th><th>bytes fetched</th><th>stale serves</th><th>upstream errors</th><th>state</th><th>prefetched tags</th></tr>");
     for up in upstreams {
         let s = &up.stats;
         let hits = s.hits.get();
@@ -253,10 +253,26 @@ fn upstream_section(app: &App, h: &mut String) {
             format!("{:.0}%", 100.0 * hits as f64 / (hits + misses) as f64)
         };
         let stale = s.stale_serves.get();
+        let state = match (up.gate.circuit(), up.gate.rate_limited()) {
+            (_, true) => "<span class=\"bad\">rate-limited</span>",
+            (cache::Circuit::Up { .. }, false) => "up",
+            (_, false) => "<span class=\"bad\">down</span>",
+        };
+        let prefetched = if up.prefetch.is_empty() {
+            "—".to_owned()
+        } else {
+            format!(
+                "{} ({} runs, {} failed)",
+                s.prefetch_images.load(std::sync::atomic::Ordering::Relaxed),
+                s.prefetch_runs.get(),
+                s.prefetch_failures.get()
+            )
+        };
         let _ = write!(
             h,
             "<tr><td>{}</td><td class=\"n\">{hits}</td><td class=\"n\">{misses}</td><td class=\"n\">{rate}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{stale}</td><td class=\"n\">{}</td></tr>",
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{stale}</td><td class=\"n\">{}</td>\
+             <td>{state}</td><td class=\"n\">{prefetched}</td></tr>",
             esc(&up.name),
             human_bytes(s.served_bytes.get()),
             human_bytes(s.fetched_bytes.get()),

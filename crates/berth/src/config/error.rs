@@ -117,6 +117,23 @@ pub enum Invalid {
         upstream: String,
         error: oci::PatternError,
     },
+    #[error("upstream {upstream}: repositories: {error}")]
+    UpstreamRepositories {
+        upstream: String,
+        error: oci::PatternError,
+    },
+    #[error("upstream {upstream}: [[upstream.prefetch]] #{number}: {why}")]
+    UpstreamPrefetch {
+        upstream: String,
+        number: usize,
+        why: String,
+    },
+    #[error("upstream {upstream}: {key} {why}")]
+    UpstreamLimit {
+        upstream: String,
+        key: &'static str,
+        why: &'static str,
+    },
     #[error("upstream {upstream}: url {url:?} must start with http:// or https://")]
     UpstreamUrl { upstream: String, url: String },
     #[error("upstream {0}: set password_file or password_env, not both")]

@@ -22,7 +22,7 @@ pub use parse::{parse_duration, parse_size};
 pub use server::{MetricsConfig, ServerConfig};
 pub use storage::{StorageConfig, StorageKind};
 pub use upkeep::{GcConfig, RetentionConfig, RetentionRuleConfig, ScrubConfig};
-pub use upstream::{DnsConfig, UpstreamConfig};
+pub use upstream::{DEFAULT_PREFETCH_INTERVAL, DnsConfig, PrefetchConfig, UpstreamConfig};
 
 use serde::Deserialize;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! `[[upstream]]` and `[dns]`: the registries berth caches (name, URL, credentials, tag
-//! TTL, dedicated listener, eviction limits) and the DNS servers their names are resolved
-//! with. It checks entries and reads password files when asked; it never connects.
+//! TTL, dedicated listener, eviction limits, allow-list, request limits and circuit
+//! breaker) and the DNS servers their names are resolved with. It checks entries and
+//! reads password files when asked; it never connects.
 
 use super::Invalid;
 use super::parse::{de_duration, de_opt_duration, de_opt_size};
@@ -68,10 +69,129 @@ pub struct UpstreamConfig {
     /// `*` within a path component, `**` across, as in access rules.
     #[serde(default)]
     pub pinned: Vec<String>,
+    /// The upstream repositories clients may pull, as the upstream names them
+    /// (`"library/*"`, `"kyverno/**"`); empty (the default) for all. Anything else is
+    /// refused with 403 DENIED without asking the upstream.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Upstream requests in flight at once (a blob download counts until it ends);
+    /// no limit when absent.
+    pub max_concurrent: Option<usize>,
+    /// Upstream requests started per second (`0.5` is one every two seconds); no limit
+    /// when absent.
+    pub max_rate: Option<f64>,
+    /// Requests that may wait for `max_concurrent` or `max_rate`; beyond it a request
+    /// is answered 503 with Retry-After at once.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Failed upstream requests in a row (unreachable, 5xx) after which the upstream is
+    /// marked down: cached content is served at once, nothing is sent.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// How long a down upstream is left alone before one request probes it.
+    #[serde(default = "default_down_for", deserialize_with = "de_duration")]
+    pub down_for: std::time::Duration,
+    /// `[[upstream.prefetch]]`: images kept cached and fresh without a client asking.
+    #[serde(default)]
+    pub prefetch: Vec<PrefetchConfig>,
+}
+
+/// `[[upstream.prefetch]]`: one set of images an upstream's cache keeps fresh.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// Upstream repositories: names (`"library/nginx"`) or patterns (`"kyverno/*"`,
+    /// matched against the upstream's catalog).
+    pub repositories: Vec<String>,
+    /// These tags; or
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// every listed tag matching this regex; or
+    pub tags_regex: Option<String>,
+    /// every tag that reads as a version in this range (`">=1.27, <2"`).
+    pub tags_semver: Option<String>,
+    /// `os/arch[/variant]` of an index's images to fetch; empty for all.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// How often the rule runs (the first run is at start).
+    #[serde(
+        default = "default_prefetch_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub interval: std::time::Duration,
+}
+
+/// How often a prefetch rule runs unless configured: each run costs a HEAD per tag
+/// whose TTL has passed (and a tag list per pattern), which an hour keeps far below any
+/// upstream's rate limit while a new release arrives the same hour.
+pub const DEFAULT_PREFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn default_prefetch_interval() -> std::time::Duration {
+    DEFAULT_PREFETCH_INTERVAL
+}
+
+impl PrefetchConfig {
+    /// The compiled rule; the error says what is wrong, for [`Invalid::UpstreamPrefetch`].
+    fn rule(&self) -> Result<cache::PrefetchRule, String> {
+        if self.repositories.is_empty() {
+            return Err("repositories: name at least one repository".into());
+        }
+        let repositories = self
+            .repositories
+            .iter()
+            .map(|p| oci::RepoPattern::new(p).map_err(|e| format!("repositories: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tags = match (&self.tags[..], &self.tags_regex, &self.tags_semver) {
+            (t, None, None) if !t.is_empty() => cache::TagFilter::List(
+                t.iter()
+                    .map(|t| {
+                        t.parse::<oci::Tag>()
+                            .map_err(|e| format!("tags: {t:?}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            ([], Some(r), None) => cache::TagFilter::Regex(
+                regex::Regex::new(r).map_err(|e| format!("tags_regex {r:?}: {e}"))?,
+            ),
+            ([], None, Some(v)) => cache::TagFilter::Semver(
+                semver::VersionReq::parse(v).map_err(|e| format!("tags_semver {v:?}: {e}"))?,
+            ),
+            _ => return Err("set exactly one of tags, tags_regex or tags_semver".into()),
+        };
+        for p in &self.platforms {
+            let parts: Vec<&str> = p.split('/').collect();
+            if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
+                return Err(format!(
+                    "platforms: {p:?} is not os/arch[/variant] (\"linux/amd64\", \"linux/arm/v7\")"
+                ));
+            }
+        }
+        if self.interval.is_zero() {
+            return Err("interval must be above zero".into());
+        }
+        Ok(cache::PrefetchRule {
+            repositories,
+            tags,
+            platforms: self.platforms.clone(),
+            interval: self.interval,
+        })
+    }
 }
 
 fn default_tag_ttl() -> std::time::Duration {
     cache::DEFAULT_TAG_TTL
+}
+
+fn default_max_queue() -> usize {
+    cache::gate::DEFAULT_MAX_QUEUE
+}
+
+fn default_down_after() -> u32 {
+    cache::gate::DEFAULT_DOWN_AFTER
+}
+
+fn default_down_for() -> std::time::Duration {
+    cache::gate::DEFAULT_DOWN_FOR
 }
 
 impl UpstreamConfig {
@@ -103,6 +223,36 @@ impl UpstreamConfig {
                 error,
             })?;
         }
+        self.repository_patterns()?;
+        self.prefetch_rules()?;
+        if self.max_concurrent == Some(0) {
+            return Err(Invalid::UpstreamLimit {
+                upstream: n.clone(),
+                key: "max_concurrent",
+                why: "must be at least 1 (leave it out for no limit)",
+            });
+        }
+        if self.max_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return Err(Invalid::UpstreamLimit {
+                upstream: n.clone(),
+                key: "max_rate",
+                why: "must be a number of requests per second above 0 (leave it out for no limit)",
+            });
+        }
+        if self.down_after == 0 {
+            return Err(Invalid::UpstreamLimit {
+                upstream: n.clone(),
+                key: "down_after",
+                why: "must be at least 1 failure",
+            });
+        }
+        if self.down_for.is_zero() {
+            return Err(Invalid::UpstreamLimit {
+                upstream: n.clone(),
+                key: "down_for",
+                why: "must be above zero",
+            });
+        }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(Invalid::UpstreamUrl {
                 upstream: n.clone(),
@@ -117,6 +267,44 @@ impl UpstreamConfig {
             return Err(Invalid::UpstreamHalfCredentials(n.clone()));
         }
         Ok(())
+    }
+
+    /// The compiled allow-list (`repositories`).
+    pub fn repository_patterns(&self) -> Result<Vec<oci::RepoPattern>, Invalid> {
+        self.repositories
+            .iter()
+            .map(|p| {
+                oci::RepoPattern::new(p).map_err(|error| Invalid::UpstreamRepositories {
+                    upstream: self.name.clone(),
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// The compiled `[[upstream.prefetch]]` rules.
+    pub fn prefetch_rules(&self) -> Result<Vec<cache::PrefetchRule>, Invalid> {
+        (1..)
+            .zip(&self.prefetch)
+            .map(|(number, p)| {
+                p.rule().map_err(|why| Invalid::UpstreamPrefetch {
+                    upstream: self.name.clone(),
+                    number,
+                    why,
+                })
+            })
+            .collect()
+    }
+
+    /// The request limits and circuit breaker.
+    pub fn limits(&self) -> cache::Limits {
+        cache::Limits {
+            max_concurrent: self.max_concurrent,
+            max_rate: self.max_rate,
+            max_queue: self.max_queue,
+            down_after: self.down_after,
+            down_for: self.down_for,
+        }
     }
 
     /// The credentials, reading the password file or variable now.
@@ -153,6 +341,50 @@ impl UpstreamConfig {
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, parse_duration, parse_size};
+
+    #[test]
+    fn allow_lists_limits_and_the_breaker_are_validated_with_the_key_named() {
+        let with = |extra: &str| {
+            Config::parse(
+                &format!("[[upstream]]\nname = \"a.io\"\nurl = \"https://a\"\n{extra}"),
+                "t",
+            )
+        };
+        let c = with("repositories = [\"library/*\"]\nmax_concurrent = 4\nmax_rate = 0.5\nmax_queue = 10\ndown_after = 3\ndown_for = \"10s\"\n").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.repository_patterns().unwrap().len(), 1);
+        let l = u.limits();
+        assert_eq!(
+            (
+                l.max_concurrent,
+                l.max_rate,
+                l.max_queue,
+                l.down_after,
+                l.down_for
+            ),
+            (
+                Some(4),
+                Some(0.5),
+                10,
+                3,
+                std::time::Duration::from_secs(10)
+            )
+        );
+        let d = with("").unwrap().upstreams[0].limits();
+        assert_eq!(d, cache::Limits::default());
+        for (extra, key) in [
+            ("max_concurrent = 0\n", "max_concurrent"),
+            ("max_rate = 0\n", "max_rate"),
+            ("max_rate = -2.5\n", "max_rate"),
+            ("down_after = 0\n", "down_after"),
+            ("down_for = \"0s\"\n", "down_for"),
+            ("repositories = [\"lib/[\"]\n", "repositories"),
+            ("max_queue = -1\n", "max_queue"),
+        ] {
+            let e = with(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn upstream_entries_are_validated() {

@@ -20,16 +20,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The one repository the fake upstream serves.
-const REPO: &str = "lib/x";
+pub(crate) const REPO: &str = "lib/x";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Longest any single client operation may take before the test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(10);
 /// A tag TTL long enough that no test revalidates by accident.
-const LONG_TTL: Duration = Duration::from_secs(300);
+pub(crate) const LONG_TTL: Duration = Duration::from_secs(300);
 
 /// How the fake upstream answers.
 #[derive(Clone, Debug)]
-enum Mode {
+pub(crate) enum Mode {
     /// Everything served whole and at once.
     Normal,
     /// Every request answered `500 Internal Server Error`.
@@ -42,6 +42,8 @@ enum Mode {
     WrongBytes,
     /// Blob bodies send `first` bytes, then wait for [`Fake::release`].
     Gated { first: usize },
+    /// Every request answered `429 Too Many Requests` with this `Retry-After`.
+    TooMany { retry_after: String },
 }
 
 /// A manifest the fake serves: its digest and bytes.
@@ -59,14 +61,14 @@ struct FakeState {
 }
 
 /// A fake upstream registry on a free local port.
-struct Fake {
+pub(crate) struct Fake {
     addr: SocketAddr,
     state: Arc<FakeState>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Fake {
-    async fn start() -> Fake {
+    pub(crate) async fn start() -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(FakeState {
@@ -93,24 +95,24 @@ impl Fake {
     }
 
     /// The upstream's name as berth is configured with it (and as `ns=` names it).
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.addr.to_string()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn set_mode(&self, mode: Mode) {
+    pub(crate) fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
 
     /// Let gated blob bodies continue.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.state.release.send_replace(true);
     }
 
-    fn add_blob(&self, bytes: &[u8]) -> Digest {
+    pub(crate) fn add_blob(&self, bytes: &[u8]) -> Digest {
         let d = digest_of(bytes);
         self.state
             .blobs
@@ -121,7 +123,7 @@ impl Fake {
     }
 
     /// Serve `bytes` as a manifest under `tag` and under its digest.
-    fn add_manifest(&self, tag: &str, bytes: &[u8]) -> Digest {
+    pub(crate) fn add_manifest(&self, tag: &str, bytes: &[u8]) -> Digest {
         let d = digest_of(bytes);
         let entry = (d.clone(), Bytes::copy_from_slice(bytes));
         let mut m = self.state.manifests.lock().unwrap();
@@ -131,13 +133,13 @@ impl Fake {
     }
 
     /// Requests received with `method` for `path`.
-    fn count(&self, method: &str, path: &str) -> u64 {
+    pub(crate) fn count(&self, method: &str, path: &str) -> u64 {
         let key = (method.to_owned(), path.to_owned());
         *self.state.requests.lock().unwrap().get(&key).unwrap_or(&0)
     }
 
     /// Requests received with `method` for any path starting with `prefix`.
-    fn count_under(&self, method: &str, prefix: &str) -> u64 {
+    pub(crate) fn count_under(&self, method: &str, prefix: &str) -> u64 {
         let requests = self.state.requests.lock().unwrap();
         requests
             .iter()
@@ -147,7 +149,7 @@ impl Fake {
     }
 
     /// All requests received.
-    fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.state.requests.lock().unwrap().values().sum()
     }
 
@@ -238,6 +240,18 @@ async fn respond(
     if matches!(mode, Mode::Error500) {
         return error_answer(sock, "500 Internal Server Error", "UNKNOWN", head).await;
     }
+    if let Mode::TooMany { retry_after } = &mode {
+        let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"fake upstream"}]}"#;
+        let headers = [
+            ("Content-Type", "application/json".to_owned()),
+            ("Retry-After", retry_after.clone()),
+        ];
+        write_head(sock, "429 Too Many Requests", body.len(), &headers).await?;
+        if !head {
+            sock.write_all(body.as_bytes()).await?;
+        }
+        return Ok(());
+    }
     if path == "/v2/" {
         write_head(sock, "200 OK", 2, &[]).await?;
         if !head {
@@ -278,7 +292,7 @@ async fn respond(
         return Ok(());
     }
     match mode {
-        Mode::Normal | Mode::Error500 => sock.write_all(&bytes).await?,
+        Mode::Normal | Mode::Error500 | Mode::TooMany { .. } => sock.write_all(&bytes).await?,
         Mode::Slow { chunk, pause } => {
             for c in bytes.chunks(chunk) {
                 sock.write_all(c).await?;
@@ -303,13 +317,13 @@ async fn respond(
 }
 
 /// Berth caching the fake upstream, with tag TTL `ttl`.
-async fn berth_for(fake: &Fake, ttl: Duration) -> TestServer {
+pub(crate) async fn berth_for(fake: &Fake, ttl: Duration) -> TestServer {
     let (name, url) = (fake.name(), fake.url());
     TestServer::start_with(|c| c.upstreams.push(upstream_config(&name, &url, ttl))).await
 }
 
 /// Berth's path for `kind/reference` of the fake's repository, routed by `ns=`.
-fn via_ns(fake: &Fake, kind: &str, reference: &str) -> String {
+pub(crate) fn via_ns(fake: &Fake, kind: &str, reference: &str) -> String {
     format!("/v2/{REPO}/{kind}/{reference}?ns={}", fake.name())
 }
 
@@ -320,11 +334,11 @@ fn via_prefix(fake: &Fake, kind: &str, reference: &str) -> String {
 }
 
 /// The fake's own path for a blob.
-fn upstream_blob(d: &Digest) -> String {
+pub(crate) fn upstream_blob(d: &Digest) -> String {
     format!("/v2/{REPO}/blobs/{d}")
 }
 
-fn upstream_manifest(reference: &str) -> String {
+pub(crate) fn upstream_manifest(reference: &str) -> String {
     format!("/v2/{REPO}/manifests/{reference}")
 }
 
@@ -420,7 +434,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn header(r: &reqwest::Response, name: &str) -> String {
+pub(crate) fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
         .get(name)
         .map(|v| v.to_str().unwrap().to_owned())
@@ -429,7 +443,7 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 
 /// Give the fake a small image (config + layer) tagged `tag`; the manifest's digest and
 /// bytes.
-fn add_image(fake: &Fake, tag: &str, seed: u64) -> (Digest, Vec<u8>) {
+pub(crate) fn add_image(fake: &Fake, tag: &str, seed: u64) -> (Digest, Vec<u8>) {
     let config = format!("{{\"seed\":{seed}}}").into_bytes();
     let layer = pseudo_random(seed, 4096);
     let c = fake.add_blob(&config);

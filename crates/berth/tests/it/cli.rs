@@ -8,7 +8,8 @@ fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
 }
 
-fn output(cmd: &mut Command) -> (bool, String) {
+/// Run `cmd`: whether it succeeded, and its stdout then stderr.
+pub(crate) fn output(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",

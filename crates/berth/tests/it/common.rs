@@ -286,18 +286,14 @@ pub fn upstream_config(
     url: &str,
     tag_ttl: std::time::Duration,
 ) -> berth::config::UpstreamConfig {
-    berth::config::UpstreamConfig {
-        name: name.to_owned(),
-        url: url.to_owned(),
-        username: None,
-        password_file: None,
-        password_env: None,
-        tag_ttl,
-        listen: None,
-        max_size: None,
-        max_idle: None,
-        pinned: Vec::new(),
-    }
+    // Every other key at its default, as a file that names only these would have it.
+    let text = format!("[[upstream]]\nname = {name:?}\nurl = {url:?}\n");
+    let mut u = Config::parse(&text, "test upstream")
+        .unwrap()
+        .upstreams
+        .remove(0);
+    u.tag_ttl = tag_ttl;
+    u
 }
 
 /// Serve the dedicated listener of upstream `name` of `s` on a free port; its address.
