@@ -11,6 +11,7 @@ pub mod exports;
 pub mod health;
 pub mod hosts;
 mod notify;
+pub mod probes;
 pub mod reload;
 mod serve;
 pub mod tools;
@@ -159,6 +160,7 @@ pub fn build_app_on(config: &Config, store: Arc<dyn store::Store>) -> anyhow::Re
         registry,
         cache: Arc::new(cache),
         upkeep: Arc::default(),
+        probes: Arc::default(),
         access: server::SharedAccess::from_pointee(access),
         metrics: Arc::default(),
         blob_redirect: (config.storage.kind == StorageKind::S3 && config.storage.redirect)
@@ -344,12 +346,14 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
         .map(exports::ExportRule::new)
         .collect::<Result<Vec<_>, _>>()?;
     let retention = retention_rules(config)?;
+    let probes = probes::targets(config)?;
     let mut tasks = Vec::new();
     let limits = eviction_limits(config);
     if !limits.is_empty() {
         tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
     }
     tasks.extend(cache::spawn_prefetch(app.cache.clone()));
+    tasks.extend(probes::spawn_probes(probes, app.probes.clone()));
     let jobs = upkeep::JobContext {
         registry: app.registry.clone(),
         status: app.upkeep.clone(),

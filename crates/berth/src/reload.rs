@@ -55,6 +55,7 @@ fn background_inputs(c: &Config) -> impl PartialEq + use<> {
         c.scrub.clone(),
         eviction,
         c.exports.clone(),
+        c.probes.clone(),
     )
 }
 

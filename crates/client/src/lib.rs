@@ -11,6 +11,7 @@ pub mod archive;
 pub mod commands;
 pub mod copy;
 pub mod mirror;
+pub mod probe;
 pub mod progress;
 pub mod remote;
 pub mod verify;

@@ -18,6 +18,7 @@ mod headers;
 mod hosted;
 mod listing;
 pub mod metrics;
+pub mod probes;
 pub mod range;
 mod respond;
 pub mod route;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// Results of the background jobs (gc, retention, scrub).
     pub upkeep: Arc<upkeep::Status>,
+    /// The latest results of the `[[probe]]`s of other registries.
+    pub probes: Arc<probes::ProbeBoard>,
     /// Users and access rules; swapped whole on a configuration reload (see
     /// [`AppState::access`]).
     pub access: SharedAccess,
@@ -152,6 +155,7 @@ pub async fn serve(
 /// The modules of this crate in the order their imports run: each uses only modules
 /// before it (and the crate root's types).
 pub const LAYERS: &[&str] = &[
+    "probes",
     "headers",
     "error",
     "range",

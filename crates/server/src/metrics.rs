@@ -414,6 +414,65 @@ pub fn render(app: &App) -> String {
         e.histogram(name, &[("upstream", &up.name)], &up.stats.upstream_latency);
     }
 
+    // Probes of other registries, one series per configured probe.
+    let probes = app.probes.all();
+    type ProbeGauge = (
+        &'static str,
+        Kind,
+        &'static str,
+        fn(&crate::probes::ProbeView) -> f64,
+    );
+    let families: [ProbeGauge; 7] = [
+        (
+            "berth_probe_runs_total",
+            Kind::Counter,
+            "Runs of the [[probe]] of this registry.",
+            |p| p.runs as f64,
+        ),
+        (
+            "berth_probe_catalog_up",
+            Kind::Gauge,
+            "1 when the probed registry's catalog answered at the last run, 0 when it did not (or no run yet).",
+            |p| f64::from(u8::from(p.runs > 0 && p.catalog_error.is_none())),
+        ),
+        (
+            "berth_probe_images",
+            Kind::Gauge,
+            "Images (repo:tag) the last run checked.",
+            |p| p.images.len() as f64,
+        ),
+        (
+            "berth_probe_failed_images",
+            Kind::Gauge,
+            "Images the last run found not pulling (a manifest, config or layer missing or wrong).",
+            |p| p.failed() as f64,
+        ),
+        (
+            "berth_probe_interval_seconds",
+            Kind::Gauge,
+            "How often the probe runs.",
+            |p| p.interval.as_secs_f64(),
+        ),
+        (
+            "berth_probe_last_run_timestamp_seconds",
+            Kind::Gauge,
+            "When the last run finished (Unix time; 0 before the first).",
+            |p| p.last_run.map_or(0.0, unix),
+        ),
+        (
+            "berth_probe_last_success_timestamp_seconds",
+            Kind::Gauge,
+            "When a run last found the catalog answering and every image pulling (Unix time; 0 never).",
+            |p| p.last_success.map_or(0.0, unix),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        e.family(name, kind, help);
+        for p in &probes {
+            e.sample(name, &[("probe", &p.registry)], get(p));
+        }
+    }
+
     // Storage.
     let name = "berth_store_operations_total";
     e.family(

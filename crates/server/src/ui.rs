@@ -125,6 +125,7 @@ pub(crate) async fn page(
     );
     upkeep_section(app, &mut h, now);
     upstream_section(app, &mut h);
+    probe_section(app, &mut h, now);
     repository_section(app, &caller, &access, &mut h, now).await;
     h.push_str("</body></html>");
     (
@@ -279,6 +280,40 @@ fn upstream_section(app: &App, h: &mut String) {
             if stale > 0 { " bad" } else { "" },
             s.upstream_errors.get(),
         );
+    }
+    h.push_str("</table>");
+}
+
+fn probe_section(app: &App, h: &mut String, now: SystemTime) {
+    let probes = app.probes.all();
+    if probes.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Probes of other registries</h2><table><tr><th>registry</th><th>last run</th><th>catalog</th><th>images</th><th>not pulling</th></tr>");
+    for p in &probes {
+        let failed = p.failed();
+        let catalog = match (&p.catalog_error, p.runs) {
+            (_, 0) => "—".to_owned(),
+            (None, _) => "ok".to_owned(),
+            (Some(e), _) => format!("<span class=\"bad\">{}</span>", esc(e)),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{catalog}</td><td class=\"n\">{}</td><td class=\"n{}\">{failed}</td></tr>",
+            esc(&p.registry),
+            ago(p.last_run, now),
+            p.images.len(),
+            if failed > 0 { " bad" } else { "" },
+        );
+        for i in p.images.iter().filter(|i| !i.ok) {
+            let _ = write!(
+                h,
+                "<tr><td colspan=\"5\" class=\"bad\">{}: {} (last pulled {})</td></tr>",
+                esc(&i.image),
+                esc(i.failing.as_deref().unwrap_or("does not pull")),
+                ago(i.last_success, now),
+            );
+        }
     }
     h.push_str("</table>");
 }

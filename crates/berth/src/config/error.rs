@@ -128,6 +128,8 @@ pub enum Invalid {
         number: usize,
         why: String,
     },
+    #[error("[[probe]] {url}: {why}")]
+    Probe { url: String, why: String },
     #[error("upstream {upstream}: {key} {why}")]
     UpstreamLimit {
         upstream: String,

@@ -9,6 +9,7 @@ mod error;
 mod export;
 mod log;
 mod parse;
+mod probe;
 mod server;
 mod storage;
 mod upkeep;
@@ -19,6 +20,7 @@ pub use error::{ConfigError, Invalid, ValueError};
 pub use export::ExportConfig;
 pub use log::{LogConfig, LogFormat};
 pub use parse::{parse_duration, parse_size};
+pub use probe::{DEFAULT_PROBE_INTERVAL, ProbeConfig};
 pub use server::{MetricsConfig, ServerConfig};
 pub use storage::{StorageConfig, StorageKind};
 pub use upkeep::{GcConfig, RetentionConfig, RetentionRuleConfig, ScrubConfig};
@@ -100,6 +102,9 @@ pub struct Config {
     /// `[[export]]` entries: break-glass tarballs written after matching pushes.
     #[serde(default, rename = "export")]
     pub exports: Vec<ExportConfig>,
+    /// `[[probe]]` entries: other registries checked on a schedule.
+    #[serde(default, rename = "probe")]
+    pub probes: Vec<ProbeConfig>,
 }
 
 impl Config {
@@ -185,6 +190,16 @@ impl Config {
         }
         if self.scrub.rate == 0 {
             return Err(Invalid::ScrubRateZero);
+        }
+        let mut probed = std::collections::HashSet::new();
+        for p in &self.probes {
+            p.validate()?;
+            if !probed.insert(p.registry()) {
+                return Err(Invalid::Probe {
+                    url: p.url.clone(),
+                    why: "this registry is probed twice; one [[probe]] per registry".into(),
+                });
+            }
         }
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();

@@ -309,33 +309,40 @@ impl UpstreamConfig {
 
     /// The credentials, reading the password file or variable now.
     pub fn credentials(&self) -> anyhow::Result<Option<distribution::Credentials>> {
-        let Some(username) = &self.username else {
-            return Ok(None);
-        };
-        let password = match (&self.password_file, &self.password_env) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "upstream {}: cannot read password_file {}: {e}",
-                        self.name,
-                        f.display()
-                    )
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (None, Some(v)) => std::env::var(v).map_err(|_| {
-                anyhow::anyhow!(
-                    "upstream {}: environment variable {v} (password_env) is not set",
-                    self.name
-                )
-            })?,
-            (None, None) => unreachable!("validated: a username comes with a password"),
-        };
-        Ok(Some(distribution::Credentials {
-            username: username.clone(),
-            password,
-        }))
+        read_credentials(
+            &format!("upstream {}", self.name),
+            self.username.as_deref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
     }
+}
+
+/// A username with the password from its file or environment variable, read now; `who`
+/// names the table in errors. Validation has made sure a username comes with one.
+pub(super) fn read_credentials(
+    who: &str,
+    username: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    password_env: Option<&str>,
+) -> anyhow::Result<Option<distribution::Credentials>> {
+    let Some(username) = username else {
+        return Ok(None);
+    };
+    let password = match (password_file, password_env) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("{who}: cannot read password_file {}: {e}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, Some(v)) => std::env::var(v).map_err(|_| {
+            anyhow::anyhow!("{who}: environment variable {v} (password_env) is not set")
+        })?,
+        (None, None) => unreachable!("validated: a username comes with a password"),
+    };
+    Ok(Some(distribution::Credentials {
+        username: username.to_owned(),
+        password,
+    }))
 }
 
 #[cfg(test)]

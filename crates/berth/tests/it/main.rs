@@ -19,6 +19,7 @@ mod gc_fsck;
 mod mirror;
 mod ops;
 mod prefetch;
+mod probe;
 mod replicas;
 mod skopeo;
 mod stress;

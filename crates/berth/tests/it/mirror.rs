@@ -33,16 +33,16 @@ async fn mirror_json(src: &str, dst: &str, args: &[&str]) -> (i32, Value, String
 }
 
 /// A registry the test pushes to and reads from, over one pooled HTTP client.
-struct Registry {
+pub(crate) struct Registry {
     addr: String,
     http: reqwest::Client,
 }
 
 /// An image pushed: the index digest, and for each platform the child manifest digest
 /// and the digests of its config and layer.
-struct Pushed {
-    index: String,
-    children: Vec<(String, Vec<String>)>,
+pub(crate) struct Pushed {
+    pub(crate) index: String,
+    pub(crate) children: Vec<(String, Vec<String>)>,
 }
 
 /// The layer every amd64 image shares (a base layer: mounted, not sent again, at the
@@ -52,7 +52,7 @@ fn base_layer() -> Vec<u8> {
 }
 
 impl Registry {
-    fn new(addr: &str) -> Registry {
+    pub(crate) fn new(addr: &str) -> Registry {
         Registry {
             addr: addr.to_owned(),
             http: client(),
@@ -105,7 +105,7 @@ impl Registry {
 
     /// Push a two-platform OCI index tagged `tags` to `repo`: per platform a config and
     /// one layer (amd64 the shared base, arm64 one of this repo and `generation`).
-    async fn push_index(&self, repo: &str, generation: u64, tags: &[&str]) -> Pushed {
+    pub(crate) async fn push_index(&self, repo: &str, generation: u64, tags: &[&str]) -> Pushed {
         let mut descriptors = Vec::new();
         let mut children = Vec::new();
         for arch in ["amd64", "arm64"] {
