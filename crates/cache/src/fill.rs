@@ -228,7 +228,10 @@ async fn run(
         up.client.get_blob(job.upstream_repo.as_str(), &job.digest),
     )
     .await;
-    up.gate.record(&job.pass, &answer);
+    // An error answer counts now; a good one only once the whole body has come.
+    if answer.is_err() {
+        up.gate.record(&job.pass, &answer);
+    }
     let fetch = answer.map_err(|e| match e {
         distribution::ClientError::NotFound => FillError::NotFound,
         e => FillError::Upstream(e),
@@ -253,13 +256,23 @@ async fn run(
             .await
         {
             Ok(()) => {
+                up.gate.record_success(&job.pass);
                 up.stats.fetched_bytes.add(written);
                 Ok(written)
             }
             // finish_upload discards the upload on a mismatch.
-            Err(e) => Err(FillError::Rejected(e)),
+            Err(e) => {
+                up.gate.record_success(&job.pass);
+                Err(FillError::Rejected(e))
+            }
         },
         Err(e) => {
+            if matches!(
+                e,
+                FillError::Body(_) | FillError::Truncated { .. } | FillError::Overlong
+            ) {
+                up.gate.record_outage(&job.pass);
+            }
             let _ = job.registry.cancel_upload(&job.repo, &id).await;
             Err(e)
         }

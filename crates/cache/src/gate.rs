@@ -31,6 +31,9 @@ pub const DEFAULT_RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
 /// The `Retry-After` of a request refused because the queue is full or another request
 /// is probing a down upstream: the moment it takes a slot to free up.
 pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait a 429 is honoured for: a day covers every rate-limit window in use,
+/// and an absurd `Retry-After` must not silence an upstream for good.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The limits of one upstream, as configured.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +96,7 @@ pub enum Circuit {
 }
 
 #[derive(Debug)]
-struct State {
+pub(crate) struct State {
     circuit: Circuit,
     /// No request is sent before this (a 429's `Retry-After`).
     limited_until: Option<Instant>,
@@ -160,6 +163,21 @@ impl Drop for Waiting<'_> {
 
 impl Gate {
     pub fn new(limits: Limits, stats: Arc<GateStats>) -> Gate {
+        let state = Arc::new(Mutex::new(State {
+            circuit: Circuit::Up { failures: 0 },
+            limited_until: None,
+        }));
+        Gate::with_state(limits, stats, state)
+    }
+
+    /// A gate for new `limits` that keeps what `old` knows of the upstream (its
+    /// circuit and any 429 in force): a reload must not forget that an upstream is
+    /// down or rate-limiting berth.
+    pub fn succeeding(old: &Gate, limits: Limits) -> Gate {
+        Gate::with_state(limits, old.stats.clone(), old.state.clone())
+    }
+
+    fn with_state(limits: Limits, stats: Arc<GateStats>, state: Arc<Mutex<State>>) -> Gate {
         let slots = limits
             .max_concurrent
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
@@ -178,10 +196,7 @@ impl Gate {
             slots,
             rate,
             waiting: AtomicUsize::new(0),
-            state: Arc::new(Mutex::new(State {
-                circuit: Circuit::Up { failures: 0 },
-                limited_until: None,
-            })),
+            state,
             stats,
         }
     }
@@ -255,40 +270,62 @@ impl Gate {
     /// rate-limiting or down, or the queue is full).
     pub async fn admit(&self) -> Result<Pass, Refused> {
         let probe = self.check()?;
-        let must_wait = self
-            .slots
-            .as_ref()
-            .is_some_and(|s| s.available_permits() == 0)
-            || self.rate.as_ref().is_some_and(|r| r.check().is_err());
-        if must_wait && self.waiting.load(Ordering::SeqCst) >= self.limits.max_queue {
-            if probe {
-                // Not probed after all: the next request may.
-                self.state.lock().circuit = Circuit::Down {
-                    until: Instant::now(),
-                };
-            }
+        // The pass exists from here on, so a probe whose wait ends early (its client
+        // went away, the queue was full) lets the next request probe instead.
+        let mut pass = Pass {
+            _slot: None,
+            probe: probe.then(|| self.state.clone()),
+            recorded: Default::default(),
+        };
+        let slot_now = match &self.slots {
+            Some(s) => s.clone().try_acquire_owned().ok(),
+            None => None,
+        };
+        let needs_slot = self.slots.is_some() && slot_now.is_none();
+        let needs_token = self.rate.as_ref().is_some_and(|r| r.check().is_err());
+        pass._slot = slot_now;
+        if !needs_slot && !needs_token {
+            return Ok(pass);
+        }
+        // A place in the queue, taken only while there is one.
+        if self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < self.limits.max_queue).then_some(w + 1)
+            })
+            .is_err()
+        {
             self.stats.refused_busy.inc();
             return Err(Refused::Busy {
                 retry_after: BUSY_RETRY_AFTER,
             });
         }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
         let waiting = Waiting(&self.waiting);
-        let slot = match &self.slots {
-            Some(s) => s.clone().acquire_owned().await.ok(),
-            None => None,
-        };
-        if let Some(r) = &self.rate
-            && must_wait
-        {
+        if let (true, Some(s)) = (needs_slot, &self.slots) {
+            pass._slot = s.clone().acquire_owned().await.ok();
+        }
+        if let (true, Some(r)) = (needs_token, &self.rate) {
             r.until_ready().await;
         }
         drop(waiting);
-        Ok(Pass {
-            _slot: slot,
-            probe: probe.then(|| self.state.clone()),
-            recorded: Default::default(),
-        })
+        Ok(pass)
+    }
+
+    /// The upstream answered, and the whole of the answer arrived: it works.
+    pub fn record_success(&self, pass: &Pass) {
+        self.record(pass, &Ok::<(), ClientError>(()));
+    }
+
+    /// The upstream failed after its first answer (a body cut off, too short or too
+    /// long): an outage, like no answer at all.
+    pub fn record_outage(&self, pass: &Pass) {
+        self.record(
+            pass,
+            &Err::<(), _>(ClientError::Status {
+                status: 502,
+                message: "the body failed".into(),
+            }),
+        );
     }
 
     /// What the upstream answered to a request let through with `pass`.
@@ -298,8 +335,10 @@ impl Gate {
         match outcome {
             Err(ClientError::RateLimited { retry_after }) => {
                 self.stats.rate_limited.inc();
-                let wait = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF);
-                st.limited_until = Some(Instant::now() + wait);
+                let wait = retry_after
+                    .unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF)
+                    .min(MAX_RATE_LIMIT_WAIT);
+                st.limited_until = Instant::now().checked_add(wait);
                 // It answered: it is up, only busy.
                 st.circuit = Circuit::Up { failures: 0 };
             }
@@ -379,6 +418,45 @@ mod tests {
         gate.record(&probe, &Err::<(), _>(ClientError::NotFound));
         assert_eq!(gate.circuit(), Circuit::Up { failures: 0 });
         assert!(gate.admit().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_stops_waiting_lets_the_next_request_probe() {
+        let gate = Arc::new(Gate::new(
+            Limits {
+                max_concurrent: Some(1),
+                down_after: 1,
+                down_for: Duration::from_millis(50),
+                ..Limits::default()
+            },
+            Arc::default(),
+        ));
+        let holder = gate.admit().await.unwrap();
+        gate.record(&holder, &outage());
+        assert!(matches!(gate.circuit(), Circuit::Down { .. }));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // The probe waits for the slot the holder keeps, and its client goes away.
+        let waited = tokio::time::timeout(Duration::from_millis(50), gate.admit()).await;
+        assert!(waited.is_err(), "it had to wait");
+        assert!(
+            matches!(gate.circuit(), Circuit::Down { .. }),
+            "not stuck probing"
+        );
+        drop(holder);
+        let next = gate.admit().await.unwrap();
+        assert_eq!(gate.circuit(), Circuit::Probing, "the next request probes");
+        gate.record(&next, &Ok::<(), ClientError>(()));
+        assert_eq!(gate.circuit(), Circuit::Up { failures: 0 });
+        drop(next);
+        // An absurd Retry-After is capped, not a panic.
+        let p = gate.admit().await.unwrap();
+        gate.record(
+            &p,
+            &Err::<(), _>(ClientError::RateLimited {
+                retry_after: Some(Duration::from_secs(u64::MAX / 2)),
+            }),
+        );
+        assert!(gate.rate_limited());
     }
 
     #[tokio::test]

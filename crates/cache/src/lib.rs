@@ -81,8 +81,15 @@ pub struct Stats {
     pub prefetch_failures: meter::Counter,
     /// Cache misses prefetch runs caused (manifests and blobs fetched upstream).
     pub prefetch_downloads: meter::Counter,
-    /// Tags the last prefetch run matched (of the last rule that ran).
-    pub prefetch_images: std::sync::atomic::AtomicU64,
+    /// Tags each prefetch rule's last run matched, by the rule's number.
+    pub prefetch_tags: Mutex<std::collections::BTreeMap<usize, u64>>,
+}
+
+impl Stats {
+    /// Tags the upstream's prefetch rules keep, as their last runs matched them.
+    pub fn prefetched_tags(&self) -> u64 {
+        self.prefetch_tags.lock().values().sum()
+    }
 }
 
 /// Await `f`, recording how long it took in `h`.
@@ -105,7 +112,7 @@ pub struct CachedUpstream {
     pub stats: Arc<Stats>,
     /// Admission of requests to the upstream (rebuilt with the configuration; its
     /// counters live in `stats`).
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
     /// The `[[upstream.prefetch]]` rules; eviction never takes what they cover.
     pub prefetch: Arc<Vec<PrefetchRule>>,
     client: Client,
@@ -263,8 +270,19 @@ impl Cache {
                 tag_ttl: spec.tag_ttl,
                 repositories: spec.repositories,
                 stats: stats.clone(),
-                gate: Gate::new(spec.limits, stats.gate.clone()),
-                prefetch: Arc::new(spec.prefetch),
+                // The same gate while the limits stay (its slots are in use); for new
+                // limits a new one that still knows a down or rate-limiting upstream.
+                gate: match previous {
+                    Some(p) if *p.gate.limits() == spec.limits => p.gate.clone(),
+                    Some(p) => Arc::new(Gate::succeeding(&p.gate, spec.limits)),
+                    None => Arc::new(Gate::new(spec.limits, stats.gate.clone())),
+                },
+                prefetch: {
+                    // Counts of rules a reload removed go with them.
+                    let rules = spec.prefetch.len();
+                    stats.prefetch_tags.lock().retain(|n, _| *n <= rules);
+                    Arc::new(spec.prefetch)
+                },
                 client: Client::new(spec.options)?,
                 access: previous.map(|p| p.access.clone()).unwrap_or_default(),
             };
@@ -412,7 +430,7 @@ impl Cache {
                 up.stats.hits.inc();
                 Ok(m)
             }
-            (Ok(head), _) => {
+            (Ok(head), cached) => {
                 up.stats.misses.inc();
                 if let Ok(stored) = self.registry.manifest_by_digest(local, &head.digest).await {
                     // Moved back to a manifest we already hold.
@@ -422,8 +440,23 @@ impl Cache {
                         stored,
                     });
                 }
-                self.fetch_manifest(up, repo, local, Some(tag), &head.digest.to_string())
-                    .await
+                match (
+                    self.fetch_manifest(up, repo, local, Some(tag), &head.digest.to_string())
+                        .await,
+                    cached,
+                ) {
+                    (Ok(m), _) => Ok(m),
+                    // The tag moved but the new manifest cannot be had now (a 429 on
+                    // the GET that the HEAD was spared, an outage): the image it was.
+                    (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
+                    (Err(CacheError::Registry(e)), _) => Err(CacheError::Registry(e)),
+                    (Err(e), Some(m)) => {
+                        up.stats.stale_serves.inc();
+                        tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, error = %e, "serving the cached image of a moved tag while its new manifest cannot be fetched");
+                        Ok(m)
+                    }
+                    (Err(e), None) => Err(e),
+                }
             }
             (Err(Asked::Client(ClientError::NotFound)), _) => Err(CacheError::NotFound),
             (Err(e), Some(m)) => {

@@ -60,6 +60,8 @@ pub fn version_of(tag: &str) -> Option<semver::Version> {
 /// One `[[upstream.prefetch]]` rule.
 #[derive(Clone, Debug)]
 pub struct PrefetchRule {
+    /// Its place among the upstream's rules, from 1 (how logs and counts name it).
+    pub number: usize,
     /// Upstream repositories (`library/nginx`, `kyverno/*`): a name with no `*` is
     /// taken as it is; a pattern is matched against the upstream's catalog.
     pub repositories: Vec<oci::RepoPattern>,
@@ -196,10 +198,10 @@ impl Cache {
             up.stats.prefetch_failures.add(report.failures.len() as u64);
         }
         up.stats.prefetch_downloads.add(report.downloads);
-        up.stats.prefetch_images.store(
-            report.matched.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        up.stats
+            .prefetch_tags
+            .lock()
+            .insert(rule.number, report.matched.len() as u64);
         report
     }
 
@@ -272,7 +274,7 @@ impl Cache {
 pub fn spawn_prefetch(cache: Arc<Cache>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for up in cache.upstreams() {
-        for (i, rule) in up.prefetch.iter().enumerate() {
+        for rule in up.prefetch.iter() {
             let (cache, name, rule) = (cache.clone(), up.name.clone(), rule.clone());
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(rule.interval);
@@ -285,9 +287,9 @@ pub fn spawn_prefetch(cache: Arc<Cache>) -> Vec<tokio::task::JoinHandle<()>> {
                     };
                     let r = cache.prefetch_once(&up, &rule, PrefetchMode::Fetch).await;
                     if r.failures.is_empty() {
-                        tracing::info!(upstream = %name, rule = i + 1, matched = r.matched.len(), fetched = r.fetched.len(), downloads = r.downloads, "prefetch");
+                        tracing::info!(upstream = %name, rule = rule.number, matched = r.matched.len(), fetched = r.fetched.len(), downloads = r.downloads, "prefetch");
                     } else {
-                        tracing::warn!(upstream = %name, rule = i + 1, matched = r.matched.len(), fetched = r.fetched.len(), failures = %r.failures.join("; "), "prefetch had failures");
+                        tracing::warn!(upstream = %name, rule = rule.number, matched = r.matched.len(), fetched = r.fetched.len(), failures = %r.failures.join("; "), "prefetch had failures");
                     }
                 }
             }));
@@ -323,6 +325,7 @@ mod tests {
         let list = TagFilter::List(vec!["1.27".parse().unwrap(), "latest".parse().unwrap()]);
         assert!(list.matches("latest") && !list.matches("1.28"));
         let rule = PrefetchRule {
+            number: 1,
             repositories: vec![oci::RepoPattern::new("library/*").unwrap()],
             tags: TagFilter::Regex(regex::Regex::new("^1\\.2[0-9]$").unwrap()),
             platforms: Vec::new(),

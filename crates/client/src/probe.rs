@@ -61,13 +61,23 @@ impl ProbeTarget {
 /// Probe `target` once.
 pub async fn probe_once(target: &ProbeTarget) -> ProbeReport {
     let mut report = ProbeReport::default();
-    // The catalog is listed every run, also when the repositories are all named: a
-    // catalog that stops answering is worth an alert of its own.
-    let listed = match target.client.catalog().await {
-        Ok(names) => names,
-        Err(e) => {
-            report.catalog_error = Some(e.to_string());
-            Vec::new()
+    // The catalog is listed every run unless every repository is named (registries
+    // with a closed catalog, like Docker Hub and GHCR, are probed that way): a catalog
+    // that stops answering is worth an alert of its own.
+    let all_named = !target.repositories.is_empty()
+        && target
+            .repositories
+            .iter()
+            .all(|p| !p.as_str().contains('*'));
+    let listed = if all_named {
+        Vec::new()
+    } else {
+        match target.client.catalog().await {
+            Ok(names) => names,
+            Err(e) => {
+                report.catalog_error = Some(e.to_string());
+                Vec::new()
+            }
         }
     };
     let mut repos: Vec<String> = listed

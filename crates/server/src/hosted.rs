@@ -211,7 +211,10 @@ pub(crate) async fn start_upload(
         };
         // Mounting reads the source: only from repositories the caller may pull.
         let access = app.access();
-        let may_read = |r: &RepoName| access.allowed(who, r).contains(auth::Action::Pull);
+        // A cached repository is read only while its upstream's allow-list names it.
+        let may_read = |r: &RepoName| {
+            access.allowed(who, r).contains(auth::Action::Pull) && cache_allows(app, r)
+        };
         if app
             .registry
             .mount_blob(repo, &digest, from.as_ref(), &may_read)
@@ -320,4 +323,16 @@ pub(crate) async fn finish_upload(
         .finish_upload(repo, id, &digest, last_chunk)
         .await?;
     Ok(blob_created(repo, &digest))
+}
+
+/// Whether `r`, when it is a cached repository (`<upstream key>/<name>`), is one its
+/// upstream's allow-list names; hosted repositories always are.
+fn cache_allows(app: &App, r: &RepoName) -> bool {
+    let Some((first, rest)) = r.as_str().split_once('/') else {
+        return true;
+    };
+    match app.cache.for_prefix(first) {
+        Some(up) if up.key == first => rest.parse::<RepoName>().is_ok_and(|n| up.allows(&n)),
+        _ => true,
+    }
 }

@@ -398,10 +398,7 @@ pub fn render(app: &App) -> String {
         "Tags the last prefetch run of the upstream matched (kept cached and fresh).",
     );
     for up in upstreams.iter().filter(|u| !u.prefetch.is_empty()) {
-        let n = up
-            .stats
-            .prefetch_images
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let n = up.stats.prefetched_tags();
         e.sample(name, &[("upstream", &up.name)], n as f64);
     }
     let name = "berth_upstream_request_duration_seconds";

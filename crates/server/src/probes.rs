@@ -59,9 +59,23 @@ pub struct ProbeBoard {
 }
 
 impl ProbeBoard {
-    /// Start over with these probes (at start-up and after a reload).
+    /// Put these probes on the board (at start-up and after a reload), keeping what
+    /// earlier runs of the same registry found until the next run replaces it.
     pub fn reset(&self, probes: Vec<ProbeView>) {
-        *self.probes.write() = probes;
+        let mut board = self.probes.write();
+        let old = std::mem::take(&mut *board);
+        *board = probes
+            .into_iter()
+            .map(
+                |new| match old.iter().find(|o| o.registry == new.registry) {
+                    Some(o) => ProbeView {
+                        interval: new.interval,
+                        ..o.clone()
+                    },
+                    None => new,
+                },
+            )
+            .collect();
     }
 
     /// Replace the entry of `view.registry` (added when it is not there).

@@ -264,7 +264,7 @@ fn upstream_section(app: &App, h: &mut String) {
         } else {
             format!(
                 "{} ({} runs, {} failed)",
-                s.prefetch_images.load(std::sync::atomic::Ordering::Relaxed),
+                s.prefetched_tags(),
                 s.prefetch_runs.get(),
                 s.prefetch_failures.get()
             )

@@ -194,7 +194,7 @@ impl Config {
         let mut probed = std::collections::HashSet::new();
         for p in &self.probes {
             p.validate()?;
-            if !probed.insert(p.registry()) {
+            if !probed.insert(p.identity()) {
                 return Err(Invalid::Probe {
                     url: p.url.clone(),
                     why: "this registry is probed twice; one [[probe]] per registry".into(),

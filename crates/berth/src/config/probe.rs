@@ -51,6 +51,19 @@ impl ProbeConfig {
             .trim_end_matches('/')
     }
 
+    /// The registry as the duplicate check compares it: lowercase, default port off.
+    pub(super) fn identity(&self) -> String {
+        let host = self.registry().to_ascii_lowercase();
+        let default = if self.url.starts_with("https://") {
+            ":443"
+        } else {
+            ":80"
+        };
+        host.strip_suffix(default)
+            .map(str::to_owned)
+            .unwrap_or(host)
+    }
+
     fn invalid(&self, why: String) -> Invalid {
         Invalid::Probe {
             url: self.url.clone(),
@@ -66,6 +79,13 @@ impl ProbeConfig {
         {
             return Err(self.invalid(
                 "url must be http:// or https:// and a registry's address, without a path".into(),
+            ));
+        }
+        // The host names the probe on /metrics and the web page: credentials go in
+        // username and a password, never in the URL.
+        if host.contains(['@', '?', '#']) {
+            return Err(self.invalid(
+                "url must not hold credentials, a query or a fragment (use username and password_file)".into(),
             ));
         }
         if self.password_file.is_some() && self.password_env.is_some() {

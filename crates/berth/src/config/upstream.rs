@@ -170,6 +170,7 @@ impl PrefetchConfig {
             return Err("interval must be above zero".into());
         }
         Ok(cache::PrefetchRule {
+            number: 0,
             repositories,
             tags,
             platforms: self.platforms.clone(),
@@ -269,14 +270,26 @@ impl UpstreamConfig {
         Ok(())
     }
 
+    /// A repository name or pattern as the upstream names it: on Docker Hub a
+    /// one-component name (`nginx`) is `library/nginx`, as clients pull it.
+    fn upstream_name(&self, p: &str) -> String {
+        if self.name == "docker.io" && !p.contains('/') && !p.contains('*') {
+            format!("library/{p}")
+        } else {
+            p.to_owned()
+        }
+    }
+
     /// The compiled allow-list (`repositories`).
     pub fn repository_patterns(&self) -> Result<Vec<oci::RepoPattern>, Invalid> {
         self.repositories
             .iter()
             .map(|p| {
-                oci::RepoPattern::new(p).map_err(|error| Invalid::UpstreamRepositories {
-                    upstream: self.name.clone(),
-                    error,
+                oci::RepoPattern::new(&self.upstream_name(p)).map_err(|error| {
+                    Invalid::UpstreamRepositories {
+                        upstream: self.name.clone(),
+                        error,
+                    }
                 })
             })
             .collect()
@@ -287,11 +300,21 @@ impl UpstreamConfig {
         (1..)
             .zip(&self.prefetch)
             .map(|(number, p)| {
-                p.rule().map_err(|why| Invalid::UpstreamPrefetch {
-                    upstream: self.name.clone(),
-                    number,
-                    why,
-                })
+                let p = PrefetchConfig {
+                    repositories: p
+                        .repositories
+                        .iter()
+                        .map(|r| self.upstream_name(r))
+                        .collect(),
+                    ..p.clone()
+                };
+                p.rule()
+                    .map(|rule| cache::PrefetchRule { number, ..rule })
+                    .map_err(|why| Invalid::UpstreamPrefetch {
+                        upstream: self.name.clone(),
+                        number,
+                        why,
+                    })
             })
             .collect()
     }

@@ -231,3 +231,34 @@ async fn max_concurrent_with_a_full_queue_answers_503_with_retry_after() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"second blob");
 }
+
+#[tokio::test]
+async fn bodies_that_break_count_as_failures_for_the_breaker() {
+    let fake = Fake::start().await;
+    let blob = pseudo_random(9, 64 * 1024);
+    let d = fake.add_blob(&blob);
+    let s = berth_with(&fake, LONG_TTL, |u| {
+        u.down_after = 2;
+        u.down_for = Duration::from_secs(60);
+    })
+    .await;
+    // Headers arrive fine; each body stops at half: that is an outage, not a success.
+    fake.set_mode(Mode::Truncated);
+    let url = s.url(&format!("/v2/{REPO}/blobs/{d}?ns={}", fake.name()));
+    for _ in 0..2 {
+        let r = get(&client(), &url).await;
+        let _ = r.bytes().await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&s, &fake, "berth_upstream_up").await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two broken bodies did not mark it down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = fake.total();
+    let r = get(&client(), &url).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(fake.total(), before, "a down upstream is not asked");
+}
