@@ -417,6 +417,26 @@ mod tests {
     }
 
     #[test]
+    fn docker_hub_one_component_names_are_library_names() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+             repositories = [\"nginx\", \"bitnami/*\", \"*\"]\n\
+             [[upstream.prefetch]]\nrepositories = [\"redis\"]\ntags = [\"7\"]\n\
+             [[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nrepositories = [\"nginx\"]\n",
+            "t",
+        )
+        .unwrap();
+        let hub = c.upstreams[0].repository_patterns().unwrap();
+        let names: Vec<&str> = hub.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["library/nginx", "bitnami/*", "*"]);
+        let rules = c.upstreams[0].prefetch_rules().unwrap();
+        assert!(rules[0].covers("library/redis", "7"));
+        assert_eq!(rules[0].number, 1);
+        let ghcr = c.upstreams[1].repository_patterns().unwrap();
+        assert_eq!(ghcr[0].as_str(), "nginx", "only Docker Hub has library/");
+    }
+
+    #[test]
     fn upstream_entries_are_validated() {
         let base = "[[upstream]]\nname = \"NAME\"\nurl = \"URL\"\n";
         let ok = |name: &str, url: &str| {

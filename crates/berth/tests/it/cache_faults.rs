@@ -44,6 +44,8 @@ pub(crate) enum Mode {
     Gated { first: usize },
     /// Every request answered `429 Too Many Requests` with this `Retry-After`.
     TooMany { retry_after: String },
+    /// Manifest GETs answered 429 (HEADs are not: Docker Hub's pull limit counts GETs).
+    TooManyGets,
 }
 
 /// A manifest the fake serves: its digest and bytes.
@@ -240,11 +242,16 @@ async fn respond(
     if matches!(mode, Mode::Error500) {
         return error_answer(sock, "500 Internal Server Error", "UNKNOWN", head).await;
     }
-    if let Mode::TooMany { retry_after } = &mode {
+    let limited = match &mode {
+        Mode::TooMany { retry_after } => Some(retry_after.clone()),
+        Mode::TooManyGets if !head && path.contains("/manifests/") => Some("1".to_owned()),
+        _ => None,
+    };
+    if let Some(retry_after) = limited {
         let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"fake upstream"}]}"#;
         let headers = [
             ("Content-Type", "application/json".to_owned()),
-            ("Retry-After", retry_after.clone()),
+            ("Retry-After", retry_after),
         ];
         write_head(sock, "429 Too Many Requests", body.len(), &headers).await?;
         if !head {
@@ -292,7 +299,9 @@ async fn respond(
         return Ok(());
     }
     match mode {
-        Mode::Normal | Mode::Error500 | Mode::TooMany { .. } => sock.write_all(&bytes).await?,
+        Mode::Normal | Mode::Error500 | Mode::TooMany { .. } | Mode::TooManyGets => {
+            sock.write_all(&bytes).await?
+        }
         Mode::Slow { chunk, pause } => {
             for c in bytes.chunks(chunk) {
                 sock.write_all(c).await?;

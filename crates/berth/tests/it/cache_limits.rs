@@ -262,3 +262,71 @@ async fn bodies_that_break_count_as_failures_for_the_breaker() {
     assert_eq!(r.status(), 503);
     assert_eq!(fake.total(), before, "a down upstream is not asked");
 }
+
+#[tokio::test]
+async fn a_moved_tag_whose_new_manifest_is_rate_limited_serves_the_cached_image() {
+    let fake = Fake::start().await;
+    let (old, _) = add_image(&fake, "v1", 11);
+    let s = berth_for(&fake, Duration::ZERO).await;
+    let c = client();
+    let tag = s.url(&via_ns(&fake, "manifests", "v1"));
+    assert_eq!(
+        header(&get(&c, &tag).await, "docker-content-digest"),
+        old.to_string()
+    );
+    // The tag moves upstream; the HEAD (free on Docker Hub) says so, the GET is limited.
+    let (new, _) = add_image(&fake, "v1", 12);
+    assert_ne!(new, old);
+    fake.set_mode(Mode::TooManyGets);
+    let r = get(&c, &tag).await;
+    assert_eq!(r.status(), 200, "the image the tag was, not an error");
+    assert_eq!(header(&r, "docker-content-digest"), old.to_string());
+    assert!(metric(&s, &fake, "berth_cache_stale_serves_total").await >= 1.0);
+    // Once the GET goes through, the tag follows.
+    fake.set_mode(Mode::Normal);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = get(&c, &tag).await;
+        if header(&r, "docker-content-digest") == new.to_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moved tag never followed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_upstreams_rate_limit_and_circuit() {
+    let fake = Fake::start().await;
+    add_image(&fake, "v1", 13);
+    let s = berth_for(&fake, LONG_TTL).await;
+    let c = client();
+    fake.set_mode(Mode::TooMany {
+        retry_after: "60".into(),
+    });
+    assert_eq!(
+        get(&c, s.url(&via_ns(&fake, "manifests", "v1")))
+            .await
+            .status(),
+        429
+    );
+    let before = fake.total();
+    // The same limits, then new ones: either way the 429's wait stays in force.
+    for max_concurrent in [None, Some(3)] {
+        let mut config = berth::config::Config::load(None).unwrap();
+        let mut u = upstream_config(&fake.name(), &fake.url(), LONG_TTL);
+        u.max_concurrent = max_concurrent;
+        config.upstreams = vec![u];
+        s.app
+            .cache
+            .reconfigure(berth::upstream_specs(&config).unwrap())
+            .unwrap();
+        let r = get(&c, s.url(&via_ns(&fake, "manifests", "v1"))).await;
+        assert_eq!(r.status(), 429, "max_concurrent {max_concurrent:?}");
+        assert_eq!(fake.total(), before, "nothing sent after the reload");
+    }
+}
