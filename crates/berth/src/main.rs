@@ -154,15 +154,8 @@ enum Command {
         dst: String,
         #[command(flatten)]
         images: ImagesArgs,
-        /// Talk plain HTTP to both registries.
-        #[arg(long)]
-        plain_http: bool,
-        /// Credentials for the source registry.
-        #[arg(long, value_name = "USER:PASS")]
-        src_creds: Option<String>,
-        /// Credentials for the destination registry.
-        #[arg(long, value_name = "USER:PASS")]
-        dest_creds: Option<String>,
+        #[command(flatten)]
+        both: BothRegistries,
     },
     /// Mirror a whole registry into another: every repository and tag, byte for byte.
     ///
@@ -212,15 +205,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Talk plain HTTP to both registries.
-        #[arg(long)]
-        plain_http: bool,
-        /// Credentials for the source registry.
-        #[arg(long, value_name = "USER:PASS")]
-        src_creds: Option<String>,
-        /// Credentials for the destination registry.
-        #[arg(long, value_name = "USER:PASS")]
-        dest_creds: Option<String>,
+        #[command(flatten)]
+        both: BothRegistries,
     },
     /// Write an image to an OCI image-layout tarball (break-glass copy).
     ///
@@ -285,6 +271,20 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
     },
+}
+
+/// How `copy` and `mirror` reach their two registries.
+#[derive(clap::Args, Debug)]
+struct BothRegistries {
+    /// Talk plain HTTP to both registries.
+    #[arg(long)]
+    plain_http: bool,
+    /// Credentials for the source registry.
+    #[arg(long, value_name = "USER:PASS")]
+    src_creds: Option<String>,
+    /// Credentials for the destination registry.
+    #[arg(long, value_name = "USER:PASS")]
+    dest_creds: Option<String>,
 }
 
 /// Which images of an index a copy or export takes.
@@ -444,9 +444,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             src,
             dst,
             images,
-            plain_http,
-            src_creds,
-            dest_creds,
+            both:
+                BothRegistries {
+                    plain_http,
+                    src_creds,
+                    dest_creds,
+                },
         } => {
             tool_config(None)?;
             let args = client::commands::CopyArgs {
@@ -470,9 +473,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             jobs,
             dry_run,
             json,
-            plain_http,
-            src_creds,
-            dest_creds,
+            both:
+                BothRegistries {
+                    plain_http,
+                    src_creds,
+                    dest_creds,
+                },
         } => {
             tool_config(None)?;
             let args = client::commands::MirrorArgs {

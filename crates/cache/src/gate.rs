@@ -313,27 +313,32 @@ impl Gate {
 
     /// The upstream answered, and the whole of the answer arrived: it works.
     pub fn record_success(&self, pass: &Pass) {
-        self.record(pass, &Ok::<(), ClientError>(()));
+        self.note(pass, Outcome::Works);
     }
 
     /// The upstream failed after its first answer (a body cut off, too short or too
     /// long): an outage, like no answer at all.
     pub fn record_outage(&self, pass: &Pass) {
-        self.record(
-            pass,
-            &Err::<(), _>(ClientError::Status {
-                status: 502,
-                message: "the body failed".into(),
-            }),
-        );
+        self.note(pass, Outcome::Outage);
     }
 
     /// What the upstream answered to a request let through with `pass`.
-    pub fn record<T>(&self, pass: &Pass, outcome: &Result<T, ClientError>) {
+    pub fn record<T>(&self, pass: &Pass, answer: &Result<T, ClientError>) {
+        let outcome = match answer {
+            Err(ClientError::RateLimited { retry_after }) => Outcome::RateLimited(*retry_after),
+            Err(e) if e.is_outage() => Outcome::Outage,
+            // An answer about the content (found, not found, refused credentials) is
+            // an upstream that works.
+            _ => Outcome::Works,
+        };
+        self.note(pass, outcome);
+    }
+
+    fn note(&self, pass: &Pass, outcome: Outcome) {
         pass.recorded.store(true, Ordering::SeqCst);
         let mut st = self.state.lock();
         match outcome {
-            Err(ClientError::RateLimited { retry_after }) => {
+            Outcome::RateLimited(retry_after) => {
                 self.stats.rate_limited.inc();
                 let wait = retry_after
                     .unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF)
@@ -342,7 +347,7 @@ impl Gate {
                 // It answered: it is up, only busy.
                 st.circuit = Circuit::Up { failures: 0 };
             }
-            Err(e) if e.is_outage() => {
+            Outcome::Outage => {
                 let failures = match st.circuit {
                     Circuit::Up { failures } => failures + 1,
                     _ => self.limits.down_after,
@@ -358,11 +363,16 @@ impl Gate {
                     st.circuit = Circuit::Up { failures };
                 }
             }
-            // An answer about the content (found, not found, refused credentials) is
-            // an upstream that works.
-            _ => st.circuit = Circuit::Up { failures: 0 },
+            Outcome::Works => st.circuit = Circuit::Up { failures: 0 },
         }
     }
+}
+
+/// What a request through the gate found, as the breaker counts it.
+enum Outcome {
+    Works,
+    Outage,
+    RateLimited(Option<Duration>),
 }
 
 #[cfg(test)]

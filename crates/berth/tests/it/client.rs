@@ -9,20 +9,6 @@ use crate::skopeo::{
 };
 use std::path::PathBuf;
 
-/// Run `berth` with `args`; (exit code, stdout, stderr).
-async fn berth(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_layer() {
     require_tools();
@@ -63,7 +49,7 @@ async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_lay
             if deep {
                 args.push("--deep");
             }
-            let (code, out, err) = berth(&args).await;
+            let (code, out, err) = run_berth(&args).await;
             assert_eq!(code, 0, "{addr} deep={deep}:\n{out}{err}");
             assert!(
                 out.contains("9 nodes checked") && out.contains("all consistent"),
@@ -74,7 +60,7 @@ async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_lay
                 assert!(out.contains(c), "{out}");
             }
         }
-        let (code, json, _) = berth(&["verify", "--plain-http", "--json", &image]).await;
+        let (code, json, _) = run_berth(&["verify", "--plain-http", "--json", &image]).await;
         assert_eq!(code, 0);
         let report: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(report["digest"], index_digest.as_str());
@@ -87,13 +73,13 @@ async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_lay
             if deep {
                 args.push("--deep");
             }
-            let (code, out, _) = berth(&args).await;
+            let (code, out, _) = run_berth(&args).await;
             assert_eq!(code, 1, "{addr} deep={deep}: {out}");
             assert!(out.contains(&format!("FAIL  layer     {victim}")), "{out}");
             assert!(out.contains(&format!("in {}", children[1])), "{out}");
             assert!(out.contains("1 FAILED"), "{out}");
         }
-        let (_, json, _) = berth(&["verify", "--plain-http", "--json", &image]).await;
+        let (_, json, _) = run_berth(&["verify", "--plain-http", "--json", &image]).await;
         let report: serde_json::Value = serde_json::from_str(&json).unwrap();
         let failed: Vec<_> = report["nodes"]
             .as_array()
@@ -106,7 +92,7 @@ async fn verify_walks_an_index_in_berth_and_distribution_and_finds_a_deleted_lay
         assert_eq!(failed[0]["parent"], children[1].as_str());
     }
     // A reference to nothing fails cleanly.
-    let (code, out, _) = berth(&[
+    let (code, out, _) = run_berth(&[
         "verify",
         "--plain-http",
         &format!("{}/team/none:v1", berth_server.addr),
@@ -130,10 +116,10 @@ async fn verify_logs_in_through_the_token_flow() {
     push_image_as(&s, "team/app", "v1", "token", Some(("alice", "alice-pw"))).await;
     let image = format!("{}/team/app:v1", s.addr);
 
-    let (code, out, err) = berth(&["verify", "--plain-http", &image]).await;
+    let (code, out, err) = run_berth(&["verify", "--plain-http", &image]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("credentials") || out.contains("401"), "{out}");
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "verify",
         "--plain-http",
         "--creds",
@@ -149,7 +135,7 @@ async fn verify_logs_in_through_the_token_flow() {
     );
     let creds = tmp.path().join("creds");
     std::fs::write(&creds, "alice:alice-pw\n").unwrap();
-    let (code, out, _) = berth(&[
+    let (code, out, _) = run_berth(&[
         "verify",
         "--plain-http",
         "--creds-file",
@@ -158,7 +144,7 @@ async fn verify_logs_in_through_the_token_flow() {
     ])
     .await;
     assert_eq!(code, 0, "{out}");
-    let (code, _, err) = berth(&["verify", "--plain-http", "--creds", "nocolon", &image]).await;
+    let (code, _, err) = run_berth(&["verify", "--plain-http", "--creds", "nocolon", &image]).await;
     assert_eq!(code, 1);
     assert!(err.contains("USER:PASS"), "{err}");
 }
@@ -200,7 +186,7 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
     // distribution → berth, every platform: the index keeps its digest and bytes.
     let from = format!("{}/team/multi:v1", d.addr);
     let to = format!("{baddr}/mirror/multi:v1");
-    let (code, out, err) = berth(&["copy", "--all", "--plain-http", &from, &to]).await;
+    let (code, out, err) = run_berth(&["copy", "--all", "--plain-http", &from, &to]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("{index_digest}: 3 manifests; blobs: 6 copied")),
@@ -215,10 +201,10 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
     for c in &children {
         assert_eq!(served_manifest(&baddr, "mirror/multi", c).await.0, *c);
     }
-    let (code, out, _) = berth(&["verify", "--plain-http", "--deep", &to]).await;
+    let (code, out, _) = run_berth(&["verify", "--plain-http", "--deep", &to]).await;
     assert_eq!(code, 0, "{out}");
     // Again: nothing to send.
-    let (code, out, _) = berth(&["copy", "--all", "--plain-http", &from, &to]).await;
+    let (code, out, _) = run_berth(&["copy", "--all", "--plain-http", &from, &to]).await;
     assert_eq!(code, 0);
     assert!(
         out.contains("blobs: 0 copied (0 B), 6 already there"),
@@ -226,11 +212,11 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
     );
     // Within one registry: mounted, not uploaded.
     let other = format!("{baddr}/other/multi:v1");
-    let (code, out, _) = berth(&["copy", "--all", "--plain-http", &to, &other]).await;
+    let (code, out, _) = run_berth(&["copy", "--all", "--plain-http", &to, &other]).await;
     assert_eq!(code, 0);
     assert!(out.contains("6 mounted"), "{out}");
     // One platform from the index: the arm64 image itself.
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "copy",
         "--plain-http",
         "--platform",
@@ -247,7 +233,7 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
 
     // berth → OCI layout (skopeo reads it back, byte for byte) → distribution.
     let layout = tmp.path().join("layout");
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "copy",
         "--all",
         "--plain-http",
@@ -266,7 +252,7 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
         &format!("oci:{}:v1", p(&back)),
     ])
     .await;
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "copy",
         "--all",
         "--plain-http",
@@ -280,10 +266,10 @@ async fn copy_keeps_digests_between_registries_and_layouts_and_resumes() {
         index_digest
     );
     // Bad input: a layout without a tag, a missing image.
-    let (code, _, err) = berth(&["copy", &format!("oci:{}", p(&layout)), &to]).await;
+    let (code, _, err) = run_berth(&["copy", &format!("oci:{}", p(&layout)), &to]).await;
     assert_eq!(code, 1);
     assert!(err.contains("needs a tag"), "{err}");
-    let (code, _, err) = berth(&[
+    let (code, _, err) = run_berth(&[
         "copy",
         "--plain-http",
         &format!("{baddr}/nothing/here:v1"),
@@ -314,7 +300,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
 
     // export --all: skopeo reads the tarball, index byte for byte.
     let tarball = tmp.path().join("multi.tar");
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "export",
         "--all",
         "--plain-http",
@@ -335,7 +321,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
 
     // import into distribution: the index keeps its digest; every blob verifies.
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "import",
         "--plain-http",
         p(&tarball),
@@ -347,7 +333,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
         served_manifest(&d.addr, "team/imported", "v1").await.0,
         index_digest
     );
-    let (code, out, _) = berth(&[
+    let (code, out, _) = run_berth(&[
         "verify",
         "--plain-http",
         "--deep",
@@ -364,7 +350,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
         &format!("oci-archive:{}:amd64", p(&oci_tar)),
     ])
     .await;
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "import",
         "--plain-http",
         p(&oci_tar),
@@ -386,7 +372,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
         &format!("docker-archive:{}:team/app:v1", p(&docker_tar)),
     ])
     .await;
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "import",
         "--plain-http",
         p(&docker_tar),
@@ -394,7 +380,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
     ])
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, _) = berth(&[
+    let (code, out, _) = run_berth(&[
         "verify",
         "--plain-http",
         "--deep",
@@ -442,7 +428,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
         t.append(&h, &b"hi"[..]).unwrap();
         t.finish().unwrap();
     }
-    let (code, _, err) = berth(&[
+    let (code, _, err) = run_berth(&[
         "import",
         "--plain-http",
         p(&evil),
@@ -463,7 +449,7 @@ async fn export_and_import_round_trip_with_skopeo_and_docker_archives() {
         t.append(&h, &b"hi"[..]).unwrap();
         t.finish().unwrap();
     }
-    let (code, _, err) = berth(&[
+    let (code, _, err) = run_berth(&[
         "import",
         "--plain-http",
         p(&junk),
@@ -543,7 +529,7 @@ async fn serve_writes_break_glass_exports_after_matching_pushes_and_keeps_the_la
     let newest = kept.last().unwrap();
     let raw = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", p(newest))]).await;
     assert!(raw == index);
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "import",
         "--plain-http",
         p(newest),

@@ -275,6 +275,25 @@ pub async fn get_bytes(url: &str) -> bytes::Bytes {
     r.bytes().await.unwrap()
 }
 
+/// GET `url` and read the body as text, asserting a 200.
+pub async fn get_text(url: &str) -> String {
+    String::from_utf8(get_bytes(url).await.to_vec()).unwrap()
+}
+
+/// Run the `berth` binary with `args`; (exit code, stdout, stderr).
+pub async fn run_berth(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// GET `url` and parse the body as JSON, asserting a 200.
 pub async fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_slice(&get_bytes(url).await).unwrap()

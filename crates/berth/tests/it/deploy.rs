@@ -449,14 +449,8 @@ async fn the_compose_stack_replaces_the_registry2_stack() {
     let login = dockerd.login(&hosted_at, ("alice", "s3cret")).await;
     assert!(login.ok, "{}", login.out);
     dockerd.ok(&["push", &hosted]).await;
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{}/metrics", ports[&9090]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        crate::common::get_text(&format!("http://127.0.0.1:{}/metrics", ports[&9090])).await;
     assert!(
         metrics
             .lines()

@@ -8,25 +8,11 @@ use crate::cache::Distribution;
 use crate::common::*;
 use serde_json::{Value, json};
 
-/// Run `berth` with `args`; (exit code, stdout, stderr).
-async fn berth(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `berth mirror --plain-http SRC DST ARGS... --json`: exit code and the report.
 async fn mirror_json(src: &str, dst: &str, args: &[&str]) -> (i32, Value, String) {
     let mut all = vec!["mirror", "--plain-http", src, dst, "--json"];
     all.extend_from_slice(args);
-    let (code, out, err) = berth(&all).await;
+    let (code, out, err) = run_berth(&all).await;
     let report = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{out}\n{err}"));
     (code, report, err)
@@ -313,7 +299,7 @@ async fn mirror_copies_a_registry_keeps_digests_resumes_follows_changes_and_fail
 
     // A rerun copies nothing and writes nothing.
     let before = writes(&b);
-    let (code, out, err) = berth(&["mirror", "--plain-http", s, t]).await;
+    let (code, out, err) = run_berth(&["mirror", "--plain-http", s, t]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains(&format!(
@@ -368,7 +354,7 @@ async fn mirror_copies_a_registry_keeps_digests_resumes_follows_changes_and_fail
     let broken = src.push_index("team/broken", 3, &["v1"]).await;
     let lost = broken.children[1].1[1].clone();
     std::fs::remove_file(d.blob_file(&lost)).unwrap();
-    let (code, out, err) = berth(&["mirror", "--plain-http", s, t]).await;
+    let (code, out, err) = run_berth(&["mirror", "--plain-http", s, t]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("FAILED      team/broken:v1"), "{out}");
     assert!(out.contains(&lost), "the report names the lost blob: {out}");
@@ -390,25 +376,25 @@ async fn mirror_copies_a_registry_keeps_digests_resumes_follows_changes_and_fail
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_refuses_what_is_not_a_registry_and_names_a_closed_catalog() {
-    let (code, _, err) = berth(&["mirror", "registry.lan/team", "127.0.0.1:1"]).await;
+    let (code, _, err) = run_berth(&["mirror", "registry.lan/team", "127.0.0.1:1"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("is not a registry"), "{err}");
-    let (code, _, err) = berth(&["mirror", "a.lan", "b.lan", "--tags", "v["]).await;
+    let (code, _, err) = run_berth(&["mirror", "a.lan", "b.lan", "--tags", "v["]).await;
     assert_eq!(code, 1);
     assert!(err.contains("invalid --tags regex"), "{err}");
-    let (code, _, err) = berth(&["mirror", "a.lan", "b.lan", "--repositories", "x/["]).await;
+    let (code, _, err) = run_berth(&["mirror", "a.lan", "b.lan", "--repositories", "x/["]).await;
     assert_eq!(code, 1);
     assert!(err.contains("invalid repositories pattern"), "{err}");
     // A registry whose catalog is closed to the caller: the error says what to do;
     // with the credentials it opens.
     let d = Distribution::start(Some(("alice", "alice-pw"))).await;
-    let (code, _, err) = berth(&["mirror", "--plain-http", &d.addr, "b.lan:1"]).await;
+    let (code, _, err) = run_berth(&["mirror", "--plain-http", &d.addr, "b.lan:1"]).await;
     assert_eq!(code, 1);
     assert!(
         err.contains("cannot list the catalog") && err.contains("--list FILE"),
         "{err}"
     );
-    let (code, out, err) = berth(&[
+    let (code, out, err) = run_berth(&[
         "mirror",
         "--plain-http",
         "--src-creds",

@@ -89,14 +89,7 @@ async fn a_probe_turns_red_within_an_interval_of_a_layer_lost_behind_the_registr
         runs(&text) - before
     );
     // The web page names the image and the failing node.
-    let page = client()
-        .get(s.url("/ui"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&s.url("/ui")).await;
     assert!(
         page.contains("Probes of other registries")
             && page.contains("team/app:v1")
