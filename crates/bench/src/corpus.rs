@@ -46,6 +46,22 @@ impl Shape {
         layers_per_image: 9,
         garbage_every: 10,
     };
+
+    /// The issue's store grown or shrunk to about `blobs` live blobs: the same images,
+    /// more or fewer repositories (`--scale 1000000`: 20,000 repositories, 100,000
+    /// manifests, 1,000,000 blobs).
+    pub fn with_blobs(blobs: usize) -> Shape {
+        let per_repository = Self::ISSUE.tags_per_repository * (Self::ISSUE.layers_per_image + 1);
+        Shape {
+            repositories: (blobs / per_repository).max(1),
+            ..Self::ISSUE
+        }
+    }
+
+    /// Live blobs (configs and layers of tagged images).
+    pub fn blobs(&self) -> usize {
+        self.repositories * self.tags_per_repository * (self.layers_per_image + 1)
+    }
 }
 
 /// One image: its manifest (the bytes and their digest), its config and its layers.

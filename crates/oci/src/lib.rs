@@ -6,11 +6,15 @@
 //! This crate never touches storage, the network or HTTP: it only validates and parses.
 
 mod digest;
+mod digest_set;
 mod manifest;
 mod name;
 mod pattern;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use digest_set::{
+    DigestKey, DigestSet, DigestSetBuilder, DigestTable, DigestTableBuilder, digest_key,
+};
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest, media};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use pattern::{PatternError, RepoPattern};

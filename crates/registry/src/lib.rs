@@ -18,7 +18,7 @@ mod upload_lock;
 
 pub use blobs::{BlobRead, OpenBlob, UploadState};
 pub use error::{RegistryError, Result};
-pub use listing::Page;
+pub use listing::{Page, RepoNames};
 pub use manifests::{Manifest, PutManifest, PutOutcome, Stored};
 
 use bytes::Bytes;

@@ -62,45 +62,37 @@ impl Registry {
 
     /// Every repository name, sorted.
     pub async fn all_repositories(&self) -> Result<Vec<RepoName>> {
+        let mut names = self.repositories_after(None);
         let mut out = Vec::new();
-        let mut stack: Vec<String> = Vec::new();
-        for e in self.store.list(&Key::new(layout::REPOS)?).await? {
-            if let Entry::Prefix(n) = e {
-                stack.push(n);
-            }
+        while let Some(r) = names.next().await? {
+            out.push(r);
         }
-        while let Some(name) = stack.pop() {
-            let children = self
-                .store
-                .list(&Key::new(format!("{}/{name}", layout::REPOS))?)
-                .await?;
-            let mut is_repo = false;
-            for c in children {
-                if let Entry::Prefix(c) = c {
-                    if layout::REPO_MARKERS.contains(&c.as_str()) {
-                        is_repo = true;
-                    } else if !c.starts_with('_') {
-                        stack.push(format!("{name}/{c}"));
-                    }
-                }
-            }
-            if is_repo && let Ok(r) = name.parse() {
-                out.push(r);
-            }
-        }
-        out.sort();
         Ok(out)
+    }
+
+    /// Repository names after `after` (all when `None`), in the catalog's order, read as
+    /// they are asked for: a page costs the folders it reaches, not the whole store.
+    pub fn repositories_after(&self, after: Option<&str>) -> RepoNames {
+        let mut heap = std::collections::BinaryHeap::new();
+        heap.push(std::cmp::Reverse(Pending::Folder(String::new())));
+        RepoNames {
+            registry: self.clone(),
+            after: after.map(str::to_owned),
+            heap,
+        }
     }
 
     /// A page of the catalog.
     pub async fn catalog(&self, page: &Page) -> Result<(Vec<String>, bool)> {
-        let names = self
-            .all_repositories()
-            .await?
-            .into_iter()
-            .map(|r| r.to_string())
-            .collect();
-        Ok(page.apply(names))
+        let mut names = self.repositories_after(page.last.as_deref());
+        let mut out = Vec::new();
+        while let Some(r) = names.next().await? {
+            if page.n.is_some_and(|n| out.len() == n) {
+                return Ok((out, true));
+            }
+            out.push(r.to_string());
+        }
+        Ok((out, false))
     }
 
     /// Manifests in `repo` whose `subject` is `subject`, optionally only those of one
@@ -193,5 +185,102 @@ impl Registry {
             Some(m) if m.modified < unless_modified_since => Ok(self.store.delete(&key).await?),
             _ => Ok(false),
         }
+    }
+}
+
+/// Something the catalog's walk has yet to hand out: a repository name, or a folder of
+/// `repos/` not yet listed. Ordered by the smallest name each can produce — a folder
+/// `a/b` holds `a/b` and `a/b/…`, all at least `a/b` — so a min-heap of them yields
+/// names in byte order even where `a-b` sorts between `a` and `a/b`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pending {
+    Name(String),
+    Folder(String),
+}
+
+impl Pending {
+    fn key(&self) -> &str {
+        match self {
+            Pending::Name(k) | Pending::Folder(k) => k,
+        }
+    }
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // A folder and the name it holds share a key: the name goes first (expanding
+        // the folder again would only produce it once more).
+        let rank = |p: &Pending| matches!(p, Pending::Folder(_));
+        self.key()
+            .cmp(other.key())
+            .then_with(|| rank(self).cmp(&rank(other)))
+    }
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Repository names in byte order, listed folder by folder as they are asked for (see
+/// [`Registry::repositories_after`]).
+pub struct RepoNames {
+    registry: Registry,
+    after: Option<String>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+}
+
+impl RepoNames {
+    /// Could folder `f` hold a name after `self.after`? Its names are `f` and `f/…`.
+    fn worth_listing(&self, f: &str) -> bool {
+        let Some(after) = &self.after else {
+            return true;
+        };
+        if f.is_empty() || after.as_str() < f {
+            return true;
+        }
+        let inside = format!("{f}/");
+        after.starts_with(&inside) || after.as_str() == f || after.as_str() < inside.as_str()
+    }
+
+    /// The next name, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<RepoName>> {
+        while let Some(std::cmp::Reverse(p)) = self.heap.pop() {
+            match p {
+                Pending::Name(n) => {
+                    if self.after.as_deref().is_some_and(|a| n.as_str() <= a) {
+                        continue;
+                    }
+                    if let Ok(r) = n.parse() {
+                        return Ok(Some(r));
+                    }
+                }
+                Pending::Folder(f) => {
+                    if !self.worth_listing(&f) {
+                        continue;
+                    }
+                    let dir = if f.is_empty() {
+                        Key::new(layout::REPOS)?
+                    } else {
+                        Key::new(format!("{}/{f}", layout::REPOS))?
+                    };
+                    let mut is_repo = false;
+                    for e in self.registry.store.list(&dir).await? {
+                        let Entry::Prefix(c) = e else { continue };
+                        if layout::REPO_MARKERS.contains(&c.as_str()) {
+                            is_repo = !f.is_empty();
+                        } else if !c.starts_with('_') {
+                            let child = if f.is_empty() { c } else { format!("{f}/{c}") };
+                            self.heap.push(std::cmp::Reverse(Pending::Folder(child)));
+                        }
+                    }
+                    if is_repo {
+                        self.heap.push(std::cmp::Reverse(Pending::Name(f)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 }

@@ -203,3 +203,55 @@ async fn an_upload_with_the_wrong_digest_publishes_nothing() {
         Err(RegistryError::BlobUnknown)
     ));
 }
+
+/// The catalog comes in byte order however names nest (`a-b` and `a.c` sort between `a`
+/// and `a/b`), page by page from any `last`, each name once.
+#[tokio::test]
+async fn the_catalog_pages_in_byte_order_from_any_point() {
+    let r = Registry::new(
+        Arc::new(MemoryStore::new()),
+        crate::RegistryOptions::default(),
+    );
+    let names = [
+        "a", "a-b", "a/b", "a/b/c", "a.c", "a0", "b", "b/a-x", "b/a/y", "c_d/e",
+    ];
+    for n in names {
+        let repo: RepoName = n.parse().unwrap();
+        push_blob(&r, &repo, b"catalog").await;
+    }
+    let mut sorted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    sorted.sort();
+    let all: Vec<String> = r
+        .all_repositories()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(all, sorted);
+    // One name a page, each page starting after the last one's name.
+    let mut paged = Vec::new();
+    let mut last = None;
+    loop {
+        let page = crate::Page {
+            n: Some(1),
+            last: last.clone(),
+        };
+        let (got, more) = r.catalog(&page).await.unwrap();
+        paged.extend(got.clone());
+        if !more {
+            break;
+        }
+        last = got.last().cloned();
+    }
+    assert_eq!(paged, sorted);
+    // From a `last` that names no repository.
+    let page = crate::Page {
+        n: Some(3),
+        last: Some("a/a".into()),
+    };
+    assert_eq!(
+        r.catalog(&page).await.unwrap(),
+        (vec!["a/b".into(), "a/b/c".into(), "a0".into()], true)
+    );
+}

@@ -24,25 +24,40 @@ pub(crate) async fn catalog(
     let prefix = within.map(|up| format!("{}/", up.key));
     // Only what the caller may pull, filtered before the page is cut. A token holder
     // (its token grants the catalog, names no repository) sees what its subject may pull.
+    // Names are read as the page needs them, from just after `last` (inside the
+    // upstream's folder for `within`), so a page costs its own length, not the store.
     let access = app.access();
     let subject = who.subject();
-    let visible: Vec<String> = app
-        .registry
-        .all_repositories()
-        .await?
-        .into_iter()
-        .filter(|r| {
-            access
-                .rules
-                .allowed(&subject, r)
-                .contains(auth::Action::Pull)
-        })
-        .filter_map(|r| match &prefix {
-            Some(p) => r.as_str().strip_prefix(p.as_str()).map(str::to_owned),
-            None => Some(r.to_string()),
-        })
-        .collect();
-    let (repos, more) = page.apply(visible);
+    let start = match (&prefix, &page.last) {
+        (Some(p), Some(l)) => Some(format!("{p}{l}")),
+        (Some(p), None) => Some(p.clone()),
+        (None, l) => l.clone(),
+    };
+    let mut names = app.registry.repositories_after(start.as_deref());
+    let mut repos: Vec<String> = Vec::new();
+    let mut more = false;
+    while let Some(r) = names.next().await? {
+        let shown = match &prefix {
+            Some(p) => match r.as_str().strip_prefix(p.as_str()) {
+                Some(rest) => rest.to_owned(),
+                None if r.as_str() > p.as_str() => break, // past the upstream's folder
+                None => continue,
+            },
+            None => r.to_string(),
+        };
+        if !access
+            .rules
+            .allowed(&subject, &r)
+            .contains(auth::Action::Pull)
+        {
+            continue;
+        }
+        if page.n.is_some_and(|n| repos.len() == n) {
+            more = true;
+            break;
+        }
+        repos.push(shown);
+    }
     let link = more
         .then(|| repos.last().map(|l| link_next("/v2/_catalog", page.n, l)))
         .flatten();

@@ -92,10 +92,15 @@ async fn touch_and_walk(s: &dyn Store) {
     assert_eq!(after.size, 2, "touch keeps the bytes");
     assert_eq!(s.get(&a).await.unwrap().unwrap(), Bytes::from_static(b"aa"));
 
-    let walked = s.walk(&key("t/walk")).await.unwrap();
+    let walked = crate::walk_sorted(s, &key("t/walk")).await.unwrap();
     let names: Vec<(&str, u64)> = walked.iter().map(|(n, m)| (n.as_str(), m.size)).collect();
     assert_eq!(names, [("a", 2), ("d/e/f", 3)]);
-    assert!(s.walk(&key("t/nowhere")).await.unwrap().is_empty());
+    assert!(
+        crate::walk_sorted(s, &key("t/nowhere"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // a deleted object leaves no folder behind in listings
     s.delete(&deep).await.unwrap();
     assert_eq!(
@@ -104,9 +109,56 @@ async fn touch_and_walk(s: &dyn Store) {
     );
     // and writing under a pruned folder works again
     s.put(&deep, Bytes::from_static(b"f")).await.unwrap();
-    assert_eq!(s.walk(&key("t/walk")).await.unwrap().len(), 2);
+    assert_eq!(
+        crate::walk_sorted(s, &key("t/walk")).await.unwrap().len(),
+        2
+    );
     s.delete(&deep).await.unwrap();
     s.delete(&a).await.unwrap();
+    walk_keeps_folders_whole(s).await;
+}
+
+/// A walk yields each folder whole (what GC's per-repository grouping relies on), with
+/// names that sort around the folder's (`b-c`, `b.d` sort before `b/` byte-wise, after
+/// it by component), and a walk dropped part way ends quietly.
+async fn walk_keeps_folders_whole(s: &dyn Store) {
+    use futures::StreamExt;
+    let names = ["a", "b/x", "b/y/z", "b-c", "b.d/e", "b0", "c"];
+    for n in names {
+        s.put(&key(&format!("t/order/{n}")), Bytes::from_static(b"o"))
+            .await
+            .unwrap();
+    }
+    let walked: Vec<String> = s
+        .walk(&key("t/order"))
+        .await
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect()
+        .await;
+    let mut sorted = walked.clone();
+    sorted.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(sorted, expected, "every object, once");
+    let in_b: Vec<usize> = walked
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.starts_with("b/"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(in_b.len(), 2);
+    assert_eq!(
+        in_b[1],
+        in_b[0] + 1,
+        "folder b/ comes out whole: {walked:?}"
+    );
+    let mut partial = s.walk(&key("t/order")).await.unwrap();
+    assert!(partial.next().await.unwrap().is_ok());
+    drop(partial);
+    for n in names {
+        s.delete(&key(&format!("t/order/{n}"))).await.unwrap();
+    }
 }
 
 async fn objects(s: &dyn Store) {

@@ -181,7 +181,7 @@ impl ObjectLister for FaultyStore {
         self.inner.list(prefix).await
     }
 
-    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+    async fn walk(&self, prefix: &Key) -> Result<crate::Walk> {
         self.inner.walk(prefix).await
     }
 }

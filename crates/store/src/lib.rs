@@ -30,6 +30,9 @@ pub use key::{Key, KeyError, UploadId};
 /// A stream of bytes flowing into or out of a store.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// The objects below a prefix as a walk finds them: (path relative to the prefix, meta).
+pub type Walk = BoxStream<'static, Result<(String, ObjectMeta)>>;
+
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -141,10 +144,28 @@ pub trait ObjectDeleter: Send + Sync {
 pub trait ObjectLister: Send + Sync {
     /// Children of `prefix`, sorted by name; empty when the prefix does not exist.
     async fn list(&self, prefix: &Key) -> Result<Vec<Entry>>;
-    /// Every object at any depth below `prefix`, as (path relative to `prefix`, meta),
-    /// sorted by path; empty when the prefix does not exist. One call instead of a
-    /// `list` per folder, for walks over the whole store (gc, fsck).
-    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>>;
+    /// Every object at any depth below `prefix`, streamed as (path relative to `prefix`,
+    /// meta); empty when the prefix does not exist. For walks over the whole store (gc,
+    /// fsck): the backend holds one folder (fs) or one listing page (S3) at a time, so
+    /// memory does not grow with the number of objects.
+    ///
+    /// Order: each folder comes out whole — every object below a folder is yielded
+    /// before anything outside it (depth first, or plain key order; both keep this) — so
+    /// a caller can group objects by folder without holding the walk. Objects written or
+    /// deleted while the walk runs may or may not appear; a meta is a hint to re-check
+    /// before acting on it.
+    async fn walk(&self, prefix: &Key) -> Result<Walk>;
+}
+
+/// The whole of a walk, sorted by path: for small prefixes and tests.
+pub async fn walk_sorted(
+    store: &dyn ObjectLister,
+    prefix: &Key,
+) -> Result<Vec<(String, ObjectMeta)>> {
+    use futures::TryStreamExt;
+    let mut all: Vec<(String, ObjectMeta)> = store.walk(prefix).await?.try_collect().await?;
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
 }
 
 /// Upload sessions: bytes appended over several requests, then committed to a key in

@@ -125,15 +125,17 @@ impl ObjectLister for MemoryStore {
         Ok(out)
     }
 
-    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+    async fn walk(&self, prefix: &Key) -> Result<crate::Walk> {
         let p = format!("{}/", prefix.as_str());
-        let state = self.lock();
-        Ok(state
+        // A snapshot: the in-memory store serves tests, whose stores are small.
+        let all: Vec<Result<(String, ObjectMeta)>> = self
+            .lock()
             .objects
             .range(p.clone()..)
             .take_while(|(k, _)| k.starts_with(&p))
-            .map(|(k, (b, t))| (k[p.len()..].to_owned(), meta(b, *t)))
-            .collect())
+            .map(|(k, (b, t))| Ok((k[p.len()..].to_owned(), meta(b, *t))))
+            .collect();
+        Ok(futures::stream::iter(all).boxed())
     }
 }
 

@@ -174,7 +174,7 @@ impl ObjectLister for Metered {
         self.count(Op::List).list(prefix).await
     }
 
-    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+    async fn walk(&self, prefix: &Key) -> Result<crate::Walk> {
         self.count(Op::Walk).walk(prefix).await
     }
 }

@@ -7,8 +7,12 @@
 //! under `.berth/uploads/<id>/`, listed in a small state object that is replaced with a
 //! conditional write (If-Match), so appends of one upload may come from different
 //! replicas and a lost race is refused, never merged. Commit turns the staged bytes into
-//! the destination object in one atomic step: a server-side copy for a single part, else
-//! a multipart upload of [`PART_SIZE`] parts streamed from the staged objects. Memory per
+//! the destination object in one atomic step, by the server wherever S3 allows: a
+//! server-side copy for a single part; a multipart upload whose parts are the staged
+//! objects copied in place (UploadPartCopy, which `object_store` cannot send, so it is
+//! signed with its signer and sent here) when every part but the last has S3's minimum
+//! part size; else, for many small appends, a multipart upload of [`PART_SIZE`] parts
+//! streamed from the staged objects. Memory per
 //! upload is bounded by [`PARALLEL_PARTS`] parts in flight. `touch` rewrites small objects and, for large ones
 //! (blobs), writes a marker under `.berth/touch/` whose time `stat` and `walk` take into
 //! account. It never learns what the objects mean.
@@ -68,6 +72,101 @@ pub struct S3Options {
 pub struct S3Store {
     s3: AmazonS3,
     prefix: String,
+    direct: Direct,
+}
+
+/// Staged parts at least this big become parts of the committed object by server-side
+/// copy (UploadPartCopy): S3's smallest part but the last.
+const COPY_PART_MIN: u64 = 5 * 1024 * 1024;
+
+/// Part copies asked of the server at once. They move no bytes through berth, so more
+/// than [`PARALLEL_PARTS`] costs nothing here and hides the server's per-part latency.
+const COPY_PARALLEL: usize = 8;
+
+/// Attempts of one part copy before the commit fails (and the client retries it).
+const COPY_ATTEMPTS: u32 = 3;
+
+/// The requests `object_store` cannot make (UploadPartCopy), sent with the same
+/// credentials and signed with its SigV4 signer.
+struct Direct {
+    http: reqwest::Client,
+    /// The bucket's URL: `http://127.0.0.1:8333/berth` (path style) or
+    /// `https://berth.s3.eu-west-1.amazonaws.com`.
+    base: String,
+    bucket: String,
+    region: String,
+}
+
+impl Direct {
+    fn new(o: &S3Options) -> Result<Direct> {
+        let region = o.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let endpoint = o
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/');
+        let base = if o.path_style {
+            format!("{endpoint}/{}", o.bucket)
+        } else {
+            match endpoint.split_once("://") {
+                Some((scheme, host)) => format!("{scheme}://{}.{host}", o.bucket),
+                None => format!("https://{}.{endpoint}", o.bucket),
+            }
+        };
+        let mut http = reqwest::Client::builder();
+        // The CA bundle the AWS tools (and object_store) honour.
+        if let Ok(path) = std::env::var("AWS_CA_BUNDLE")
+            && let Ok(pem) = std::fs::read(&path)
+        {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(Direct {
+            http,
+            base,
+            bucket: o.bucket.clone(),
+            region,
+        })
+    }
+}
+
+/// `path` with every byte outside the unreserved set and `/` percent-encoded, as S3
+/// signs and reads object names.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The ETag of an UploadPartCopy answer: `<CopyPartResult><ETag>"…"</ETag>…`. S3 can
+/// answer 200 with an error document instead, which has none.
+fn copy_part_etag(body: &str) -> Option<String> {
+    let start = body.find("<ETag>")? + "<ETag>".len();
+    let end = start + body[start..].find("</ETag>")?;
+    Some(
+        body[start..end]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\""),
+    )
+}
+
+/// Can the staged parts become the object's parts as they are?
+fn copyable(parts: &[(String, u64)]) -> bool {
+    parts.len() > 1
+        && parts.len() <= 10_000
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|(_, n)| *n >= COPY_PART_MIN)
 }
 
 fn io(e: object_store::Error) -> StoreError {
@@ -153,7 +252,8 @@ impl S3Store {
             .filter(|p| !p.is_empty())
             .map(|p| format!("{p}/"))
             .unwrap_or_default();
-        Ok(S3Store { s3, prefix })
+        let direct = Direct::new(o)?;
+        Ok(S3Store { s3, prefix, direct })
     }
 
     /// One cheap authenticated request, without retries: a listing of a folder that is
@@ -194,6 +294,66 @@ impl S3Store {
 
     fn path(&self, key: &str) -> Path {
         Path::from(format!("{}{key}", self.prefix))
+    }
+
+    /// Part `number` (from 1) of multipart upload `upload` of `target`: the whole of
+    /// object `source`, copied by the server (UploadPartCopy).
+    async fn copy_part(
+        &self,
+        source: &Path,
+        target: &Path,
+        upload: &str,
+        number: usize,
+    ) -> Result<object_store::multipart::PartId> {
+        let fail = |what: String| StoreError::Io(std::io::Error::other(what));
+        let url = format!(
+            "{}/{}?partNumber={number}&uploadId={}",
+            self.direct.base,
+            encode_path(target.as_ref()),
+            encode_path(upload).replace('/', "%2F")
+        );
+        let copy_source = format!("/{}/{}", self.direct.bucket, encode_path(source.as_ref()));
+        let mut last_error = String::new();
+        for attempt in 0..COPY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            let credential = self.s3.credentials().get_credential().await.map_err(io)?;
+            let mut request = http::Request::builder()
+                .method(http::Method::PUT)
+                .uri(&url)
+                .header("x-amz-copy-source", &copy_source)
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| fail(e.to_string()))?;
+            object_store::aws::AwsAuthorizer::new(&credential, "s3", &self.direct.region)
+                .authorize(&mut request, None);
+            let sent = self
+                .direct
+                .http
+                .put(&url)
+                .headers(request.headers().clone())
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            match (status.is_success(), copy_part_etag(&body)) {
+                (true, Some(etag)) => {
+                    return Ok(object_store::multipart::PartId { content_id: etag });
+                }
+                _ if status.is_client_error() => {
+                    return Err(fail(format!("UploadPartCopy refused ({status}): {body}")));
+                }
+                _ => last_error = format!("UploadPartCopy failed ({status}): {body}"),
+            }
+        }
+        Err(fail(last_error))
     }
 
     fn marker(&self, key: &str) -> Path {
@@ -470,56 +630,96 @@ impl ObjectLister for S3Store {
         Ok(out)
     }
 
-    async fn walk(&self, prefix: &Key) -> Result<Vec<(String, ObjectMeta)>> {
+    async fn walk(&self, prefix: &Key) -> Result<crate::Walk> {
         let base = self.path(prefix.as_str());
         let strip = format!("{base}/");
-        let mut out: Vec<(String, ObjectMeta)> = self
+        let objects = self
             .s3
             .list(Some(&base))
-            .map_ok(|m| {
-                let rel = m
-                    .location
-                    .as_ref()
-                    .strip_prefix(&strip)
-                    .unwrap_or_default()
-                    .to_owned();
-                (
-                    rel,
-                    ObjectMeta {
+            .map(move |r| {
+                r.map_err(io).map(|m| {
+                    let rel = m.location.as_ref().strip_prefix(&strip).unwrap_or_default();
+                    let meta = ObjectMeta {
                         size: m.size,
                         modified: time(m.last_modified),
-                    },
-                )
+                    };
+                    (rel.to_owned(), meta)
+                })
             })
-            .try_collect()
-            .await
-            .map_err(io)?;
-        // Touch markers of large objects count as their modification time.
+            .boxed();
+        // Touch markers of large objects count as their modification time. Both listings
+        // come in key order, so they are merged as they arrive; a marker missed by a
+        // server that orders differently only makes the walk report an older time, which
+        // a sweep re-checks with `stat` before it deletes anything.
         let marker_base = self.marker(prefix.as_str());
         let marker_strip = format!("{marker_base}/");
-        let markers: std::collections::HashMap<String, SystemTime> = self
+        let markers = self
             .s3
             .list(Some(&marker_base))
-            .map_ok(|m| {
-                (
-                    m.location
+            .map(move |r| {
+                r.map_err(io).map(|m| {
+                    let rel = m
+                        .location
                         .as_ref()
                         .strip_prefix(&marker_strip)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    time(m.last_modified),
-                )
+                        .unwrap_or_default();
+                    (rel.to_owned(), time(m.last_modified))
+                })
             })
-            .try_collect()
-            .await
-            .map_err(io)?;
-        for (rel, meta) in &mut out {
-            if let Some(t) = markers.get(rel.as_str()) {
-                meta.modified = meta.modified.max(*t);
+            .boxed();
+        let merge = MarkerMerge {
+            markers,
+            pending: None,
+            markers_done: false,
+        };
+        Ok(
+            futures::stream::unfold((objects, merge), |(mut objects, mut merge)| async move {
+                let item = match objects.next().await? {
+                    Ok((rel, mut meta)) => match merge.time_of(&rel).await {
+                        Ok(Some(t)) => {
+                            meta.modified = meta.modified.max(t);
+                            Ok((rel, meta))
+                        }
+                        Ok(None) => Ok((rel, meta)),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                Some((item, (objects, merge)))
+            })
+            .fuse()
+            .boxed(),
+        )
+    }
+}
+
+/// The touch markers of a walk, consumed in step with its objects.
+struct MarkerMerge {
+    markers: futures::stream::BoxStream<'static, Result<(String, SystemTime)>>,
+    pending: Option<(String, SystemTime)>,
+    markers_done: bool,
+}
+
+impl MarkerMerge {
+    /// The marker time of object `rel`, skipping markers of objects before it (and of
+    /// objects that are gone).
+    async fn time_of(&mut self, rel: &str) -> Result<Option<SystemTime>> {
+        loop {
+            if let Some((name, t)) = &self.pending {
+                match name.as_str().cmp(rel) {
+                    std::cmp::Ordering::Less => self.pending = None,
+                    std::cmp::Ordering::Equal => return Ok(Some(*t)),
+                    std::cmp::Ordering::Greater => return Ok(None),
+                }
+            }
+            if self.markers_done {
+                return Ok(None);
+            }
+            match self.markers.next().await {
+                Some(m) => self.pending = Some(m?),
+                None => self.markers_done = true,
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
     }
 }
 
@@ -673,9 +873,40 @@ impl UploadStore for S3Store {
                     .await
                     .map_err(io)?;
             }
+            parts if copyable(parts) => {
+                // Every staged part becomes a part of the object where it lies: the
+                // server copies, no byte passes through berth again.
+                let mp = self.s3.create_multipart(&target).await.map_err(io)?;
+                let result: Result<()> = async {
+                    let sources: Vec<(usize, Path)> = parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (name, _))| (i + 1, self.path(&format!("{dir}/{name}"))))
+                        .collect();
+                    let (target, mp) = (&target, &mp);
+                    let ids: Vec<_> = futures::stream::iter(sources)
+                        .map(|(number, source)| async move {
+                            self.copy_part(&source, target, mp, number).await
+                        })
+                        .buffered(COPY_PARALLEL)
+                        .try_collect()
+                        .await?;
+                    self.s3
+                        .complete_multipart(target, mp, ids)
+                        .await
+                        .map_err(io)?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = self.s3.abort_multipart(&target, &mp).await;
+                    return Err(e);
+                }
+            }
             _ => {
-                // One multipart upload of PART_SIZE parts, streamed from the staged
-                // objects; the object appears whole when it completes.
+                // Small staged parts (a client's many little PATCHes): one multipart
+                // upload of PART_SIZE parts, streamed from the staged objects; the
+                // object appears whole when it completes.
                 let mp = self.s3.create_multipart(&target).await.map_err(io)?;
                 let result: Result<()> = async {
                     let mut bytes = self.staged(id, &state, 0..state.size());
@@ -942,5 +1173,72 @@ mod tests {
         }
         assert!(got == data);
         assert!(a.upload_stat(&id).await.unwrap().is_none());
+    }
+
+    /// Staged parts of S3's minimum part size become the object by server-side part
+    /// copies: one 20 MiB append (parts of 8, 8 and 4 MiB), then appends of 6 and 1 MiB
+    /// (parts of 6 and 1), each committed byte-exact; an upload whose first part is
+    /// small takes the streaming path and is as exact.
+    #[tokio::test]
+    async fn large_staged_parts_commit_by_server_side_copy() {
+        let s = S3Store::open(&test_options()).unwrap();
+        let mib = 1024 * 1024;
+        let pattern = |n: usize, seed: u32| -> Vec<u8> {
+            (0..n as u32)
+                .map(|i| ((i * 7 + seed) % 251) as u8)
+                .collect()
+        };
+        for (name, appends) in [
+            ("one", vec![20 * mib]),
+            ("two", vec![6 * mib, mib]),
+            ("small-first", vec![mib, 6 * mib]),
+        ] {
+            let id = UploadId::random();
+            s.upload_create(&id).await.unwrap();
+            let mut data = Vec::new();
+            for (i, n) in appends.iter().enumerate() {
+                let chunk = pattern(*n, i as u32);
+                let body = futures::stream::iter(vec![Ok(Bytes::from(chunk.clone()))]).boxed();
+                s.upload_append(&id, data.len() as u64, body).await.unwrap();
+                data.extend_from_slice(&chunk);
+            }
+            let state = s.state(&id).await.unwrap().unwrap().0;
+            assert_eq!(
+                copyable(&state.parts),
+                name != "small-first",
+                "{name}: {:?}",
+                state.parts
+            );
+            let dest = Key::new(format!("blobs/copied-{name}")).unwrap();
+            s.upload_commit(&id, &dest, data.len() as u64)
+                .await
+                .unwrap();
+            let got = s.get(&dest).await.unwrap().unwrap();
+            assert_eq!(got.len(), data.len(), "{name}");
+            assert!(got == data, "{name}: bytes differ");
+            assert!(s.upload_stat(&id).await.unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn part_copy_answers_and_urls_are_read_as_s3_writes_them() {
+        let ok = "<?xml version=\"1.0\"?><CopyPartResult><LastModified>2026-12-01T00:00:00Z</LastModified><ETag>&quot;abc123&quot;</ETag></CopyPartResult>";
+        assert_eq!(copy_part_etag(ok).as_deref(), Some("\"abc123\""));
+        let error = "<Error><Code>InternalError</Code></Error>";
+        assert_eq!(copy_part_etag(error), None);
+        assert_eq!(
+            encode_path("p/.berth/uploads/a b+c"),
+            "p/.berth/uploads/a%20b%2Bc"
+        );
+        let mib = 1024 * 1024;
+        assert!(
+            !copyable(&[("0".into(), 8 * mib)]),
+            "one part is a plain copy"
+        );
+        assert!(copyable(&[("0".into(), 5 * mib), ("1".into(), 1)]));
+        assert!(!copyable(&[
+            ("0".into(), 5 * mib - 1),
+            ("1".into(), 5 * mib)
+        ]));
     }
 }

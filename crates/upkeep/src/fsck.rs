@@ -11,13 +11,13 @@
 use crate::index::{self, RepoIndex};
 use crate::{JobContext, Progress, Result};
 use futures::StreamExt;
-use oci::{Digest, Hasher, Reference, RepoName};
+use oci::{Digest, DigestSetBuilder, DigestTable, DigestTableBuilder, Hasher, Reference, RepoName};
 use registry::{Registry, layout};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use store::{Key, ObjectMeta, UploadId};
+use store::{Key, UploadId};
 
 /// How often `serve` scrubs unless configured: the interval the probe scripts users ran
 /// before used, so a broken image is noticed within minutes.
@@ -151,32 +151,84 @@ enum Via {
 struct Checker<'a> {
     registry: &'a Registry,
     opts: &'a FsckOptions,
-    /// Stored content found by the walk of `blobs/`.
-    stored: HashMap<Digest, ObjectMeta>,
-    /// Deep-hash verdicts, per digest, for the whole run.
-    hashed: HashMap<Digest, bool>,
+    /// Stored content found by the walk of `blobs/`, with sizes: 40 bytes a blob.
+    stored: DigestTable<u64>,
+    /// What changed since that walk, found by a `stat` or done by a repair: `Some(size)`
+    /// stored, `None` gone. Small: only content that moved while the check ran.
+    changed: HashMap<Digest, Option<u64>>,
+    /// With `deep`: stored content whose bytes did not hash to its digest in the first
+    /// pass (few; a healthy store has none).
+    corrupt: HashSet<Digest>,
+    /// Deep-hash verdicts for content the first pass did not hash (it arrived since).
+    late: HashMap<Digest, bool>,
     report: FsckReport,
     throttle: Throttle,
 }
 
-/// Paces hashing to a byte rate.
+/// Paces hashing to a byte rate; shared by the hashes running at once.
 struct Throttle {
     rate: Option<u64>,
     start: Instant,
-    bytes: u64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Throttle {
-    async fn account(&mut self, n: u64) {
-        self.bytes += n;
+    async fn account(&self, n: u64) {
+        let total = self
+            .bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
         let Some(rate) = self.rate.filter(|r| *r > 0) else {
             return;
         };
-        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let due = Duration::from_secs_f64(total as f64 / rate as f64);
         let elapsed = self.start.elapsed();
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+}
+
+/// Blobs hashed at once by the deep check's first pass: small blobs cost a file open
+/// and a read each, which overlap well on a blocking thread pool; four keeps two cores
+/// busy without crowding out requests inside `serve` (where the rate limit paces it).
+const HASH_PARALLEL: usize = 4;
+
+/// Does stored content `d` (of `size` bytes) hash to its digest? `Ok(true)` also when it
+/// vanished meanwhile: there is nothing wrong to report.
+async fn hashes_to_digest(
+    store: &dyn store::Store,
+    d: &Digest,
+    size: u64,
+    throttle: &Throttle,
+) -> Result<(bool, u64)> {
+    let key = layout::blob(d)?;
+    let mut h = Hasher::new(d.algorithm());
+    if size <= WHOLE_READ_MAX {
+        let Some(bytes) = store.get(&key).await? else {
+            return Ok((true, 0));
+        };
+        h.update(&bytes);
+        throttle.account(bytes.len() as u64).await;
+        return Ok((h.finish() == *d, bytes.len() as u64));
+    }
+    let mut hashed = 0u64;
+    match store.read(&key, 0..size).await {
+        Ok(mut s) => {
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => {
+                        h.update(&c);
+                        hashed += c.len() as u64;
+                        throttle.account(c.len() as u64).await;
+                    }
+                    Err(_) => return Ok((false, hashed)),
+                }
+            }
+            Ok((h.finish() == *d, hashed))
+        }
+        Err(store::StoreError::NotFound) => Ok((true, 0)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -186,6 +238,74 @@ struct RepoWalk<'r> {
     cached: bool,
     seen_manifests: HashSet<Digest>,
     seen_blobs: HashSet<Digest>,
+    /// What was read ahead for this repository; each entry is taken once.
+    ahead: ReadAhead,
+}
+
+/// Repositories read ahead of the one being checked, and reads at once within one: the
+/// walk, the reads and the checks then overlap on two cores instead of taking turns.
+const READ_AHEAD_REPOS: usize = 4;
+const READS_AT_ONCE: usize = 8;
+
+/// The bytes of a repository's tags and of the manifests they reach (index children,
+/// referrers), read [`READS_AT_ONCE`] at a time before the repository is checked. The
+/// check takes each from here once and reads anything else itself, so a miss costs a
+/// read, never a wrong answer.
+#[derive(Default)]
+struct ReadAhead {
+    tags: HashMap<String, Option<bytes::Bytes>>,
+    manifests: HashMap<Digest, Option<bytes::Bytes>>,
+}
+
+async fn read_ahead(store: &dyn store::Store, repo: &RepoIndex) -> Result<ReadAhead> {
+    let mut ahead = ReadAhead::default();
+    let names: Vec<oci::Tag> = repo.tags.iter().map(|(t, _)| t.clone()).collect();
+    let tags = futures::stream::iter(names)
+        .map(move |tag| async move {
+            let raw = store.get(&layout::tag(&repo.name, &tag)?).await?;
+            Ok::<_, crate::UpkeepError>((tag, raw))
+        })
+        .buffered(READS_AT_ONCE);
+    let mut tags = std::pin::pin!(tags);
+    let mut level = Vec::new();
+    while let Some(item) = tags.next().await {
+        let (tag, raw) = item?;
+        if let Some(d) = raw
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .and_then(|s| s.trim().parse::<Digest>().ok())
+        {
+            level.push(d);
+        }
+        ahead.tags.insert(tag.to_string(), raw);
+    }
+    while !level.is_empty() {
+        // Only what the repository links: the check reads nothing else's bytes.
+        level.retain(|d| repo.manifests.contains_key(d) && !ahead.manifests.contains_key(d));
+        level.sort();
+        level.dedup();
+        let next = {
+            let reads = futures::stream::iter(level.clone())
+                .map(move |d| async move {
+                    let bytes = store.get(&layout::blob(&d)?).await?;
+                    Ok::<_, crate::UpkeepError>((d, bytes))
+                })
+                .buffered(READS_AT_ONCE);
+            let mut reads = std::pin::pin!(reads);
+            let mut next = Vec::new();
+            while let Some(item) = reads.next().await {
+                let (d, bytes) = item?;
+                if let Some(refs) = bytes.as_deref().and_then(index::parse_refs) {
+                    next.extend(refs.children);
+                }
+                next.extend(repo.referrers_of(&d).cloned());
+                ahead.manifests.insert(d.clone(), bytes);
+            }
+            next
+        };
+        level = next;
+    }
+    Ok(ahead)
 }
 
 impl Checker<'_> {
@@ -212,16 +332,15 @@ impl Checker<'_> {
     /// Is content `d` stored? Confirmed with a stat when the walk did not see it (it may
     /// have arrived since).
     async fn is_stored(&mut self, d: &Digest) -> Result<bool> {
-        if self.stored.contains_key(d) {
-            return Ok(true);
+        match self.changed.get(d) {
+            Some(Some(_)) => return Ok(true),
+            Some(None) => {}
+            None if self.stored.contains(d) => return Ok(true),
+            None => {}
         }
-        match self.registry.store().stat(&layout::blob(d)?).await? {
-            Some(m) => {
-                self.stored.insert(d.clone(), m);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let meta = self.registry.store().stat(&layout::blob(d)?).await?;
+        self.changed.insert(d.clone(), meta.map(|m| m.size));
+        Ok(meta.is_some())
     }
 
     async fn check_manifest(
@@ -274,7 +393,11 @@ impl Checker<'_> {
             }
             return Ok(());
         }
-        let Some(bytes) = store.get(&layout::blob(d)?).await? else {
+        let read = match w.ahead.manifests.remove(d) {
+            Some(read) => read,
+            None => store.get(&layout::blob(d)?).await?,
+        };
+        let Some(bytes) = read else {
             let i = self.problem(
                 w,
                 tag,
@@ -387,47 +510,23 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Re-hash stored content `d` (once per run).
+    /// Does stored content `d` hash to its digest? The first pass hashed what it found;
+    /// content that arrived or changed since is hashed here, once.
     async fn hash_ok(&mut self, d: &Digest) -> Result<bool> {
-        if let Some(v) = self.hashed.get(d) {
+        if !self.changed.contains_key(d) && self.stored.contains(d) {
+            return Ok(!self.corrupt.contains(d));
+        }
+        if let Some(v) = self.late.get(d) {
             return Ok(*v);
         }
-        let key = layout::blob(d)?;
-        let size = self.stored.get(d).map_or(0, |m| m.size);
-        let mut h = Hasher::new(d.algorithm());
-        if size <= WHOLE_READ_MAX {
-            let Some(bytes) = self.registry.store().get(&key).await? else {
-                return Ok(true); // deleted meanwhile
-            };
-            h.update(&bytes);
-            self.report.bytes_hashed += bytes.len() as u64;
-            self.throttle.account(bytes.len() as u64).await;
-            let ok = h.finish() == *d;
-            self.hashed.insert(d.clone(), ok);
-            return Ok(ok);
-        }
-        let ok = match self.registry.store().read(&key, 0..size).await {
-            Ok(mut s) => {
-                let mut good = true;
-                while let Some(c) = s.next().await {
-                    match c {
-                        Ok(c) => {
-                            h.update(&c);
-                            self.report.bytes_hashed += c.len() as u64;
-                            self.throttle.account(c.len() as u64).await;
-                        }
-                        Err(_) => {
-                            good = false;
-                            break;
-                        }
-                    }
-                }
-                good && h.finish() == *d
-            }
-            Err(store::StoreError::NotFound) => return Ok(true), // deleted meanwhile
-            Err(e) => return Err(e.into()),
+        let size = match self.changed.get(d) {
+            Some(Some(size)) => *size,
+            _ => self.stored.get(d).unwrap_or(0),
         };
-        self.hashed.insert(d.clone(), ok);
+        let store = self.registry.store().clone();
+        let (ok, n) = hashes_to_digest(store.as_ref(), d, size, &self.throttle).await?;
+        self.report.bytes_hashed += n;
+        self.late.insert(d.clone(), ok);
         Ok(ok)
     }
 
@@ -468,8 +567,9 @@ impl Checker<'_> {
             let _permit = self.registry.deletion_permit().await;
             store.delete(&key).await?;
         }
-        self.stored.remove(d);
-        self.hashed.remove(d);
+        self.changed.insert(d.clone(), None);
+        self.corrupt.remove(d);
+        self.late.remove(d);
         self.registry.forget_manifest(&w.repo.name, d);
         let note = if w.cached {
             format!("moved to {dest}")
@@ -515,7 +615,14 @@ impl Checker<'_> {
         };
         match fetched {
             Ok(()) => {
-                self.stored.remove(d);
+                // Re-read on its next mention.
+                self.changed.remove(d);
+                self.late.remove(d);
+                if let Ok(key) = layout::blob(d)
+                    && let Ok(Some(m)) = self.registry.store().stat(&key).await
+                {
+                    self.changed.insert(d.clone(), Some(m.size));
+                }
                 let prior = self.report.problems[i].repaired.take();
                 let what = match prior {
                     Some(p) => format!("{p}; re-fetched from {}", up.name),
@@ -564,7 +671,11 @@ impl Checker<'_> {
     }
 }
 
-/// Check every repository.
+/// Check every repository, in two streaming passes whose memory does not grow with the
+/// store but for the table of stored content (40 bytes a blob):
+/// 1. every stored blob, noted with its size and, with `deep`, re-hashed (a few at
+///    once, each digest once however many repositories share it);
+/// 2. repository by repository, every tag's image and every untagged link.
 pub async fn run_once(
     registry: &Registry,
     opts: &FsckOptions,
@@ -572,124 +683,186 @@ pub async fn run_once(
 ) -> Result<FsckReport> {
     let started = Instant::now();
     let store = registry.store().clone();
-    progress.phase("scanning", 0);
-    let repos = index::scan(store.as_ref()).await?;
-    let stored: HashMap<Digest, ObjectMeta> = index::scan_blobs(store.as_ref())
-        .await?
-        .into_iter()
-        .collect();
+    let mut report = FsckReport {
+        started_at: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        deep: opts.deep,
+        ..FsckReport::default()
+    };
+    let throttle = Throttle {
+        rate: opts.rate,
+        start: Instant::now(),
+        bytes: std::sync::atomic::AtomicU64::new(0),
+    };
+    progress.phase(
+        if opts.deep {
+            "hashing stored blobs"
+        } else {
+            "scanning stored blobs"
+        },
+        0,
+    );
+    let mut stored = DigestTableBuilder::new();
+    let mut corrupt = HashSet::new();
+    {
+        let blobs = index::blobs(store.as_ref()).await?;
+        let throttle = &throttle;
+        let store = &store;
+        let deep = opts.deep;
+        let mut checked = std::pin::pin!(
+            blobs
+                .map(move |item| async move {
+                    let (d, meta) = item?;
+                    let verdict = if deep {
+                        Some(hashes_to_digest(store.as_ref(), &d, meta.size, throttle).await?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, crate::UpkeepError>((d, meta, verdict))
+                })
+                .buffer_unordered(if opts.deep { HASH_PARALLEL } else { 1 })
+        );
+        while let Some(item) = checked.next().await {
+            let (d, meta, verdict) = item?;
+            progress.advance(1);
+            report.stored_blobs += 1;
+            report.stored_bytes += meta.size;
+            if let Some((ok, hashed)) = verdict {
+                report.bytes_hashed += hashed;
+                if !ok {
+                    corrupt.insert(d.clone());
+                }
+            }
+            stored.insert(&d, meta.size);
+        }
+    }
     let mut c = Checker {
         registry,
         opts,
-        stored,
-        hashed: HashMap::new(),
-        report: FsckReport {
-            started_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            deep: opts.deep,
-            repositories: repos.len() as u64,
-            ..FsckReport::default()
-        },
-        throttle: Throttle {
-            rate: opts.rate,
-            start: Instant::now(),
-            bytes: 0,
-        },
+        stored: stored.build(),
+        changed: HashMap::new(),
+        corrupt,
+        late: HashMap::new(),
+        report,
+        throttle,
     };
-    c.report.stored_blobs = c.stored.len() as u64;
-    c.report.stored_bytes = c.stored.values().map(|m| m.size).sum();
-    c.report.stored_manifests = repos
-        .values()
-        .flat_map(|r| r.manifests.keys())
-        .collect::<HashSet<_>>()
-        .len() as u64;
-    progress.phase("checking", repos.len() as u64);
-    for repo in repos.values() {
-        let first = repo.name.as_str().split('/').next().unwrap_or_default();
-        let mut w = RepoWalk {
-            repo,
-            cached: opts.cached.iter().any(|k| k == first),
-            seen_manifests: HashSet::new(),
-            seen_blobs: HashSet::new(),
-        };
-        let mut tags = repo.tags.clone();
-        tags.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        for (tag, _) in &tags {
-            c.report.tags += 1;
-            let raw = store.get(&layout::tag(&repo.name, tag)?).await?;
-            let Some(raw) = raw else { continue }; // deleted since the walk
-            match std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|s| s.trim().parse::<Digest>().ok())
-            {
-                Some(d) => {
-                    c.check_manifest(&mut w, Some(tag.as_str()), &d, Via::Tag)
-                        .await?
-                }
-                None => {
-                    let zero = Digest::sha256_of(b"");
-                    c.problem(
-                        &w,
-                        Some(tag.as_str()),
-                        &zero,
-                        ProblemKind::DanglingTag,
-                        "the tag file does not hold a digest".into(),
-                    );
-                }
-            }
+    let mut linked_manifests = DigestSetBuilder::new();
+    progress.phase("checking", 0);
+    let reader = store.as_ref();
+    let repos = index::Repos::open(reader)
+        .await?
+        .into_stream()
+        .map(move |repo| async move {
+            let repo = repo?;
+            let ahead = read_ahead(reader, &repo).await?;
+            Ok::<_, crate::UpkeepError>((repo, ahead))
+        })
+        .buffered(READ_AHEAD_REPOS);
+    let mut repos = std::pin::pin!(repos);
+    while let Some(item) = repos.next().await {
+        let (repo, ahead) = item?;
+        c.report.repositories += 1;
+        for d in repo.manifests.keys() {
+            linked_manifests.insert(d, ());
         }
-        // Untagged content: links whose bytes are gone.
-        let mut untagged: Vec<(&Digest, bool)> = repo
-            .manifests
-            .keys()
-            .filter(|d| !w.seen_manifests.contains(*d))
-            .map(|d| (d, true))
-            .chain(
-                repo.blobs
-                    .keys()
-                    .filter(|d| !w.seen_blobs.contains(*d))
-                    .map(|d| (d, false)),
-            )
-            .collect();
-        untagged.sort();
-        for (d, is_manifest) in untagged {
-            if c.is_stored(d).await? {
-                if !is_manifest && opts.deep && !c.hash_ok(d).await? {
-                    let i = c.problem(
-                        &w,
-                        None,
-                        d,
-                        ProblemKind::BlobDigestMismatch,
-                        "the stored bytes do not match their digest".into(),
-                    );
-                    if opts.repair {
-                        c.quarantine(&w, d, i).await?;
-                    }
-                }
-                continue;
-            }
-            let what = if is_manifest { "manifest" } else { "blob" };
-            let i = c.problem(
-                &w,
-                None,
-                d,
-                ProblemKind::DanglingLink,
-                format!("a {what} link points at bytes that are gone"),
-            );
-            if w.cached && opts.repair {
-                if is_manifest {
-                    c.refetch_manifest(&w, d, i).await;
-                } else {
-                    c.refetch_blob(&w, d, i).await;
-                }
-            }
-        }
+        check_repository(&mut c, &repo, ahead).await?;
         progress.advance(1);
     }
+    c.report.stored_manifests = linked_manifests.build().len() as u64;
     c.report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(c.report)
+}
+
+/// Every tag of `repo`, then its untagged links.
+async fn check_repository(c: &mut Checker<'_>, repo: &RepoIndex, ahead: ReadAhead) -> Result<()> {
+    let store = c.registry.store().clone();
+    let opts = c.opts;
+    let first = repo.name.as_str().split('/').next().unwrap_or_default();
+    let mut w = RepoWalk {
+        repo,
+        cached: opts.cached.iter().any(|k| k == first),
+        seen_manifests: HashSet::new(),
+        seen_blobs: HashSet::new(),
+        ahead,
+    };
+    let mut tags = repo.tags.clone();
+    tags.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (tag, _) in &tags {
+        c.report.tags += 1;
+        let raw = match w.ahead.tags.remove(tag.as_str()) {
+            Some(raw) => raw,
+            None => store.get(&layout::tag(&repo.name, tag)?).await?,
+        };
+        let Some(raw) = raw else { continue }; // deleted since the walk
+        match std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse::<Digest>().ok())
+        {
+            Some(d) => {
+                c.check_manifest(&mut w, Some(tag.as_str()), &d, Via::Tag)
+                    .await?
+            }
+            None => {
+                let zero = Digest::sha256_of(b"");
+                c.problem(
+                    &w,
+                    Some(tag.as_str()),
+                    &zero,
+                    ProblemKind::DanglingTag,
+                    "the tag file does not hold a digest".into(),
+                );
+            }
+        }
+    }
+    // Untagged content: links whose bytes are gone.
+    let mut untagged: Vec<(&Digest, bool)> = repo
+        .manifests
+        .keys()
+        .filter(|d| !w.seen_manifests.contains(*d))
+        .map(|d| (d, true))
+        .chain(
+            repo.blobs
+                .keys()
+                .filter(|d| !w.seen_blobs.contains(*d))
+                .map(|d| (d, false)),
+        )
+        .collect();
+    untagged.sort();
+    for (d, is_manifest) in untagged {
+        if c.is_stored(d).await? {
+            if !is_manifest && opts.deep && !c.hash_ok(d).await? {
+                let i = c.problem(
+                    &w,
+                    None,
+                    d,
+                    ProblemKind::BlobDigestMismatch,
+                    "the stored bytes do not match their digest".into(),
+                );
+                if opts.repair {
+                    c.quarantine(&w, d, i).await?;
+                }
+            }
+            continue;
+        }
+        let what = if is_manifest { "manifest" } else { "blob" };
+        let i = c.problem(
+            &w,
+            None,
+            d,
+            ProblemKind::DanglingLink,
+            format!("a {what} link points at bytes that are gone"),
+        );
+        if w.cached && opts.repair {
+            if is_manifest {
+                c.refetch_manifest(&w, d, i).await;
+            } else {
+                c.refetch_blob(&w, d, i).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Scrub every `interval` while `serve` runs (the first run one interval after the

@@ -15,7 +15,8 @@
 
 use crate::index::{self, Refs, RepoIndex};
 use crate::{JobContext, Progress, Result, UpkeepError};
-use oci::{Digest, RepoName};
+use futures::StreamExt;
+use oci::{Digest, DigestSetBuilder, RepoName};
 use registry::{Registry, layout};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -104,23 +105,72 @@ fn is_cached(repo: &RepoName, cached: &[String]) -> bool {
     cached.iter().any(|c| c == first)
 }
 
-/// Manifest references, read once per digest for the whole run.
+/// Manifests whose references stay cached between repositories. Images shared by many
+/// repositories (a base image's index, a mirrored tag) are read once per run while they
+/// are in use; 4,096 entries are a few MiB whatever the store's size.
+const REF_CACHE_ENTRIES: usize = 4096;
+
+/// Repositories marked at once, ahead of the one being swept: the walk, the reads of
+/// tags and manifests, and the sweep then overlap on two cores instead of taking turns.
+/// Sweeps still run one repository at a time, in walk order.
+const MARK_AHEAD: usize = 4;
+
+/// Tags or manifests of one repository read at once while marking.
+const READS_AT_ONCE: usize = 8;
+
+/// Manifest references, read once per digest while they stay in the bounded cache;
+/// shared by the repositories being marked at once.
 struct RefCache<'a> {
     registry: &'a Registry,
-    refs: HashMap<Digest, Option<Arc<Refs>>>,
+    refs: parking_lot::Mutex<HashMap<Digest, Option<Arc<Refs>>>>,
 }
 
 impl RefCache<'_> {
-    async fn get(&mut self, d: &Digest) -> Result<Option<Arc<Refs>>> {
-        if let Some(r) = self.refs.get(d) {
+    async fn get(&self, d: &Digest) -> Result<Option<Arc<Refs>>> {
+        if let Some(r) = self.refs.lock().get(d) {
             return Ok(r.clone());
         }
         let r = index::read_refs(self.registry.store().as_ref(), d)
             .await?
             .map(Arc::new);
-        self.refs.insert(d.clone(), r.clone());
+        let mut refs = self.refs.lock();
+        if refs.len() >= REF_CACHE_ENTRIES {
+            refs.clear();
+        }
+        refs.insert(d.clone(), r.clone());
         Ok(r)
     }
+}
+
+/// The digest each tag of `repo` names, read [`READS_AT_ONCE`] at a time; unreadable tags
+/// are logged and left out (their targets are not marked by them).
+async fn tag_targets(registry: &Registry, repo: &RepoIndex) -> Result<Vec<Digest>> {
+    let store = registry.store();
+    let names: Vec<oci::Tag> = repo.tags.iter().map(|(t, _)| t.clone()).collect();
+    let reads = futures::stream::iter(names)
+        .map(move |tag| async move {
+            let raw = store.get(&layout::tag(&repo.name, &tag)?).await?;
+            Ok::<_, UpkeepError>((tag, raw))
+        })
+        .buffered(READS_AT_ONCE);
+    let mut reads = std::pin::pin!(reads);
+    let mut out = Vec::new();
+    while let Some(item) = reads.next().await {
+        let (tag, raw) = item?;
+        let Some(raw) = raw else {
+            continue; // deleted since the walk
+        };
+        match std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            Some(d) => out.push(d),
+            None => {
+                tracing::warn!(repo = %repo.name, tag = %tag, "unreadable tag; its target is not marked")
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn mark(
@@ -128,43 +178,43 @@ async fn mark(
     repo: &RepoIndex,
     opts: &GcOptions,
     cutoff: SystemTime,
-    refs: &mut RefCache<'_>,
+    refs: &RefCache<'_>,
 ) -> Result<Marked> {
-    let store = registry.store();
-    let mut work: Vec<Digest> = Vec::new();
-    for (tag, _) in &repo.tags {
-        let Some(raw) = store.get(&layout::tag(&repo.name, tag)?).await? else {
-            continue; // deleted since the walk
-        };
-        match std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            Some(d) => work.push(d),
-            None => {
-                tracing::warn!(repo = %repo.name, tag = %tag, "unreadable tag; its target is not marked")
-            }
-        }
-    }
+    let mut level: Vec<Digest> = tag_targets(registry, repo).await?;
     let all_roots = !opts.delete_untagged || is_cached(&repo.name, &opts.cached);
     for (d, meta) in &repo.manifests {
         if all_roots || meta.modified >= cutoff {
-            work.push(d.clone());
+            level.push(d.clone());
         }
     }
     let mut marked = Marked {
         manifests: HashSet::new(),
         blobs: HashSet::new(),
     };
-    while let Some(d) = work.pop() {
-        if !marked.manifests.insert(d.clone()) {
-            continue;
-        }
-        if let Some(r) = refs.get(&d).await? {
-            work.extend(r.children.iter().cloned());
-            marked.blobs.extend(r.blobs.iter().cloned());
-        }
-        work.extend(repo.referrers_of(&d).cloned());
+    // Level by level (roots, their children and referrers, theirs...), each level's
+    // manifests read a few at once.
+    while !level.is_empty() {
+        level.retain(|d| marked.manifests.insert(d.clone()));
+        let next = {
+            let reads = futures::stream::iter(level.clone())
+                .map(move |d| async move {
+                    let r = refs.get(&d).await?;
+                    Ok::<_, UpkeepError>((d, r))
+                })
+                .buffered(READS_AT_ONCE);
+            let mut reads = std::pin::pin!(reads);
+            let mut next = Vec::new();
+            while let Some(item) = reads.next().await {
+                let (d, r) = item?;
+                if let Some(r) = r {
+                    next.extend(r.children.iter().cloned());
+                    marked.blobs.extend(r.blobs.iter().cloned());
+                }
+                next.extend(repo.referrers_of(&d).cloned());
+            }
+            next
+        };
+        level = next;
     }
     Ok(marked)
 }
@@ -195,7 +245,6 @@ async fn sweep(
     doomed: Vec<Doomed>,
     cutoff: SystemTime,
     report: &mut GcReport,
-    progress: &dyn Progress,
 ) -> Result<Vec<Doomed>> {
     let store = registry.store();
     let mut kept = Vec::new();
@@ -230,7 +279,6 @@ async fn sweep(
             }
             tracing::debug!(key = %key, dry_run = report.dry_run, "collected");
         }
-        progress.advance(DELETE_BATCH as u64);
         // Let waiting pushes in between holds.
         tokio::task::yield_now().await;
     }
@@ -318,6 +366,31 @@ async fn run_recorded(ctx: &JobContext, opts: &GcOptions) {
     }
 }
 
+/// How often a long run renews its lease: well inside [`crate::LEASE_TTL`], so a run
+/// that walks for an hour keeps it, and a lease renewed this often costs nothing.
+const LEASE_RENEW: Duration = Duration::from_secs(60);
+
+/// Renews the run's lease every [`LEASE_RENEW`].
+struct Renewer<'a> {
+    store: &'a dyn store::Store,
+    last: Instant,
+}
+
+impl Renewer<'_> {
+    async fn renew(&mut self) -> Result<()> {
+        if self.last.elapsed() >= LEASE_RENEW {
+            crate::lease(self.store, "gc").await?;
+            self.last = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// The run in two streaming passes, memory independent of the store's size but for the
+/// mark set (32 bytes per needed digest):
+/// 1. repository by repository: mark, delete the links nobody needs, and add what must
+///    stay (marked content, surviving links) to the mark set;
+/// 2. every stored blob: delete the bytes the mark set does not hold.
 async fn collect(
     registry: &Registry,
     opts: &GcOptions,
@@ -327,23 +400,11 @@ async fn collect(
     report: &mut GcReport,
 ) -> Result<()> {
     let now = SystemTime::now();
-    progress.phase("scanning repositories", 0);
-    let repos = index::scan(store.as_ref()).await?;
-    report.repositories = repos.len() as u64;
-
-    crate::lease(store.as_ref(), "gc").await?;
-    progress.phase("marking", repos.len() as u64);
-    let mut refs = RefCache {
-        registry,
-        refs: HashMap::new(),
+    let mut renewer = Renewer {
+        store: store.as_ref(),
+        last: Instant::now(),
     };
-    let mut doomed = Vec::new();
-    // Digests that marked manifests need, whether or not their links survive: bytes a
-    // live image references are never deleted, even when a link is missing (fsck
-    // reports that; --repair can re-link).
-    let mut needed: HashSet<Digest> = HashSet::new();
-    let mut upload_markers: HashSet<String> = HashSet::new();
-    let mut uploads_doomed: Vec<(RepoName, String)> = Vec::new();
+    // Uploads in progress: a handful, whatever the store's size.
     let uploads: HashMap<String, store::ObjectMeta> = store
         .upload_list()
         .await?
@@ -353,13 +414,41 @@ async fn collect(
     let abandoned_before = now
         .checked_sub(opts.abandoned_upload)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    for repo in repos.values() {
-        let marked = mark(registry, repo, opts, cutoff, &mut refs).await?;
+    let mut upload_markers: HashSet<String> = HashSet::new();
+    let mut uploads_doomed: Vec<(RepoName, String)> = Vec::new();
+
+    progress.phase("marking and sweeping links", 0);
+    let refs = RefCache {
+        registry,
+        refs: parking_lot::Mutex::new(HashMap::new()),
+    };
+    // Digests whose bytes stay: what marked manifests need, whether or not their links
+    // survive (bytes a live image references are never deleted, even when a link is
+    // missing: fsck reports that; --repair can re-link), and every surviving link.
+    let mut needed = DigestSetBuilder::new();
+    let repos = index::Repos::open(store.as_ref()).await?.into_stream();
+    let (refs, cutoff_at) = (&refs, cutoff);
+    let marks = repos
+        .map(move |repo| async move {
+            let repo = repo?;
+            let marked = mark(registry, &repo, opts, cutoff_at, refs).await?;
+            Ok::<_, UpkeepError>((repo, marked))
+        })
+        .buffered(MARK_AHEAD);
+    let mut marks = std::pin::pin!(marks);
+    while let Some(item) = marks.next().await {
+        let (repo, marked) = item?;
+        renewer.renew().await?;
+        report.repositories += 1;
         report.manifests_marked += marked.manifests.len() as u64;
         report.blobs_marked += marked.blobs.len() as u64;
+        progress.advance(1);
+        let mut doomed = Vec::new();
         for (d, meta) in &repo.manifests {
             if !marked.manifests.contains(d) && meta.modified < cutoff {
                 doomed.push(Doomed::ManifestLink(repo.name.clone(), d.clone()));
+            } else {
+                needed.insert(d, ());
             }
         }
         for (s, r, meta) in repo
@@ -380,6 +469,8 @@ async fn collect(
         for (d, meta) in &repo.blobs {
             if !marked.blobs.contains(d) && meta.modified < cutoff {
                 doomed.push(Doomed::BlobLink(repo.name.clone(), d.clone()));
+            } else {
+                needed.insert(d, ());
             }
         }
         for (id, marker) in &repo.uploads {
@@ -389,52 +480,36 @@ async fn collect(
                 uploads_doomed.push((repo.name.clone(), id.clone()));
             }
         }
-        needed.extend(marked.manifests);
-        needed.extend(marked.blobs);
+        for d in marked.manifests.iter().chain(marked.blobs.iter()) {
+            needed.insert(d, ());
+        }
+        // Links renewed since the walk stay, and so do their bytes.
+        for k in sweep(registry, doomed, cutoff, report).await? {
+            if let Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) = k {
+                needed.insert(&d, ());
+            }
+        }
+    }
+    refs.refs.lock().clear();
+    let needed = needed.build();
+
+    renewer.renew().await?;
+    progress.phase("sweeping blobs", 0);
+    let mut blobs = std::pin::pin!(index::blobs(store.as_ref()).await?);
+    let mut batch = Vec::with_capacity(DELETE_BATCH);
+    while let Some(item) = blobs.next().await {
+        let (d, meta) = item?;
         progress.advance(1);
-    }
-    drop(refs);
-
-    // Links per digest across all repositories; bytes stay while any survives.
-    let mut links: HashMap<Digest, u64> = HashMap::new();
-    for repo in repos.values() {
-        for d in repo.manifests.keys().chain(repo.blobs.keys()) {
-            *links.entry(d.clone()).or_default() += 1;
-        }
-    }
-    let doomed_links: Vec<Digest> = doomed
-        .iter()
-        .filter_map(|x| match x {
-            Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) => Some(d.clone()),
-            _ => None,
-        })
-        .collect();
-    crate::lease(store.as_ref(), "gc").await?;
-    progress.phase("sweeping links", doomed.len() as u64);
-    let kept = sweep(registry, doomed, cutoff, report, progress).await?;
-    for d in doomed_links {
-        if let Some(n) = links.get_mut(&d) {
-            *n = n.saturating_sub(1);
-        }
-    }
-    for k in kept {
-        if let Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) = k {
-            *links.entry(d).or_default() += 1;
-        }
-    }
-    needed.extend(links.into_iter().filter(|(_, n)| *n > 0).map(|(d, _)| d));
-
-    crate::lease(store.as_ref(), "gc").await?;
-    progress.phase("scanning blobs", 0);
-    let mut blob_doomed = Vec::new();
-    for (d, meta) in index::scan_blobs(store.as_ref()).await? {
         if meta.modified < cutoff && !needed.contains(&d) {
-            blob_doomed.push(Doomed::Blob(d));
+            batch.push(Doomed::Blob(d));
+            if batch.len() == DELETE_BATCH {
+                renewer.renew().await?;
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(DELETE_BATCH));
+                sweep(registry, full, cutoff, report).await?;
+            }
         }
     }
-    crate::lease(store.as_ref(), "gc").await?;
-    progress.phase("sweeping blobs", blob_doomed.len() as u64);
-    sweep(registry, blob_doomed, cutoff, report, progress).await?;
+    sweep(registry, batch, cutoff, report).await?;
 
     crate::lease(store.as_ref(), "gc").await?;
     progress.phase("uploads", 0);
@@ -617,18 +692,25 @@ mod mark_tests {
         assert_eq!(got.digest, index);
     }
 
-    /// A [`Progress`] that pushes `bytes` again into `repo` when phase `at` starts: a
-    /// client renewing content between the mark, which doomed it, and the sweep.
+    /// A [`Progress`] that pushes `bytes` again into `repo` at the first step of phase
+    /// `at`: a client renewing content after the walk saw it old (the first step of the
+    /// link phase is a repository marked, its links not yet swept; of the blob phase, a
+    /// blob listed, not yet swept).
     struct PushAtPhase {
         registry: Registry,
         repo: RepoName,
         bytes: &'static [u8],
         at: &'static str,
+        armed: std::sync::atomic::AtomicBool,
     }
 
     impl Progress for PushAtPhase {
         fn phase(&self, name: &str, _: u64) {
-            if name == self.at {
+            self.armed
+                .store(name == self.at, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn advance(&self, _: u64) {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 tokio::task::block_in_place(|| {
                     tokio::runtime::Handle::current().block_on(blob(
                         &self.registry,
@@ -638,7 +720,6 @@ mod mark_tests {
                 });
             }
         }
-        fn advance(&self, _: u64) {}
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -661,6 +742,7 @@ mod mark_tests {
             repo: repo.clone(),
             bytes: b"pushed again mid-sweep",
             at: "sweeping blobs",
+            armed: false.into(),
         };
         let report = run_once(&r, &now, &progress).await.unwrap();
         // The links went in the link sweep; the push put its link back and renewed the
@@ -676,7 +758,8 @@ mod mark_tests {
         // Renewed before the link sweep: the link is kept, and with it the bytes, which
         // are then not even candidates.
         let progress = PushAtPhase {
-            at: "sweeping links",
+            at: "marking and sweeping links",
+            armed: false.into(),
             ..progress
         };
         let again = blob(&r, &repo, b"left alone").await;

@@ -1,11 +1,13 @@
-//! One walk of `repos/` turned into what each repository holds: tags, manifest links,
-//! blob links, referrer links and upload markers, with their modification times. GC and
-//! fsck both start from it; it reads names and times only, never object contents.
+//! One walk of `repos/` turned into what each repository holds, one repository at a
+//! time: tags, manifest links, blob links, referrer links and upload markers, with their
+//! modification times; and the stream of stored content under `blobs/`. GC and fsck
+//! both start from it; it reads names and times only, never object contents.
 
-use crate::Result;
+use crate::{Result, UpkeepError};
+use futures::StreamExt;
 use oci::{Digest, RepoName, Tag};
 use registry::layout;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use store::{Key, ObjectLister, ObjectMeta, ObjectReader};
 
 /// What one repository holds, as found by a walk.
@@ -43,65 +45,151 @@ impl RepoIndex {
     }
 }
 
-/// The index of `repo`, made on first sight.
-fn at(repos: &mut BTreeMap<RepoName, RepoIndex>, repo: RepoName) -> &mut RepoIndex {
-    repos
-        .entry(repo.clone())
-        .or_insert_with(|| RepoIndex::new(repo))
+/// The repository an entry of `repos/` belongs to.
+fn repo_of(entry: &layout::Entry) -> Option<&RepoName> {
+    match entry {
+        layout::Entry::Tag { repo, .. }
+        | layout::Entry::ManifestLink { repo, .. }
+        | layout::Entry::BlobLink { repo, .. }
+        | layout::Entry::Referrer { repo, .. }
+        | layout::Entry::Upload { repo, .. } => Some(repo),
+        layout::Entry::Blob(_) => None,
+    }
 }
 
-/// Walk every repository. Entries that do not parse (a stray file) are skipped with a
-/// log line; they are never deleted, because they are not ours to judge. Paths are read
-/// back by [`layout::parse`], the one reader of the layout.
-pub async fn scan(store: &dyn ObjectLister) -> Result<BTreeMap<RepoName, RepoIndex>> {
-    let mut repos: BTreeMap<RepoName, RepoIndex> = BTreeMap::new();
-    for (path, meta) in store.walk(&Key::new(layout::REPOS)?).await? {
-        let Some(entry) = layout::parse(&format!("{}/{path}", layout::REPOS)) else {
-            tracing::warn!(path, "unexpected object under repos/ ignored");
-            continue;
-        };
+impl RepoIndex {
+    fn add(&mut self, entry: layout::Entry, meta: ObjectMeta) {
         match entry {
-            layout::Entry::Tag { repo, tag } => {
-                at(&mut repos, repo).tags.push((tag, meta));
+            layout::Entry::Tag { tag, .. } => self.tags.push((tag, meta)),
+            layout::Entry::ManifestLink { digest, .. } => {
+                self.manifests.insert(digest, meta);
             }
-            layout::Entry::ManifestLink { repo, digest } => {
-                at(&mut repos, repo).manifests.insert(digest, meta);
-            }
-            layout::Entry::BlobLink { repo, digest } => {
-                at(&mut repos, repo).blobs.insert(digest, meta);
+            layout::Entry::BlobLink { digest, .. } => {
+                self.blobs.insert(digest, meta);
             }
             layout::Entry::Referrer {
-                repo,
-                subject,
-                referrer,
-            } => {
-                at(&mut repos, repo)
-                    .referrers
-                    .entry(subject)
-                    .or_default()
-                    .push((referrer, meta));
-            }
-            layout::Entry::Upload { repo, id } => {
-                at(&mut repos, repo).uploads.push((id, meta));
-            }
-            layout::Entry::Blob(_) => {
-                tracing::warn!(path, "unexpected object under repos/ ignored");
-            }
+                subject, referrer, ..
+            } => self
+                .referrers
+                .entry(subject)
+                .or_default()
+                .push((referrer, meta)),
+            layout::Entry::Upload { id, .. } => self.uploads.push((id, meta)),
+            layout::Entry::Blob(_) => {}
         }
     }
-    Ok(repos)
 }
 
-/// Every stored content object (`blobs/<algo>/<xx>/<hex>`) with its meta.
-pub async fn scan_blobs(store: &dyn ObjectLister) -> Result<Vec<(Digest, ObjectMeta)>> {
-    let mut out = Vec::new();
-    for (path, meta) in store.walk(&Key::new("blobs")?).await? {
-        match layout::parse(&format!("blobs/{path}")) {
-            Some(layout::Entry::Blob(d)) => out.push((d, meta)),
-            _ => tracing::warn!(path, "unexpected object under blobs/ ignored"),
+/// The repositories of a store, one at a time, from one walk of `repos/`: memory holds
+/// one repository's index, whatever the number of repositories. The walk keeps each
+/// folder whole, and everything of repository `r` lies under `repos/r/_…` (no name
+/// component starts with `_`), so a repository's entries arrive together.
+///
+/// Entries that do not parse (a stray file) are skipped with a log line; they are never
+/// deleted, because they are not ours to judge. Paths are read back by
+/// [`layout::parse`], the one reader of the layout.
+pub struct Repos {
+    walk: store::Walk,
+    /// The first entry of the next repository, read while finishing the one before.
+    next: Option<(layout::Entry, ObjectMeta)>,
+    /// Hashes of the names already handed out: one seen again means the walk broke its
+    /// order, and the run stops before acting on half a repository.
+    done: HashSet<u64>,
+}
+
+fn name_hash(name: &RepoName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Repos {
+    pub async fn open(store: &dyn ObjectLister) -> Result<Repos> {
+        Ok(Repos {
+            // Fused: `next` may ask again after the end.
+            walk: store.walk(&Key::new(layout::REPOS)?).await?.fuse().boxed(),
+            next: None,
+            done: HashSet::new(),
+        })
+    }
+
+    /// The next repository, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<RepoIndex>> {
+        let mut current: Option<RepoIndex> = None;
+        loop {
+            let item = match self.next.take() {
+                Some(item) => Some(item),
+                None => self.read().await?,
+            };
+            let Some((entry, meta)) = item else {
+                return Ok(current);
+            };
+            let Some(repo) = repo_of(&entry) else {
+                continue;
+            };
+            match &mut current {
+                Some(c) if c.name == *repo => c.add(entry, meta),
+                Some(_) => {
+                    self.next = Some((entry, meta));
+                    return Ok(current);
+                }
+                None => {
+                    if !self.done.insert(name_hash(repo)) {
+                        return Err(UpkeepError::WalkOrder(repo.to_string()));
+                    }
+                    let mut c = RepoIndex::new(repo.clone());
+                    c.add(entry, meta);
+                    current = Some(c);
+                }
+            }
         }
     }
-    Ok(out)
+
+    /// The repositories as a stream, ending after the first error.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<RepoIndex>> + Send {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut repos = state?;
+            match repos.next().await {
+                Ok(Some(r)) => Some((Ok(r), Some(repos))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    /// The next entry of the walk that parses.
+    async fn read(&mut self) -> Result<Option<(layout::Entry, ObjectMeta)>> {
+        while let Some(item) = self.walk.next().await {
+            let (path, meta) = item?;
+            match layout::parse(&format!("{}/{path}", layout::REPOS)) {
+                Some(e) if repo_of(&e).is_some() => {
+                    return Ok(Some((e, meta)));
+                }
+                _ => tracing::warn!(path, "unexpected object under repos/ ignored"),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Every stored content object (`blobs/<algo>/<xx>/<hex>`) with its meta, streamed.
+pub async fn blobs(
+    store: &dyn ObjectLister,
+) -> Result<impl futures::Stream<Item = Result<(Digest, ObjectMeta)>> + Send + use<>> {
+    let walk = store.walk(&Key::new("blobs")?).await?;
+    Ok(walk.filter_map(|item| async move {
+        match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((path, meta)) => match layout::parse(&format!("blobs/{path}")) {
+                Some(layout::Entry::Blob(d)) => Some(Ok((d, meta))),
+                _ => {
+                    tracing::warn!(path, "unexpected object under blobs/ ignored");
+                    None
+                }
+            },
+        }
+    }))
 }
 
 /// What a manifest points at, read from its stored bytes.

@@ -119,6 +119,10 @@ pub enum UpkeepError {
     /// beside `berth serve`); the run was skipped.
     #[error("another berth process is running {0} on this store; skipped")]
     Busy(&'static str),
+    /// The store's walk returned a repository's entries in two places (a backend that
+    /// breaks the walk's order); the run stopped before acting on half a repository.
+    #[error("the store's walk returned repository {0} in two places; stopped")]
+    WalkOrder(String),
 }
 
 /// How long a sweep's lease lasts. It is renewed at every phase of the run, so this only

@@ -131,8 +131,7 @@ async fn race_one_upload(servers: &[&TestServer], repo: String, seed: u64, clien
 /// Every object under `blobs/` hashes to the name it is stored under.
 async fn every_stored_blob_hashes_to_its_name(s: &TestServer) -> usize {
     let store = s.app.registry.store();
-    let listed = store
-        .walk(&store::Key::new("blobs").unwrap())
+    let listed = store::walk_sorted(store.as_ref(), &store::Key::new("blobs").unwrap())
         .await
         .unwrap();
     for (path, meta) in &listed {
