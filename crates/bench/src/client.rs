@@ -32,7 +32,7 @@ impl Api {
     }
 
     /// `POST /v2/<repo>/blobs/uploads/`; the upload's absolute URL.
-    async fn start_upload(&self, repo: &str) -> Result<Url> {
+    pub async fn start_upload(&self, repo: &str) -> Result<Url> {
         let resp = self
             .client
             .post(self.url(&format!("v2/{repo}/blobs/uploads/"))?)
@@ -99,6 +99,48 @@ impl Api {
             .await?;
         expect(resp, StatusCode::CREATED, "closing PUT ?digest=").await?;
         Ok(())
+    }
+
+    /// One PATCH of the whole blob into `upload`; the next Location.
+    pub async fn patch_whole(&self, upload: Url, blob: &Blob) -> Result<Url> {
+        let resp = self
+            .client
+            .patch(upload)
+            .header(CONTENT_TYPE, OCTET_STREAM)
+            .header(CONTENT_LENGTH, blob.len())
+            .body(blob.bytes.clone())
+            .send()
+            .await?;
+        let resp = expect(resp, StatusCode::ACCEPTED, "PATCH").await?;
+        self.location(&resp)
+    }
+
+    /// The closing `PUT ?digest=` of `upload`, with an empty body.
+    pub async fn close_upload(&self, upload: Url, blob: &Blob) -> Result<()> {
+        let resp = self
+            .client
+            .put(with_digest(upload, &blob.digest))
+            .body(Bytes::new())
+            .send()
+            .await?;
+        expect(resp, StatusCode::CREATED, "closing PUT ?digest=").await?;
+        Ok(())
+    }
+
+    /// `GET` of a manifest by tag; its length.
+    pub async fn get_manifest(&self, repo: &str, tag: &str) -> Result<u64> {
+        let url = self.url(&format!("v2/{repo}/manifests/{tag}"))?;
+        let resp = self
+            .client
+            .get(url)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .await?;
+        let resp = expect(resp, StatusCode::OK, "GET manifest").await?;
+        Ok(resp.bytes().await?.len() as u64)
     }
 
     /// GET the whole blob, counting (not keeping) its bytes; an error unless exactly

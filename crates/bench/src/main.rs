@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> Result<()> {
         cli.quick = true;
         let berth = cli.berth.clone().unwrap_or_else(default_berth);
         let bench = Bench::prepare(&cli, 1).await?;
-        return s3::run(&bench, &berth).await;
+        return s3::run(&bench, &berth, &cli.distribution).await;
     }
     let plan = cli.upkeep_plan(&columns);
     if let Some(dir) = &cli.write_store {

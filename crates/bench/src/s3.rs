@@ -83,6 +83,8 @@ struct Row {
     push_monolithic: f64,
     push_chunked: f64,
     manifests: f64,
+    /// Store requests of one blob GET (berth only: from `berth_store_operations_total`).
+    ops_per_get: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,13 +92,95 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A plain S3 client on the same bucket: one PUT of the whole blob, one GET of it.
+struct Plain {
+    put: f64,
+    get: f64,
+}
+
+/// `rounds` single PUTs and GETs of `blob` through `object_store`'s S3 client, the
+/// medians in bytes per second.
+async fn plain_s3(blob: &Blob, rounds: usize) -> Result<Plain> {
+    use object_store::ObjectStore;
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_endpoint(ENDPOINT)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_virtual_hosted_style_request(false)
+        .build()?;
+    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let path = object_store::path::Path::from(format!("plain-{}/{i}", std::process::id()));
+        let started = Instant::now();
+        s3.put(&path, object_store::PutPayload::from(blob.bytes.clone()))
+            .await?;
+        puts.push(blob.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let mut body = s3.get(&path).await?.into_stream();
+        let mut n = 0usize;
+        while let Some(c) = futures::StreamExt::next(&mut body).await {
+            n += c?.len();
+        }
+        anyhow::ensure!(n as u64 == blob.len(), "plain GET returned {n} bytes");
+        gets.push(n as f64 / started.elapsed().as_secs_f64());
+        s3.delete(&path).await?;
+    }
+    Ok(Plain {
+        put: median(puts),
+        get: median(gets),
+    })
+}
+
+/// Store requests berth (s3) makes for each step of a pull and a push: the manifest
+/// GET, the upload's POST, one PATCH of the whole blob, the closing PUT, and a blob GET.
+async fn requests_per_step(
+    bench: &Bench,
+    server: &Server,
+    api: &Api,
+    blob: &Blob,
+) -> Result<Vec<(&'static str, u64)>> {
+    let ops = || async {
+        server
+            .store_ops(&bench.client)
+            .await
+            .context("berth's /metrics has no berth_store_operations_total")
+    };
+    let mut out = Vec::new();
+    let before = ops().await?;
+    api.get_manifest(REPO_MANIFEST, MANIFEST_TAG).await?;
+    let after = ops().await?;
+    out.push(("manifest GET", after - before));
+    let repo = "bench/requests";
+    let upload = api.start_upload(repo).await?;
+    let posted = ops().await?;
+    out.push(("upload POST", posted - after));
+    let upload = api.patch_whole(upload, blob).await?;
+    let patched = ops().await?;
+    out.push(("upload PATCH (whole blob)", patched - posted));
+    api.close_upload(upload, blob).await?;
+    let closed = ops().await?;
+    out.push(("upload commit (PUT ?digest=)", closed - patched));
+    api.get_blob(repo, blob).await?;
+    out.push(("blob GET", ops().await? - closed));
+    Ok(out)
+}
+
 /// Run the S3 part and print its table.
-pub async fn run(bench: &Bench, berth: &Path) -> Result<()> {
+pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()> {
     let weed = start_weed(&bench.client).await?;
     progress("s3", format!("SeaweedFS listening on {ENDPOINT}"));
     let mut rows = Vec::new();
-    for kind in [Kind::Berth { fsync: true }, Kind::BerthS3 { set: 0 }] {
-        let server = Server::start(kind, Role::Hosted, berth, &bench.client).await?;
+    let mut requests = Vec::new();
+    let kinds = [
+        (Kind::Berth { fsync: true }, berth),
+        (Kind::BerthS3 { set: 0 }, berth),
+        (Kind::DistributionS3, distribution),
+    ];
+    for (kind, binary) in kinds {
+        let server = Server::start(kind, Role::Hosted, binary, &bench.client).await?;
         let api = Api::new(bench.client.clone(), server.base.clone());
         api.push_image(REPO_MANIFEST, MANIFEST_TAG, &bench.image)
             .await?;
@@ -108,6 +192,10 @@ pub async fn run(bench: &Bench, berth: &Path) -> Result<()> {
             );
             rounds.push(bench.round(&server, &api, i, blobs).await?);
         }
+        if kind == (Kind::BerthS3 { set: 0 }) {
+            requests = requests_per_step(bench, &server, &api, &bench.rounds[0].monolithic).await?;
+        }
+        let ops: Vec<f64> = rounds.iter().filter_map(|r| r.store_ops_per_get).collect();
         rows.push(Row {
             label: kind.label(),
             get_one: median(rounds.iter().map(|r| r.get_one.bytes_per_second).collect()),
@@ -125,8 +213,11 @@ pub async fn run(bench: &Bench, berth: &Path) -> Result<()> {
                     .collect(),
             ),
             manifests: median(rounds.iter().map(|r| r.manifest_per_second).collect()),
+            ops_per_get: (!ops.is_empty()).then(|| median(ops)),
         });
     }
+    progress("plain S3 client", "single PUTs and GETs of the same blob");
+    let plain = plain_s3(&bench.rounds[0].monolithic, bench.rounds.len()).await?;
     // Two replicas on one bucket and prefix.
     let a = Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?;
     let b = Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?;
@@ -182,17 +273,18 @@ pub async fn run(bench: &Bench, berth: &Path) -> Result<()> {
     );
     println!(
         "S3 backend: berth on SeaweedFS (`weed mini`, same machine) next to berth on the \
-         filesystem; median of {} round(s); blobs of {} MiB; {MANY_CLIENTS} GET clients.\n",
+         filesystem, distribution 2.8 with its `s3` driver on the same bucket, and a plain \
+         S3 client (object_store: one PUT, one GET of the whole blob); median of {} \
+         round(s); blobs of {} MiB; {MANY_CLIENTS} GET clients.\n",
         bench.rounds.len(),
         bench.blob_bytes / MIB
     );
     println!(
-        "| measurement | {} | {} | s3 / fs |",
-        rows[0].label, rows[1].label
+        "| measurement | {} | {} | {} | plain S3 client | berth (s3) / plain | berth (s3) / distribution (s3) |",
+        rows[0].label, rows[1].label, rows[2].label
     );
-    println!("| --- | ---: | ---: | ---: |");
-    let line = |name: &str, f: fn(&Row) -> f64, unit: &str| {
-        let (fs, s3) = (f(&rows[0]), f(&rows[1]));
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let line = |name: &str, f: fn(&Row) -> f64, plain: Option<f64>, unit: &str| {
         let show = |v: f64| {
             if unit == "MB/s" {
                 format!("{:.0}", v / 1e6)
@@ -200,25 +292,50 @@ pub async fn run(bench: &Bench, berth: &Path) -> Result<()> {
                 format!("{v:.0}")
             }
         };
+        let (fs, s3, dist) = (f(&rows[0]), f(&rows[1]), f(&rows[2]));
         println!(
-            "| {name} ({unit}) | {} | {} | {:.2}× |",
+            "| {name} ({unit}) | {} | {} | {} | {} | {} | {:.2}× |",
             show(fs),
             show(s3),
-            s3 / fs
+            show(dist),
+            plain.map_or("–".to_owned(), show),
+            plain.map_or("–".to_owned(), |p| format!("{:.2}×", s3 / p)),
+            s3 / dist
         );
     };
-    line("blob GET, 1 client", |r| r.get_one, "MB/s");
-    line("blob GET, 8 clients", |r| r.get_many, "MB/s");
-    line("monolithic push", |r| r.push_monolithic, "MB/s");
-    line("chunked push", |r| r.push_chunked, "MB/s");
-    line("manifest GET, 64 connections", |r| r.manifests, "req/s");
+    line("blob GET, 1 client", |r| r.get_one, Some(plain.get), "MB/s");
+    line("blob GET, 8 clients", |r| r.get_many, None, "MB/s");
+    line(
+        "monolithic push",
+        |r| r.push_monolithic,
+        Some(plain.put),
+        "MB/s",
+    );
+    line("chunked push", |r| r.push_chunked, None, "MB/s");
+    line(
+        "manifest GET, 64 connections",
+        |r| r.manifests,
+        None,
+        "req/s",
+    );
     println!(
-        "| two replicas on one bucket: 2 pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – |",
+        "| two replicas on one bucket: 2 pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
         two_push / 1e6
     );
     println!(
-        "| two replicas on one bucket: {MANY_CLIENTS} GET clients split over both (MB/s, aggregate) | – | {:.0} | – |",
+        "| two replicas on one bucket: {MANY_CLIENTS} GET clients split over both (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
         two_get / 1e6
     );
+    println!(
+        "\nStore operations berth (s3) makes per client request (`berth_store_operations_total`; \
+         most are one S3 request, an upload append or commit is a few: state read, parts, \
+         conditional state write; a blob GET's {:.0} in the rounds):\n",
+        rows[1].ops_per_get.unwrap_or(f64::NAN)
+    );
+    println!("| client request | store operations |");
+    println!("| --- | ---: |");
+    for (what, n) in &requests {
+        println!("| {what} | {n} |");
+    }
     Ok(())
 }

@@ -35,6 +35,8 @@ pub enum Kind {
     BerthS3 {
         set: u8,
     },
+    /// distribution with its `s3` storage driver on the same bucket (its own prefix).
+    DistributionS3,
     /// An earlier berth binary (`--baseline`), configured as `Berth { fsync: true }`, to
     /// show a change against the build before it in the same run.
     BerthBaseline,
@@ -47,13 +49,14 @@ impl Kind {
             Kind::Berth { fsync: true } => "berth (fsync)",
             Kind::Berth { fsync: false } => "berth (no fsync)",
             Kind::BerthS3 { .. } => "berth (s3)",
+            Kind::DistributionS3 => "distribution (s3)",
             Kind::BerthBaseline => "baseline (fsync)",
         }
     }
 
     /// Whether the server is a berth (any build, any store).
     pub fn is_berth(self) -> bool {
-        !matches!(self, Kind::Distribution)
+        !matches!(self, Kind::Distribution | Kind::DistributionS3)
     }
 
     /// The configuration file's name and text for a `role` server on `addr` storing in
@@ -77,6 +80,23 @@ impl Kind {
                 }
                 ("config.yml", yaml)
             }
+            Kind::DistributionS3 => (
+                "config.yml",
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     storage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    \
+                     region: us-east-1\n    regionendpoint: {}\n    bucket: {}\n    \
+                     rootdirectory: /distribution-{}\n    secure: false\n    v4auth: true\n  \
+                     delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n\
+                     http:\n  addr: {addr}\n",
+                    crate::s3::ACCESS_KEY,
+                    crate::s3::SECRET_KEY,
+                    crate::s3::ENDPOINT,
+                    crate::s3::BUCKET,
+                    std::process::id(),
+                ),
+            ),
             Kind::BerthS3 { set } => (
                 "config.toml",
                 format!(
@@ -208,6 +228,8 @@ impl Server {
         let config = config.clone();
         match kind {
             Kind::Distribution => cmd.arg("serve").arg(&config),
+            // Its AWS SDK fails on the machine's AWS_CA_BUNDLE over plain HTTP.
+            Kind::DistributionS3 => cmd.env_remove("AWS_CA_BUNDLE").arg("serve").arg(&config),
             Kind::Berth { .. } | Kind::BerthS3 { .. } | Kind::BerthBaseline => {
                 cmd.arg("serve").arg("--config").arg(&config)
             }

@@ -116,6 +116,29 @@ async fn touch_and_walk(s: &dyn Store) {
     s.delete(&deep).await.unwrap();
     s.delete(&a).await.unwrap();
     walk_keeps_folders_whole(s).await;
+    get_many_answers_in_order(s).await;
+}
+
+/// `get_many` answers each key in the order asked, `None` for absent ones.
+async fn get_many_answers_in_order(s: &dyn Store) {
+    let (a, b, gone) = (key("t/many/a"), key("t/many/b"), key("t/many/gone"));
+    s.put(&a, Bytes::from_static(b"A")).await.unwrap();
+    s.put(&b, Bytes::from_static(b"BB")).await.unwrap();
+    let got = s
+        .get_many(&[b.clone(), gone.clone(), a.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Some(Bytes::from_static(b"BB")),
+            None,
+            Some(Bytes::from_static(b"A"))
+        ]
+    );
+    assert!(s.get_many(&[]).await.unwrap().is_empty());
+    s.delete(&a).await.unwrap();
+    s.delete(&b).await.unwrap();
 }
 
 /// A walk yields each folder whole (what GC's per-repository grouping relies on), with

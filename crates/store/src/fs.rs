@@ -309,6 +309,16 @@ fn visible_entries(dir: &Path) -> io::Result<Vec<(String, fs::DirEntry)>> {
     Ok(out)
 }
 
+/// The whole file at `path`; `None` when there is none (or a folder is there).
+fn read_whole(path: &Path) -> io::Result<Option<Bytes>> {
+    match fs::read(path) {
+        Ok(v) => Ok(Some(Bytes::from(v))),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Stream `range` of an open file from a dedicated blocking task, `READ_AHEAD` chunks ahead.
 fn stream_file(mut file: File, range: Range<u64>) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
@@ -351,14 +361,16 @@ fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> 
 impl ObjectReader for FsStore {
     async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
         let path = self.inner.path(key);
-        blocking(move || match fs::read(&path) {
-            Ok(v) => Ok(Some(Bytes::from(v))),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::IsADirectory => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(Into::into)
+        blocking(move || read_whole(&path))
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.inner.path(k)).collect();
+        blocking(move || paths.iter().map(|p| read_whole(p)).collect())
+            .await
+            .map_err(Into::into)
     }
 
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {

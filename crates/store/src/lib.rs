@@ -112,6 +112,17 @@ pub trait ObjectStatter: Send + Sync {
 pub trait ObjectReader: Send + Sync {
     /// The whole object, for small objects such as links and manifests; `None` when absent.
     async fn get(&self, key: &Key) -> Result<Option<Bytes>>;
+    /// Several small objects (tags, links, manifests, small blobs) at once, in the order
+    /// asked, `None` for each one absent: a backend reads them in one go where it can
+    /// (fs: one blocking task instead of one per object). The default reads them one by
+    /// one.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
     /// A stream of the bytes in `range` of the object; `NotFound` when absent,
     /// `InvalidRange` when the range does not fit the object.
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream>;

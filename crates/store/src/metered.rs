@@ -141,6 +141,13 @@ impl ObjectReader for Metered {
         self.count(Op::Get).get(key).await
     }
 
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        for _ in keys {
+            self.counts.add(Op::Get);
+        }
+        self.inner.get_many(keys).await
+    }
+
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {
         self.count(Op::Read).read(key, range).await
     }

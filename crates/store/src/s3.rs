@@ -45,6 +45,9 @@ const TOUCH_REWRITE_MAX: u64 = 1024 * 1024;
 /// trips while keeping memory per upload at `PARALLEL_PARTS × PART_SIZE` (32 MiB).
 pub const PARALLEL_PARTS: usize = 4;
 
+/// Small objects fetched at once by `get_many`.
+const GETS_AT_ONCE: usize = 16;
+
 /// Prefixes checked for content at once when listing (see [`S3Store::list`]).
 const PREFIX_CHECKS: usize = 16;
 
@@ -507,6 +510,15 @@ impl ObjectReader for S3Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(io(e)),
         }
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        // Round trips overlapped: a bucket answers many GETs at once.
+        futures::stream::iter(keys.to_vec())
+            .map(move |k| async move { self.get(&k).await })
+            .buffered(GETS_AT_ONCE)
+            .try_collect()
+            .await
     }
 
     async fn read(&self, key: &Key, range: Range<u64>) -> Result<ByteStream> {

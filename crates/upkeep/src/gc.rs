@@ -115,8 +115,10 @@ const REF_CACHE_ENTRIES: usize = 4096;
 /// Sweeps still run one repository at a time, in walk order.
 const MARK_AHEAD: usize = 4;
 
-/// Tags or manifests of one repository read at once while marking.
-const READS_AT_ONCE: usize = 8;
+/// Tags or manifests of one repository read per `get_many` while marking: on fs one
+/// blocking task for the lot, instead of a thread hand-off each (which cost more than
+/// the reads), and few enough that a repository's manifests are never all in memory.
+const READ_BATCH: usize = 256;
 
 /// Manifest references, read once per digest while they stay in the bounded cache;
 /// shared by the repositories being marked at once.
@@ -126,47 +128,55 @@ struct RefCache<'a> {
 }
 
 impl RefCache<'_> {
-    async fn get(&self, d: &Digest) -> Result<Option<Arc<Refs>>> {
-        if let Some(r) = self.refs.lock().get(d) {
-            return Ok(r.clone());
+    /// The references of each of `ds` (`None`: bytes missing, or not a manifest).
+    async fn get_many(&self, ds: &[Digest]) -> Result<Vec<Option<Arc<Refs>>>> {
+        let mut out: Vec<Option<Option<Arc<Refs>>>> = {
+            let refs = self.refs.lock();
+            ds.iter().map(|d| refs.get(d).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..ds.len()).filter(|i| out[*i].is_none()).collect();
+        for chunk in missing.chunks(READ_BATCH) {
+            let keys = chunk
+                .iter()
+                .map(|i| layout::blob(&ds[*i]))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let bodies = self.registry.store().get_many(&keys).await?;
+            let mut refs = self.refs.lock();
+            for (i, body) in chunk.iter().zip(bodies) {
+                let r = body.as_deref().and_then(index::parse_refs).map(Arc::new);
+                if refs.len() >= REF_CACHE_ENTRIES {
+                    refs.clear();
+                }
+                refs.insert(ds[*i].clone(), r.clone());
+                out[*i] = Some(r);
+            }
         }
-        let r = index::read_refs(self.registry.store().as_ref(), d)
-            .await?
-            .map(Arc::new);
-        let mut refs = self.refs.lock();
-        if refs.len() >= REF_CACHE_ENTRIES {
-            refs.clear();
-        }
-        refs.insert(d.clone(), r.clone());
-        Ok(r)
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 }
 
-/// The digest each tag of `repo` names, read [`READS_AT_ONCE`] at a time; unreadable tags
-/// are logged and left out (their targets are not marked by them).
+/// The digest each tag of `repo` names; unreadable tags are logged and left out (their
+/// targets are not marked by them).
 async fn tag_targets(registry: &Registry, repo: &RepoIndex) -> Result<Vec<Digest>> {
-    let store = registry.store();
-    let names: Vec<oci::Tag> = repo.tags.iter().map(|(t, _)| t.clone()).collect();
-    let reads = futures::stream::iter(names)
-        .map(move |tag| async move {
-            let raw = store.get(&layout::tag(&repo.name, &tag)?).await?;
-            Ok::<_, UpkeepError>((tag, raw))
-        })
-        .buffered(READS_AT_ONCE);
-    let mut reads = std::pin::pin!(reads);
     let mut out = Vec::new();
-    while let Some(item) = reads.next().await {
-        let (tag, raw) = item?;
-        let Some(raw) = raw else {
-            continue; // deleted since the walk
-        };
-        match std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            Some(d) => out.push(d),
-            None => {
-                tracing::warn!(repo = %repo.name, tag = %tag, "unreadable tag; its target is not marked")
+    for chunk in repo.tags.chunks(READ_BATCH) {
+        let keys = chunk
+            .iter()
+            .map(|(tag, _)| layout::tag(&repo.name, tag))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let raws = registry.store().get_many(&keys).await?;
+        for ((tag, _), raw) in chunk.iter().zip(raws) {
+            let Some(raw) = raw else {
+                continue; // deleted since the walk
+            };
+            match std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                Some(d) => out.push(d),
+                None => {
+                    tracing::warn!(repo = %repo.name, tag = %tag, "unreadable tag; its target is not marked")
+                }
             }
         }
     }
@@ -191,29 +201,17 @@ async fn mark(
         manifests: HashSet::new(),
         blobs: HashSet::new(),
     };
-    // Level by level (roots, their children and referrers, theirs...), each level's
-    // manifests read a few at once.
+    // Level by level: roots, then their children and referrers, then theirs.
     while !level.is_empty() {
         level.retain(|d| marked.manifests.insert(d.clone()));
-        let next = {
-            let reads = futures::stream::iter(level.clone())
-                .map(move |d| async move {
-                    let r = refs.get(&d).await?;
-                    Ok::<_, UpkeepError>((d, r))
-                })
-                .buffered(READS_AT_ONCE);
-            let mut reads = std::pin::pin!(reads);
-            let mut next = Vec::new();
-            while let Some(item) = reads.next().await {
-                let (d, r) = item?;
-                if let Some(r) = r {
-                    next.extend(r.children.iter().cloned());
-                    marked.blobs.extend(r.blobs.iter().cloned());
-                }
-                next.extend(repo.referrers_of(&d).cloned());
+        let mut next = Vec::new();
+        for (d, r) in level.iter().zip(refs.get_many(&level).await?) {
+            if let Some(r) = r {
+                next.extend(r.children.iter().cloned());
+                marked.blobs.extend(r.blobs.iter().cloned());
             }
-            next
-        };
+            next.extend(repo.referrers_of(d).cloned());
+        }
         level = next;
     }
     Ok(marked)

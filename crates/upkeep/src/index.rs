@@ -8,7 +8,7 @@ use futures::StreamExt;
 use oci::{Digest, RepoName, Tag};
 use registry::layout;
 use std::collections::{HashMap, HashSet};
-use store::{Key, ObjectLister, ObjectMeta, ObjectReader};
+use store::{Key, ObjectLister, ObjectMeta};
 
 /// What one repository holds, as found by a walk.
 #[derive(Debug)]
@@ -199,15 +199,6 @@ pub struct Refs {
     pub children: Vec<Digest>,
     /// Config and layers.
     pub blobs: Vec<Digest>,
-}
-
-/// Read and parse the stored manifest `digest`: `Ok(None)` when its bytes are missing or
-/// not a manifest (fsck reports those; GC just cannot follow them).
-pub async fn read_refs(store: &dyn ObjectReader, digest: &Digest) -> Result<Option<Refs>> {
-    let Some(bytes) = store.get(&layout::blob(digest)?).await? else {
-        return Ok(None);
-    };
-    Ok(parse_refs(&bytes))
 }
 
 /// The references of manifest `bytes`, or `None` when they are not a manifest.
