@@ -1,7 +1,8 @@
 //! The S3 part (`--only-s3`): berth on the filesystem next to berth on an S3 bucket
 //! (SeaweedFS's `weed mini`, started here on 127.0.0.1), the same blob and manifest
-//! rounds against each, then two replicas on one bucket: pushes alternating between
-//! them and GETs split over both. Prints one markdown table.
+//! rounds against each (and against distribution's `s3` driver and a plain S3 client on
+//! the same bucket), then three replicas on one bucket: a push on each at once, and GETs
+//! from one replica, then spread over all three. Prints the tables.
 
 use crate::blob::Blob;
 use crate::client::Api;
@@ -17,6 +18,90 @@ pub const ENDPOINT: &str = "http://127.0.0.1:8333";
 pub const BUCKET: &str = "berth";
 pub const ACCESS_KEY: &str = "berthbench";
 pub const SECRET_KEY: &str = "berthbenchsecret";
+
+/// Live blobs of the store collected and checked on S3: with its links, manifests and
+/// tags about 100,000 objects.
+const UPKEEP_BLOBS: usize = 40_000;
+
+/// Objects uploaded at once when writing that store into the bucket.
+const UPLOADS_AT_ONCE: usize = 32;
+
+/// GC and fsck of a generated store on the bucket: the store written to disk, every
+/// file uploaded under its own prefix, then `berth gc` and `berth fsck` on it.
+async fn upkeep_on_s3(berth: &Path) -> Result<(usize, Vec<crate::upkeep::S3Job>)> {
+    use object_store::ObjectStore;
+    let dir = tempfile::Builder::new()
+        .prefix("berth-bench-s3-upkeep-")
+        .tempdir()?;
+    let root = dir.path().join("store");
+    let expected = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || crate::upkeep::write_for_upload(&root, UPKEEP_BLOBS))
+            .await??
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    let prefix = format!("bench-{}-upkeep", std::process::id());
+    let s3 = std::sync::Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(ENDPOINT)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_virtual_hosted_style_request(false)
+            .build()?,
+    );
+    progress("s3 upkeep", format!("uploading {} objects", files.len()));
+    let uploads = futures::StreamExt::buffer_unordered(
+        futures::stream::iter(files.iter().map(|f| {
+            let (s3, root, prefix) = (s3.clone(), root.clone(), prefix.clone());
+            async move {
+                let rel = f.strip_prefix(&root)?.to_string_lossy().into_owned();
+                let bytes = std::fs::read(f)?;
+                let key = object_store::path::Path::from(format!("{prefix}/{rel}"));
+                s3.put(&key, object_store::PutPayload::from(bytes)).await?;
+                anyhow::Ok(())
+            }
+        })),
+        UPLOADS_AT_ONCE,
+    );
+    let mut uploads = std::pin::pin!(uploads);
+    while let Some(r) = futures::StreamExt::next(&mut uploads).await {
+        r?;
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{ENDPOINT}\"\n\
+             prefix = \"{prefix}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
+             secret_access_key = \"{SECRET_KEY}\"\npath_style = true\n\n\
+             # Objects are dated by their upload, just now: no grace, or nothing goes.\n\
+             [gc]\ngrace = \"0s\"\n"
+        ),
+    )?;
+    let (berth, dir_path) = (berth.to_owned(), dir.path().to_owned());
+    let jobs = tokio::task::spawn_blocking(move || {
+        crate::upkeep::s3_jobs(&berth, &config, &dir_path, &expected)
+    })
+    .await??;
+    Ok((files.len(), jobs))
+}
+
+/// Replicas of the replica rows, all on one bucket and prefix.
+const REPLICAS: usize = 3;
 
 /// How long `weed mini` may take to come up.
 const WEED_START: Duration = Duration::from_secs(60);
@@ -218,58 +303,75 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
     }
     progress("plain S3 client", "single PUTs and GETs of the same blob");
     let plain = plain_s3(&bench.rounds[0].monolithic, bench.rounds.len()).await?;
-    // Two replicas on one bucket and prefix.
-    let a = Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?;
-    let b = Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?;
-    let apis = [
-        Api::new(bench.client.clone(), a.base.clone()),
-        Api::new(bench.client.clone(), b.base.clone()),
-    ];
+    // Three replicas on one bucket and prefix.
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        replicas.push(
+            Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?,
+        );
+    }
+    let apis: Vec<Api> = replicas
+        .iter()
+        .map(|r| Api::new(bench.client.clone(), r.base.clone()))
+        .collect();
     let mut push_rates = Vec::new();
-    let mut get_rates = Vec::new();
+    let (mut one_rates, mut spread_rates) = (Vec::new(), Vec::new());
     for (i, blobs) in bench.rounds.iter().enumerate() {
         progress(
-            "two replicas",
+            "three replicas",
             format!("round {} of {}", i + 1, bench.rounds.len()),
         );
-        // Both replicas push at once (different blobs), then 8 clients pull the first
-        // blob, half through each replica.
-        let pushes: [(&Api, &Blob, String); 2] = [
-            (&apis[0], &blobs.monolithic, format!("bench/two-a-{i}")),
-            (&apis[1], &blobs.chunked, format!("bench/two-b-{i}")),
-        ];
+        // Every replica pushes at once (the round's two blobs and the first again, each
+        // into its own repository).
         let started = Instant::now();
-        let tasks: Vec<_> = pushes
+        let tasks: Vec<_> = apis
             .iter()
-            .map(|(api, blob, repo)| {
-                let (api, blob, repo) = ((*api).clone(), (*blob).clone(), repo.clone());
+            .enumerate()
+            .map(|(r, api)| {
+                let blob = if r % 2 == 0 {
+                    &blobs.monolithic
+                } else {
+                    &blobs.chunked
+                };
+                let (api, blob, repo) = (api.clone(), blob.clone(), format!("bench/three-{r}-{i}"));
                 tokio::spawn(async move { api.push_monolithic(&repo, &blob).await })
             })
             .collect();
         for t in tasks {
             t.await??;
         }
-        push_rates.push(2.0 * bench.blob_bytes as f64 / started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..MANY_CLIENTS)
-            .map(|c| {
-                let api = apis[c % 2].clone();
-                let (blob, repo) = (blobs.monolithic.clone(), format!("bench/two-a-{i}"));
-                tokio::spawn(async move { api.get_blob(&repo, &blob).await })
-            })
-            .collect();
-        let mut bytes = 0u64;
-        for t in tasks {
-            bytes += t.await??;
+        push_rates
+            .push(REPLICAS as f64 * bench.blob_bytes as f64 / started.elapsed().as_secs_f64());
+        // 8 clients pull the first blob: all from one replica, then spread over all.
+        for (rates, spread) in [(&mut one_rates, false), (&mut spread_rates, true)] {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..MANY_CLIENTS)
+                .map(|c| {
+                    let api = apis[if spread { c % REPLICAS } else { 0 }].clone();
+                    let (blob, repo) = (blobs.monolithic.clone(), format!("bench/three-0-{i}"));
+                    tokio::spawn(async move { api.get_blob(&repo, &blob).await })
+                })
+                .collect();
+            let mut bytes = 0u64;
+            for t in tasks {
+                bytes += t.await??;
+            }
+            rates.push(bytes as f64 / started.elapsed().as_secs_f64());
         }
-        get_rates.push(bytes as f64 / started.elapsed().as_secs_f64());
     }
-    drop((a, b));
+    drop(replicas);
+    let (objects, upkeep_jobs) = upkeep_on_s3(berth).await?;
     drop(weed);
-    let (two_push, two_get) = (median(push_rates), median(get_rates));
+    let (three_push, one_get, three_get) =
+        (median(push_rates), median(one_rates), median(spread_rates));
     progress(
-        "two replicas",
-        format!("push {} / GET {}", mb_per_s(two_push), mb_per_s(two_get)),
+        "three replicas",
+        format!(
+            "push {} / GET one replica {} / spread {}",
+            mb_per_s(three_push),
+            mb_per_s(one_get),
+            mb_per_s(three_get)
+        ),
     );
     println!(
         "S3 backend: berth on SeaweedFS (`weed mini`, same machine) next to berth on the \
@@ -319,12 +421,16 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
         "req/s",
     );
     println!(
-        "| two replicas on one bucket: 2 pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
-        two_push / 1e6
+        "| {REPLICAS} replicas on one bucket: {REPLICAS} pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        three_push / 1e6
     );
     println!(
-        "| two replicas on one bucket: {MANY_CLIENTS} GET clients split over both (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
-        two_get / 1e6
+        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients on one replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        one_get / 1e6
+    );
+    println!(
+        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients spread over all (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        three_get / 1e6
     );
     println!(
         "\nStore operations berth (s3) makes per client request (`berth_store_operations_total`; \
@@ -336,6 +442,23 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
     println!("| --- | ---: |");
     for (what, n) in &requests {
         println!("| {what} | {n} |");
+    }
+    println!(
+        "\nUpkeep on the bucket: a generated store of {objects} objects ({UPKEEP_BLOBS} live \
+         blobs and their links, manifests and tags, plus garbage), `berth gc` then `berth \
+         fsck`, each a child process (a walk counts as one store operation: one LIST per \
+         1,000 objects on S3):\n"
+    );
+    println!("| job | wall time (s) | peak RSS (MiB) | store operations |");
+    println!("| --- | ---: | ---: | ---: |");
+    for j in &upkeep_jobs {
+        println!(
+            "| {} | {:.2} | {:.1} | {} |",
+            j.name,
+            j.measured.wall_seconds,
+            j.measured.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            j.store_operations.map_or("–".to_owned(), |n| n.to_string())
+        );
     }
     Ok(())
 }

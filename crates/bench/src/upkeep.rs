@@ -173,6 +173,46 @@ fn across(all: &[(Shape, Results)]) -> String {
     out
 }
 
+/// The store of about `blobs` blobs written into `dir` in berth's layout (files dated
+/// now: on S3 every object's time is its upload), for the S3 rows; its expected counts.
+pub fn write_for_upload(dir: &Path, blobs: usize) -> Result<Expected> {
+    let corpus = Corpus::generate(Shape::with_blobs(blobs));
+    corpus.write(Layout::Berth, dir, None)?;
+    Ok(corpus.expected())
+}
+
+/// One upkeep job run on S3: how long it took, its peak memory, its store operations.
+pub struct S3Job {
+    pub name: &'static str,
+    pub measured: Measured,
+    pub store_operations: Option<u64>,
+}
+
+/// `berth gc`, then `berth fsck`, with `config` (a store on S3), checked like the
+/// filesystem rounds: the collection deletes the garbage, the check is clean.
+pub fn s3_jobs(binary: &Path, config: &Path, dir: &Path, e: &Expected) -> Result<Vec<S3Job>> {
+    let berth = |args: &[&str]| {
+        let mut cmd = Command::new(binary);
+        cmd.args(args).arg("--config").arg(config);
+        cmd
+    };
+    let gc = Finished::run("berth upkeep (s3)", "gc", dir, berth(&["gc"]))?;
+    gc.require_success()?;
+    gc.expect_count("deleted", "manifests", e.garbage_manifests)?;
+    gc.expect_count("deleted", "blobs", e.garbage_objects)?;
+    let fsck = Finished::run("berth upkeep (s3)", "fsck", dir, berth(&["fsck"]))?;
+    fsck.require_success()?;
+    fsck.expect_count("manifests", "blobs", e.blobs)?;
+    Ok([("gc", gc), ("fsck", fsck)]
+        .into_iter()
+        .map(|(name, f)| S3Job {
+            name,
+            measured: f.measured,
+            store_operations: count(&f.stdout, "store operations", ""),
+        })
+        .collect())
+}
+
 /// Write the store of `blobs` blobs into `dir` in berth's layout (`--write-store`).
 pub fn write_only(dir: &Path, blobs: usize) -> Result<()> {
     let corpus = Corpus::generate(Shape::with_blobs(blobs));

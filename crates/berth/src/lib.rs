@@ -272,6 +272,7 @@ pub fn gc_options(config: &Config, dry_run: bool) -> upkeep::gc::GcOptions {
         delete_untagged: config.gc.delete_untagged,
         dry_run,
         cached: cached_keys(config),
+        lease_ttl: config.gc.lease_ttl,
         ..upkeep::gc::GcOptions::default()
     }
 }

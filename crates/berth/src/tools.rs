@@ -140,7 +140,15 @@ pub async fn gc(config: &Config, dry_run: bool, out: &mut dyn Write) -> anyhow::
         )?;
     }
     writeln!(out, "  took {:.2}s", r.duration_seconds)?;
+    writeln!(out, "  {}", store_operations(&app.registry))?;
     Ok(())
+}
+
+/// How many store operations a run made (on S3 most are one request; a walk is one
+/// LIST per 1,000 objects), for the cost of a run on object storage.
+fn store_operations(registry: &registry::Registry) -> String {
+    let ops = registry.store_ops();
+    format!("store operations: {}", ops.total())
 }
 
 /// `berth retention`.
@@ -266,5 +274,6 @@ pub async fn fsck(config: &Config, args: FsckArgs, out: &mut dyn Write) -> anyho
             )
         }
     )?;
+    writeln!(out, "  {}", store_operations(&app.registry))?;
     Ok(r.is_clean())
 }

@@ -59,6 +59,10 @@ pub struct GcOptions {
     pub cached: Vec<String>,
     /// Uploads idle longer than this are deleted.
     pub abandoned_upload: Duration,
+    /// How long the run's lease lasts unrenewed: how long a process that died mid-run
+    /// keeps every other from collecting ([`crate::LEASE_TTL`] unless configured). The
+    /// run renews it four times as often.
+    pub lease_ttl: Duration,
 }
 
 impl Default for GcOptions {
@@ -70,6 +74,7 @@ impl Default for GcOptions {
             dry_run: false,
             cached: Vec::new(),
             abandoned_upload: ABANDONED_UPLOAD,
+            lease_ttl: crate::LEASE_TTL,
         }
     }
 }
@@ -304,7 +309,8 @@ pub async fn run_once(
     };
     let store = registry.store().clone();
     // One sweeper per store: replicas (and `berth gc` beside `berth serve`) take turns.
-    crate::lease(store.as_ref(), "gc").await?;
+    let ttl = opts.lease_ttl.max(crate::LEASE_TTL_MIN);
+    crate::lease_for(store.as_ref(), "gc", ttl).await?;
     let result = collect(registry, opts, progress, &store, cutoff, &mut report).await;
     let _ = store.release_lease("gc", crate::lease_holder()).await;
     result?;
@@ -364,22 +370,29 @@ async fn run_recorded(ctx: &JobContext, opts: &GcOptions) {
     }
 }
 
-/// How often a long run renews its lease: well inside [`crate::LEASE_TTL`], so a run
-/// that walks for an hour keeps it, and a lease renewed this often costs nothing.
+/// How often a long run renews its lease at most: well inside [`crate::LEASE_TTL`], so
+/// a run that walks for an hour keeps it, and a lease renewed this often costs nothing.
+/// A shorter configured lease is renewed at a quarter of its length.
 const LEASE_RENEW: Duration = Duration::from_secs(60);
 
-/// Renews the run's lease every [`LEASE_RENEW`].
+/// Renews the run's lease every [`LEASE_RENEW`] (or quarter lease).
 struct Renewer<'a> {
     store: &'a dyn store::Store,
+    ttl: Duration,
     last: Instant,
 }
 
 impl Renewer<'_> {
     async fn renew(&mut self) -> Result<()> {
-        if self.last.elapsed() >= LEASE_RENEW {
-            crate::lease(self.store, "gc").await?;
-            self.last = Instant::now();
+        if self.last.elapsed() >= LEASE_RENEW.min(self.ttl / 4) {
+            self.now().await?;
         }
+        Ok(())
+    }
+
+    async fn now(&mut self) -> Result<()> {
+        crate::lease_for(self.store, "gc", self.ttl).await?;
+        self.last = Instant::now();
         Ok(())
     }
 }
@@ -400,6 +413,7 @@ async fn collect(
     let now = SystemTime::now();
     let mut renewer = Renewer {
         store: store.as_ref(),
+        ttl: opts.lease_ttl.max(crate::LEASE_TTL_MIN),
         last: Instant::now(),
     };
     // Uploads in progress: a handful, whatever the store's size.
@@ -509,7 +523,7 @@ async fn collect(
     }
     sweep(registry, batch, cutoff, report).await?;
 
-    crate::lease(store.as_ref(), "gc").await?;
+    renewer.now().await?;
     progress.phase("uploads", 0);
     for (repo, id) in uploads_doomed {
         report.uploads_deleted += 1;

@@ -136,13 +136,26 @@ pub fn lease_holder() -> &'static str {
     HOLDER.get_or_init(|| format!("berth-{}-{}", std::process::id(), uuid::Uuid::new_v4()))
 }
 
-/// Take (or renew) lease `name`, or `Busy`.
+/// Take (or renew) lease `name` for [`LEASE_TTL`], or `Busy`.
 pub(crate) async fn lease(store: &dyn store::Leaser, name: &'static str) -> Result<()> {
-    if store.acquire_lease(name, lease_holder(), LEASE_TTL).await? {
+    lease_for(store, name, LEASE_TTL).await
+}
+
+/// Take (or renew) lease `name` for `ttl`, or `Busy`.
+pub(crate) async fn lease_for(
+    store: &dyn store::Leaser,
+    name: &'static str,
+    ttl: Duration,
+) -> Result<()> {
+    if store.acquire_lease(name, lease_holder(), ttl).await? {
         Ok(())
     } else {
         Err(UpkeepError::Busy(name))
     }
 }
+
+/// The shortest lease a run may take: it renews at a quarter of its lease, and a
+/// renewal must not fall behind a slow store's round trip.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
 
 pub type Result<T, E = UpkeepError> = std::result::Result<T, E>;

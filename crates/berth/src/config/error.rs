@@ -59,6 +59,8 @@ pub enum Invalid {
     TlsKeyWithoutCert,
     #[error("[server] client_timeout must be above zero")]
     ClientTimeoutZero,
+    #[error("[gc] lease_ttl must be at least 1s")]
+    GcLeaseTooShort,
     #[error(
         "[metrics] listen {0} is the main [server] listen address; leave it out to serve /metrics there"
     )]

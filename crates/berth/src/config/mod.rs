@@ -191,6 +191,9 @@ impl Config {
         if self.scrub.rate == 0 {
             return Err(Invalid::ScrubRateZero);
         }
+        if self.gc.lease_ttl < ::upkeep::LEASE_TTL_MIN {
+            return Err(Invalid::GcLeaseTooShort);
+        }
         let mut probed = std::collections::HashSet::new();
         for p in &self.probes {
             p.validate()?;

@@ -19,6 +19,10 @@ pub struct GcConfig {
     /// children nor a live subject's referrers; cached repositories are left to eviction).
     #[serde(default = "default_true")]
     pub delete_untagged: bool,
+    /// How long a collection's lease on the store lasts unrenewed: how long a process
+    /// killed mid-collection keeps the others (replicas, `berth gc`) from collecting.
+    #[serde(default = "default_gc_lease_ttl", deserialize_with = "de_duration")]
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for GcConfig {
@@ -27,8 +31,13 @@ impl Default for GcConfig {
             interval: default_gc_interval(),
             grace: default_gc_grace(),
             delete_untagged: true,
+            lease_ttl: default_gc_lease_ttl(),
         }
     }
+}
+
+fn default_gc_lease_ttl() -> std::time::Duration {
+    upkeep::LEASE_TTL
 }
 
 fn default_gc_interval() -> std::time::Duration {

@@ -92,6 +92,20 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Store `bytes` as a blob linked into `repo` through the registry itself (no HTTP,
+    /// for tests that need many); its digest.
+    pub async fn put_blob_direct(&self, repo: &oci::RepoName, bytes: &[u8]) -> Digest {
+        use futures::StreamExt;
+        let d = digest_of(bytes);
+        let body = futures::stream::iter([Ok(bytes::Bytes::copy_from_slice(bytes))]).boxed();
+        self.app
+            .registry
+            .put_blob(repo, &d, Some(bytes.len() as u64), body)
+            .await
+            .unwrap();
+        d
+    }
+
     /// Stop the server, keeping its data directory.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {

@@ -16,6 +16,20 @@ pub(crate) fn on_s3(c: &mut berth::config::Config, o: &store::s3::S3Options) {
     c.storage.path_style = Some(o.path_style);
 }
 
+/// The configuration file of a replica run as its own process on `o`'s bucket and
+/// prefix, listening on `port`, with `extra` appended (more sections).
+fn process_config(o: &store::s3::S3Options, port: u16, extra: &str) -> String {
+    let q = |v: &Option<String>| format!("{:?}", v.clone().unwrap_or_default());
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nkind = \"s3\"\nbucket = {:?}\nendpoint = {}\nregion = \"us-east-1\"\nprefix = {}\naccess_key_id = {}\nsecret_access_key = {}\npath_style = true\n[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\", \"push\", \"delete\"]\n{extra}",
+        o.bucket,
+        q(&o.endpoint),
+        q(&o.prefix),
+        q(&o.access_key_id),
+        q(&o.secret_access_key),
+    )
+}
+
 async fn two_replicas() -> (TestServer, TestServer) {
     let o = store::s3::test_options();
     let a = TestServer::start_with({
@@ -291,20 +305,8 @@ async fn a_replica_killed_mid_upload_loses_nothing_committed() {
     // Replica A: a real process, killed with SIGKILL during an append.
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let q = |v: &Option<String>| format!("{:?}", v.clone().unwrap_or_default());
     let config = tmp.path().join("berth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nkind = \"s3\"\nbucket = {:?}\nendpoint = {}\nregion = \"us-east-1\"\nprefix = {}\naccess_key_id = {}\nsecret_access_key = {}\npath_style = true\n[[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\", \"push\", \"delete\"]\n",
-            o.bucket,
-            q(&o.endpoint),
-            q(&o.prefix),
-            q(&o.access_key_id),
-            q(&o.secret_access_key),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, process_config(&o, port, "")).unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let mut a = serve_process(&config, &base, None, &[]).await;
     let b = TestServer::start_with(move |c| on_s3(c, &o)).await;
@@ -404,4 +406,222 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Three replicas on one bucket; the one serving a pull is killed part way through the
+/// body, and the client's retry of the rest (a ranged GET) on another replica completes
+/// the blob byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_pull_leaves_the_retry_on_another_succeeding() {
+    use futures::StreamExt;
+    let o = store::s3::test_options();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(&config, process_config(&o, port, "")).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut a = serve_process(&config, &base, None, &[]).await;
+    let b = TestServer::start_with({
+        let o = o.clone();
+        move |c| on_s3(c, &o)
+    })
+    .await;
+    let c = TestServer::start_with(move |c| on_s3(c, &o)).await;
+
+    // Bigger than what loopback sockets buffer, so the pull is still under way.
+    let data = pseudo_random(23, 64 << 20);
+    let d = digest_of(&data);
+    let r = client()
+        .post(b.url(&format!("/v2/team/pulled/blobs/uploads/?digest={d}")))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let r = client()
+        .get(format!("{base}/v2/team/pulled/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got: Vec<u8> = Vec::new();
+    while got.len() < 4 << 20 {
+        got.extend_from_slice(&body.next().await.unwrap().unwrap());
+    }
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let mut cut = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut || got.len() < data.len(),
+        "the killed replica's answer must end short"
+    );
+    assert!(got.len() < data.len());
+    assert!(
+        data.starts_with(&got),
+        "what arrived before the kill is right"
+    );
+
+    // The retry, as clients resume: the rest by Range, from a replica still up.
+    let r = client()
+        .get(c.url(&format!("/v2/team/pulled/blobs/{d}")))
+        .header("range", format!("bytes={}-", got.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    got.extend_from_slice(&r.bytes().await.unwrap());
+    assert_eq!(got.len(), data.len());
+    assert_eq!(digest_of(&got), d, "the resumed pull is byte-exact");
+    // The third replica serves it whole too.
+    assert!(
+        get_bytes(&b.url(&format!("/v2/team/pulled/blobs/{d}")))
+            .await
+            .as_ref()
+            == data.as_slice()
+    );
+}
+
+/// A `berth gc` process killed mid-collection holds the store's lease until its
+/// `lease_ttl` runs out: a run on another replica meanwhile is skipped, the next one
+/// after that takes the lease over and finishes the job, and the tagged image pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_during_gc_leaves_the_next_run_to_finish() {
+    use futures::StreamExt;
+    let o = store::s3::test_options();
+    let b = TestServer::start_with({
+        let o = o.clone();
+        move |c| on_s3(c, &o)
+    })
+    .await;
+    // A tagged image that must survive, and many garbage blobs (linked, unreferenced).
+    let repo: oci::RepoName = "team/kept".parse().unwrap();
+    let (config_d, layer_d) = (
+        b.put_blob_direct(&repo, b"{}").await,
+        b.put_blob_direct(&repo, b"kept layer").await,
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d.to_string(), "size": 10}],
+    });
+    let r = client()
+        .put(b.url("/v2/team/kept/manifests/v1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let garbage: oci::RepoName = "team/garbage".parse().unwrap();
+    let bodies: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| format!("garbage blob {i}").into_bytes())
+        .collect();
+    futures::stream::iter(&bodies)
+        .for_each_concurrent(16, |body| {
+            let (b, garbage) = (&b, &garbage);
+            async move {
+                b.put_blob_direct(garbage, body).await;
+            }
+        })
+        .await;
+    let store = b.app.registry.store().clone();
+    let count = || {
+        let store = store.clone();
+        async move {
+            store::walk_sorted(store.as_ref(), &store::Key::new("blobs").unwrap())
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let before = count().await;
+    assert!(before >= 602);
+
+    // `berth gc` as its own process, killed once it has begun deleting.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("berth.toml");
+    let gc_section = "[gc]\ngrace = \"0s\"\nlease_ttl = \"4s\"\n";
+    std::fs::write(&config, process_config(&o, free_port(), gc_section)).unwrap();
+    let mut gc = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["gc", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let links = || {
+        let store = store.clone();
+        async move {
+            store::walk_sorted(store.as_ref(), &store::Key::new("repos").unwrap())
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let links_before = links().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while links().await == links_before {
+        assert!(std::time::Instant::now() < deadline, "gc never began");
+        assert!(
+            gc.0.try_wait().unwrap().is_none(),
+            "gc ended before it deleted anything"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = gc.0.kill();
+    let _ = gc.0.wait();
+    let left = count().await;
+    assert!(
+        left > 2,
+        "the killed run left garbage behind ({left} blobs)"
+    );
+
+    let opts = upkeep::gc::GcOptions {
+        grace: std::time::Duration::ZERO,
+        renewal_slack: std::time::Duration::ZERO,
+        lease_ttl: std::time::Duration::from_secs(4),
+        ..upkeep::gc::GcOptions::default()
+    };
+    let r = upkeep::gc::run_once(&b.app.registry, &opts, &upkeep::Quiet).await;
+    assert!(
+        matches!(r, Err(upkeep::UpkeepError::Busy("gc"))),
+        "the dead run's lease still holds: {r:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let report = upkeep::gc::run_once(&b.app.registry, &opts, &upkeep::Quiet)
+        .await
+        .unwrap();
+    assert!(report.blobs_deleted > 0, "{report:?}");
+    assert_eq!(
+        count().await,
+        3,
+        "only the image's config, layer and manifest remain"
+    );
+    let r = client()
+        .get(b.url("/v2/team/kept/manifests/v1"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        get_bytes(&b.url(&format!("/v2/team/kept/blobs/{layer_d}")))
+            .await
+            .as_ref()
+            == b"kept layer"
+    );
 }
