@@ -1,8 +1,10 @@
 //! Filling one blob from upstream: a single background task per digest downloads it,
 //! hands each arriving segment to every client in memory and, beside that, appends it to
 //! an upload session. A client that falls behind the bytes kept in memory reads them
-//! back from the upload instead. The upload is committed (and so the blob visible) only
-//! when the digest matches; a truncated, oversized or mismatched body is discarded and
+//! back from the upload instead. The download is hashed as it arrives: clients get the
+//! last byte once the whole body hashes to the digest (not only after the store's commit
+//! and its fsync), and the upload is committed (and so the blob visible) only when the
+//! store's own hash agrees; a truncated, oversized or mismatched body is discarded and
 //! every reader's stream ends in an error so its client retries.
 
 use crate::CachedUpstream;
@@ -53,6 +55,9 @@ pub(crate) enum Progress {
         /// Bytes downloaded so far (in the upload or in [`Segments`]).
         available: u64,
         total: Option<u64>,
+        /// The whole body has come and hashes to the digest: readers may have its last
+        /// byte now, while the store is still writing and committing it.
+        verified: bool,
     },
     Done {
         size: u64,
@@ -79,6 +84,9 @@ pub enum FillError {
     Overlong,
     #[error("upstream body ended after {got} of {announced} bytes")]
     Truncated { got: u64, announced: u64 },
+    /// The whole body came and does not hash to the digest: nothing was stored.
+    #[error("the upstream's bytes do not match the digest")]
+    Mismatch,
     #[error("the store stopped taking the blob")]
     StoreStopped,
     /// Reading back what the fill stored failed.
@@ -247,6 +255,7 @@ async fn run(
         written: 0,
         available: 0,
         total,
+        verified: false,
     });
     let result = download(job, &id, total, fetch.body, tx, segments).await;
     match result {
@@ -267,6 +276,10 @@ async fn run(
             }
         },
         Err(e) => {
+            // The upstream answered, with the wrong bytes.
+            if matches!(e, FillError::Mismatch) {
+                up.gate.record_success(&job.pass);
+            }
             if matches!(
                 e,
                 FillError::Body(_) | FillError::Truncated { .. } | FillError::Overlong
@@ -290,9 +303,14 @@ async fn download(
     segments: &Mutex<Segments>,
 ) -> Result<u64, FillError> {
     let (unwritten_tx, mut unwritten) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_SEGMENTS);
+    let want = job.digest.clone();
     let receive = async move {
         let mut available = 0u64;
+        // Hashed as it arrives, so readers get the last byte as soon as the body has come
+        // and verified, not after the store's commit (and its fsync of the whole blob).
+        let mut hasher = oci::Hasher::new(want.algorithm());
         while let Some(segment) = next_segment(&mut body).await? {
+            hasher.update(&segment);
             let len = segment.len() as u64;
             if total.is_some_and(|t| available + len > t) {
                 return Err(FillError::Overlong);
@@ -316,6 +334,14 @@ async fn download(
                 announced: t,
             });
         }
+        if hasher.finish() != want {
+            return Err(FillError::Mismatch);
+        }
+        tx.send_modify(|p| {
+            if let Progress::Running { verified, .. } = p {
+                *verified = true;
+            }
+        });
         Ok(available)
     };
     let store = async {
@@ -501,8 +527,9 @@ impl FillReader {
                     written,
                     available,
                     total,
-                } if hold_last(available, total) > pos => {
-                    let end = hold_last(available, total);
+                    verified,
+                } if reader_limit(available, total, verified) > pos => {
+                    let end = reader_limit(available, total, verified);
                     // From memory while the bytes are there, else from the upload.
                     let kept = lock(&self.segments).get(pos, end);
                     if let Some(bytes) = kept {
@@ -535,6 +562,21 @@ impl FillReader {
                         }
                     }
                 }
+                // All of it sent and verified: the client is done, whether or not the
+                // store has committed yet. A reader for another repository still links
+                // the blob there once it is stored.
+                Progress::Running {
+                    verified: true,
+                    available,
+                    ..
+                } if pos >= available => {
+                    if self.my_repo != self.fill_repo {
+                        tokio::spawn(async move {
+                            let _ = self.finished().await;
+                        });
+                    }
+                    return Ok(());
+                }
                 Progress::Starting | Progress::Running { .. } => {
                     if self.progress.changed().await.is_err() {
                         return Err(Arc::new(FillError::Ended));
@@ -558,7 +600,18 @@ impl FillReader {
     }
 }
 
-/// How far a reader may go while a fill with `available` of `total` bytes is running.
+/// How far a reader may go while a fill with `available` of `total` bytes is running:
+/// all of it once verified, else all but the last byte.
+fn reader_limit(available: u64, total: Option<u64>, verified: bool) -> u64 {
+    if verified {
+        available
+    } else {
+        hold_last(available, total)
+    }
+}
+
+/// How far a reader may go while a fill with `available` of `total` bytes is running
+/// and not yet verified.
 fn hold_last(available: u64, total: Option<u64>) -> u64 {
     match total {
         Some(t) => available.min(t.saturating_sub(1)),

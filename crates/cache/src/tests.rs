@@ -146,12 +146,19 @@ async fn many_readers_share_one_download() {
     assert_eq!(fake.gets.load(Ordering::SeqCst), 1, "one download");
     assert_eq!(up.stats.misses.get(), 1);
     assert_eq!(up.stats.joins.get(), 7);
-    // Stored and linked: the next request is a hit.
+    // Readers get the last byte once the body verified, maybe before the store's commit;
+    // the blob is then stored and linked, and the next request is a hit.
     let local = up.local(&repo).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while registry.stat_blob(&local, &d).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         registry.stat_blob(&local, &d).await.unwrap(),
         bytes.len() as u64
     );
+    assert_eq!(fake.gets.load(Ordering::SeqCst), 1, "still one download");
     assert!(matches!(
         cache.blob(&up, &repo, &d).await.unwrap(),
         BlobSource::Local(_)
@@ -220,4 +227,48 @@ async fn the_last_byte_waits_for_the_digest_check() {
         got.extend_from_slice(&c.unwrap());
     }
     assert!(got == bytes);
+}
+
+/// A reader gets the whole verified blob while the store is still committing it (a slow
+/// commit: on fs, the fsync of the whole file), and the blob is stored after.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_finish_once_verified_without_waiting_for_the_commit() {
+    let bytes = blob(2 << 20);
+    let fake = Fake::start(bytes.clone(), Body::HoldLast).await;
+    fake.release.add_permits(64);
+    let faulty = Arc::new(store::faults::FaultyStore::new(Arc::new(
+        store::memory::MemoryStore::new(),
+    )));
+    faulty.arm(
+        store::faults::Op::UploadCommit,
+        None,
+        0,
+        store::faults::Fault::Slow(Duration::from_secs(2)),
+    );
+    let registry = Registry::new(faulty, RegistryOptions::default());
+    let spec = UpstreamSpec {
+        name: "up.test".into(),
+        options: distribution::ClientOptions::new(fake.url.clone()),
+        tag_ttl: Duration::from_secs(60),
+        repositories: Vec::new(),
+        limits: crate::Limits::default(),
+        prefetch: Vec::new(),
+    };
+    let cache = Cache::new(registry.clone(), vec![spec]).unwrap();
+    let up = cache.upstream("up.test").unwrap();
+    let repo: RepoName = "lib/app".parse().unwrap();
+    let d = Digest::sha256_of(&bytes);
+    let (got, failed) = drain(cache.blob(&up, &repo, &d).await.unwrap()).await;
+    assert!(!failed && got == bytes, "the whole blob, verified");
+    let local = up.local(&repo).unwrap();
+    assert!(
+        registry.stat_blob(&local, &d).await.is_err(),
+        "the reader was done before the commit"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while registry.stat_blob(&local, &d).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.gets.load(Ordering::SeqCst), 1);
 }

@@ -42,6 +42,9 @@ pub const ABANDONED_UPLOAD: Duration = Duration::from_secs(24 * 60 * 60);
 /// kept to a few milliseconds.
 const DELETE_BATCH: usize = 64;
 
+/// Of those, checked and deleted at once (each a `stat`, then a delete).
+const DELETES_AT_ONCE: usize = 8;
+
 /// How a collection runs.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
@@ -254,20 +257,35 @@ async fn sweep(
     let mut it = doomed.into_iter().peekable();
     while it.peek().is_some() {
         let _permit = registry.deletion_permit().await;
-        for item in it.by_ref().take(DELETE_BATCH) {
-            let key = item.key()?;
-            let meta = match store.stat(&key).await? {
-                Some(m) => m,
-                None => continue, // someone else deleted it
+        let batch: Vec<Doomed> = it.by_ref().take(DELETE_BATCH).collect();
+        // Each item's fresh stat and delete, a few at once: the hold stays short, and
+        // on fs the unlinks overlap on the blocking threads.
+        let dry_run = report.dry_run;
+        let checked = futures::stream::iter(batch)
+            .map(move |item| async move {
+                let key = item.key()?;
+                let Some(meta) = store.stat(&key).await? else {
+                    return Ok::<_, UpkeepError>((item, key, None)); // someone else deleted it
+                };
+                if meta.modified >= cutoff {
+                    return Ok((item, key, Some((meta, false))));
+                }
+                let gone = dry_run || store.delete(&key).await?;
+                Ok((item, key, gone.then_some((meta, true))))
+            })
+            .buffered(DELETES_AT_ONCE);
+        let mut checked = std::pin::pin!(checked);
+        while let Some(result) = checked.next().await {
+            let (item, key, outcome) = result?;
+            let meta = match outcome {
+                None => continue,
+                Some((_, false)) => {
+                    report.kept_in_use += 1;
+                    kept.push(item);
+                    continue;
+                }
+                Some((meta, true)) => meta,
             };
-            if meta.modified >= cutoff {
-                report.kept_in_use += 1;
-                kept.push(item);
-                continue;
-            }
-            if !report.dry_run && !store.delete(&key).await? {
-                continue;
-            }
             match &item {
                 Doomed::ManifestLink(r, d) => {
                     registry.forget_manifest(r, d);

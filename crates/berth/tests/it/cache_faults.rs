@@ -503,6 +503,8 @@ async fn concurrent_cold_pulls_share_one_upstream_fetch() {
         CLIENTS as u64 - 1,
         "joins {joins} + hits {hits}"
     );
+    // Clients finish once the body verified; the commit may follow a moment later.
+    eventually("the blob stored", || stored_blob_files(&s, &d).len() == 1).await;
     assert_eq!(stored_blob_files(&s, &d).len(), 1, "blob stored once");
 }
 
@@ -542,6 +544,8 @@ async fn first_bytes_reach_the_client_before_the_upstream_finishes() {
     assert_eq!(got.len(), blob.len());
     assert!(got == blob, "the whole blob, byte for byte");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 1);
+    // Clients finish once the body verified; the commit may follow a moment later.
+    eventually("the blob stored", || stored_blob_files(&s, &d).len() == 1).await;
     assert_eq!(stored_blob_files(&s, &d).len(), 1);
 }
 
@@ -599,6 +603,8 @@ async fn a_client_far_behind_the_download_reads_the_rest_from_the_store() {
     assert!(got == blob, "the whole blob, byte for byte");
     assert!(late.await.unwrap().intact(&blob), "the late client's copy");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 1);
+    // Clients finish once the body verified; the commit may follow a moment later.
+    eventually("the blob stored", || stored_blob_files(&s, &d).len() == 1).await;
     assert_eq!(stored_blob_files(&s, &d).len(), 1);
 }
 
@@ -661,6 +667,8 @@ async fn truncated_upstream_body_is_never_stored_and_a_retry_succeeds() {
     let got = download(&c, &url, &blob).await;
     assert!(got.intact(&blob), "retry: {got:?}");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 3);
+    // Clients finish once the body verified; the commit may follow a moment later.
+    eventually("the blob stored", || stored_blob_files(&s, &d).len() == 1).await;
     assert_eq!(stored_blob_files(&s, &d).len(), 1, "stored after the retry");
     // Now it is served from the store.
     let got = download(&c, &url, &blob).await;
@@ -701,6 +709,8 @@ async fn wrong_upstream_bytes_are_never_delivered_whole_nor_stored() {
     let got = download(&c, &url, &blob).await;
     assert!(got.intact(&blob), "retry: {got:?}");
     assert_eq!(fake.count("GET", &upstream_blob(&d)), 2);
+    // Clients finish once the body verified; the commit may follow a moment later.
+    eventually("the blob stored", || stored_blob_files(&s, &d).len() == 1).await;
     assert_eq!(stored_blob_files(&s, &d).len(), 1, "stored after the retry");
 }
 
