@@ -5,11 +5,11 @@
 
 use crate::Digest;
 
-/// The 32-byte key of a digest: the raw SHA-256 hash, or the first half of a SHA-512
-/// one. Two digests share a key only through a 256-bit collision.
+/// The 32-byte key of a SHA-256 digest: its raw hash. (SHA-512 digests, rare, are held
+/// whole beside the array: half of one could be written as a SHA-256 reference.)
 pub type DigestKey = [u8; 32];
 
-/// The key of `d`.
+/// The key of `d` (for SHA-512, the first half of its hash).
 pub fn digest_key(d: &Digest) -> DigestKey {
     let mut key = [0u8; 32];
     // A validated digest's hex is lowercase and at least 64 characters long.
@@ -25,6 +25,8 @@ pub fn digest_key(d: &Digest) -> DigestKey {
 pub struct DigestTableBuilder<V> {
     entries: Vec<(DigestKey, V)>,
     sorted: usize,
+    /// Digests of other algorithms than SHA-256, whole.
+    other: std::collections::HashMap<Digest, V>,
 }
 
 impl<V: Copy> Default for DigestTableBuilder<V> {
@@ -32,6 +34,7 @@ impl<V: Copy> Default for DigestTableBuilder<V> {
         DigestTableBuilder {
             entries: Vec::new(),
             sorted: 0,
+            other: std::collections::HashMap::new(),
         }
     }
 }
@@ -48,6 +51,10 @@ impl<V: Copy> DigestTableBuilder<V> {
     /// Add `d` with `value`; for a digest added twice with different values, one of
     /// them is kept.
     pub fn insert(&mut self, d: &Digest, value: V) {
+        if d.algorithm() != crate::Algorithm::Sha256 {
+            self.other.entry(d.clone()).or_insert(value);
+            return;
+        }
         let tail = self.entries.len() - self.sorted;
         if tail >= COMPACT_MIN && tail >= self.sorted / 4 {
             self.compact();
@@ -72,6 +79,7 @@ impl<V: Copy> DigestTableBuilder<V> {
         self.entries.shrink_to_fit();
         DigestTable {
             entries: self.entries,
+            other: self.other,
         }
     }
 }
@@ -79,20 +87,24 @@ impl<V: Copy> DigestTableBuilder<V> {
 /// An immutable sorted table of digests with a value each; lookups are binary searches.
 pub struct DigestTable<V> {
     entries: Vec<(DigestKey, V)>,
+    other: std::collections::HashMap<Digest, V>,
 }
 
 impl<V: Copy> DigestTable<V> {
     /// Distinct digests held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.other.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// The value of `d`, when held.
     pub fn get(&self, d: &Digest) -> Option<V> {
+        if d.algorithm() != crate::Algorithm::Sha256 {
+            return self.other.get(d).copied();
+        }
         let key = digest_key(d);
         self.entries
             .binary_search_by(|e| e.0.cmp(&key))
@@ -104,9 +116,12 @@ impl<V: Copy> DigestTable<V> {
         self.get(d).is_some()
     }
 
-    /// The values, in key order.
+    /// The values (SHA-256 digests' in key order, then the others').
     pub fn values(&self) -> impl Iterator<Item = V> + '_ {
-        self.entries.iter().map(|e| e.1)
+        self.entries
+            .iter()
+            .map(|e| e.1)
+            .chain(self.other.values().copied())
     }
 }
 
@@ -145,18 +160,24 @@ mod tests {
     }
 
     #[test]
-    fn sha512_digests_are_keyed_by_their_first_half() {
+    fn sha512_digests_are_held_whole_and_never_match_a_sha256_one() {
         let s512: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
-        let other: Digest = format!("sha512:{}{}", "ab".repeat(32), "cd".repeat(32))
+        let same_half: Digest = format!("sha512:{}{}", "ab".repeat(32), "cd".repeat(32))
             .parse()
             .unwrap();
+        let as_256: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let mut b = DigestSetBuilder::new();
         b.insert(&s512, ());
         let t = b.build();
         assert!(t.contains(&s512));
-        // Sharing the first 256 bits is the documented (and practically impossible)
-        // collision; it only ever makes a set keep more.
-        assert!(t.contains(&other));
-        assert!(!t.contains(&Digest::sha256_of(b"x")));
+        assert!(!t.contains(&same_half));
+        assert!(
+            !t.contains(&as_256),
+            "a SHA-256 reference written as its half"
+        );
+        assert_eq!(t.len(), 1);
+        let mut b = DigestSetBuilder::new();
+        b.insert(&as_256, ());
+        assert!(!b.build().contains(&s512));
     }
 }

@@ -481,24 +481,59 @@ impl ObjectLister for FsStore {
 
     async fn walk(&self, prefix: &Key) -> Result<crate::Walk> {
         let path = self.inner.path(prefix);
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Vec<(String, ObjectMeta)>>>(WALK_BATCHES);
+        let (tx, rx) = tokio::sync::mpsc::channel::<WalkBatch>(WALK_BATCHES);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = walk_tree(path, &tx) {
-                let _ = tx.blocking_send(Err(e.into()));
-            }
+            let end = match walk_tree(path, &tx) {
+                Ok(()) => WalkBatch::End,
+                Err(e) => WalkBatch::Failed(e),
+            };
+            let _ = tx.blocking_send(end);
         });
+        // A walk that stops without saying so (its thread panicked) is an error, never
+        // a short listing that looks complete.
         let mut rx = rx;
-        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .flat_map(|b| {
-                let items: Vec<Result<(String, ObjectMeta)>> = match b {
-                    Ok(v) => v.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(items)
-            })
-            .boxed())
+        let mut ended = false;
+        Ok(futures::stream::poll_fn(move |cx| {
+            if ended {
+                return std::task::Poll::Ready(None);
+            }
+            match rx.poll_recv(cx) {
+                std::task::Poll::Pending => std::task::Poll::Pending,
+                std::task::Poll::Ready(Some(WalkBatch::Objects(v))) => {
+                    std::task::Poll::Ready(Some(Ok(v)))
+                }
+                std::task::Poll::Ready(Some(WalkBatch::End)) => {
+                    ended = true;
+                    std::task::Poll::Ready(None)
+                }
+                std::task::Poll::Ready(Some(WalkBatch::Failed(e))) => {
+                    ended = true;
+                    std::task::Poll::Ready(Some(Err(e.into())))
+                }
+                std::task::Poll::Ready(None) => {
+                    ended = true;
+                    std::task::Poll::Ready(Some(Err(StoreError::Io(io::Error::other(
+                        "the walk of the store stopped part way",
+                    )))))
+                }
+            }
+        })
+        .flat_map(|b: Result<Vec<(String, ObjectMeta)>>| {
+            let items: Vec<Result<(String, ObjectMeta)>> = match b {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        })
+        .boxed())
     }
+}
+
+/// What the walking thread sends: objects, then how it ended.
+enum WalkBatch {
+    Objects(Vec<(String, ObjectMeta)>),
+    End,
+    Failed(io::Error),
 }
 
 /// Objects a walk hands over at once, and batches it reads ahead of its consumer: at
@@ -509,10 +544,7 @@ const WALK_BATCHES: usize = 8;
 
 /// Depth first below `root`, one folder read at a time: each folder's files (sorted),
 /// then each subfolder whole, in name order. Stops when the receiver is gone.
-fn walk_tree(
-    root: PathBuf,
-    tx: &tokio::sync::mpsc::Sender<Result<Vec<(String, ObjectMeta)>>>,
-) -> io::Result<()> {
+fn walk_tree(root: PathBuf, tx: &tokio::sync::mpsc::Sender<WalkBatch>) -> io::Result<()> {
     let mut batch = Vec::with_capacity(WALK_BATCH);
     let mut stack = vec![(root, String::new())];
     while let Some((dir, rel)) = stack.pop() {
@@ -534,7 +566,7 @@ fn walk_tree(
                 batch.push((child, m));
                 if batch.len() == WALK_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
-                    if tx.blocking_send(Ok(full)).is_err() {
+                    if tx.blocking_send(WalkBatch::Objects(full)).is_err() {
                         return Ok(());
                     }
                 }
@@ -544,7 +576,7 @@ fn walk_tree(
         stack.extend(subdirs.into_iter().rev());
     }
     if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch));
+        let _ = tx.blocking_send(WalkBatch::Objects(batch));
     }
     Ok(())
 }

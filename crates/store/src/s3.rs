@@ -86,8 +86,13 @@ const COPY_PART_MIN: u64 = 5 * 1024 * 1024;
 /// than [`PARALLEL_PARTS`] costs nothing here and hides the server's per-part latency.
 const COPY_PARALLEL: usize = 8;
 
-/// Attempts of one part copy before the commit fails (and the client retries it).
+/// Attempts of one part copy before the commit falls back to streaming the parts.
 const COPY_ATTEMPTS: u32 = 3;
+
+/// Limits of one part-copy request: a part is at most [`PART_SIZE`], which a working
+/// server copies in well under a second; a stalled one must not hold the commit.
+const COPY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The requests `object_store` cannot make (UploadPartCopy), sent with the same
 /// credentials and signed with its SigV4 signer.
@@ -110,11 +115,12 @@ impl Direct {
         let endpoint = endpoint.trim_end_matches('/');
         let base = if o.path_style {
             format!("{endpoint}/{}", o.bucket)
+        } else if o.endpoint.is_some() {
+            // Virtual-hosted with an endpoint: object_store takes the endpoint as the
+            // bucket's own address (the bucket already in the host name).
+            endpoint.to_owned()
         } else {
-            match endpoint.split_once("://") {
-                Some((scheme, host)) => format!("{scheme}://{}.{host}", o.bucket),
-                None => format!("https://{}.{endpoint}", o.bucket),
-            }
+            format!("https://{}.s3.{region}.amazonaws.com", o.bucket)
         };
         let mut http = reqwest::Client::builder();
         // The CA bundle the AWS tools (and object_store) honour.
@@ -126,6 +132,8 @@ impl Direct {
             }
         }
         let http = http
+            .connect_timeout(COPY_CONNECT_TIMEOUT)
+            .timeout(COPY_TIMEOUT)
             .build()
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         Ok(Direct {
@@ -297,6 +305,115 @@ impl S3Store {
 
     fn path(&self, key: &str) -> Path {
         Path::from(format!("{}{key}", self.prefix))
+    }
+
+    /// Commit by server-side part copies of the staged objects (see [`copyable`]).
+    async fn commit_by_copy(
+        &self,
+        dir: &str,
+        parts: &[(String, u64)],
+        target: &Path,
+    ) -> Result<()> {
+        let target = target.clone();
+        // Every staged part becomes a part of the object where it lies: the
+        // server copies, no byte passes through berth again.
+        let mp = self.s3.create_multipart(&target).await.map_err(io)?;
+        let result: Result<()> = async {
+            let sources: Vec<(usize, Path)> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (i + 1, self.path(&format!("{dir}/{name}"))))
+                .collect();
+            let (target, mp) = (&target, &mp);
+            let ids: Vec<_> =
+                futures::stream::iter(sources)
+                    .map(|(number, source)| async move {
+                        self.copy_part(&source, target, mp, number).await
+                    })
+                    .buffered(COPY_PARALLEL)
+                    .try_collect()
+                    .await?;
+            self.s3
+                .complete_multipart(target, mp, ids)
+                .await
+                .map_err(io)?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.s3.abort_multipart(&target, &mp).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Commit by streaming the staged objects into a multipart upload of
+    /// [`PART_SIZE`] parts.
+    async fn commit_by_stream(
+        &self,
+        id: &UploadId,
+        state: &UploadState,
+        target: &Path,
+    ) -> Result<()> {
+        let target = target.clone();
+        // Small staged parts (a client's many little PATCHes): one multipart
+        // upload of PART_SIZE parts, streamed from the staged objects; the
+        // object appears whole when it completes.
+        let mp = self.s3.create_multipart(&target).await.map_err(io)?;
+        let result: Result<()> = async {
+            let mut bytes = self.staged(id, state, 0..state.size());
+            let mut buf = BytesMut::new();
+            let mut sent = Vec::new();
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            let put = |idx: usize, part: Bytes| {
+                let (s3, target, mp) = (&self.s3, &target, &mp);
+                async move {
+                    s3.put_part(target, mp, idx, PutPayload::from(part))
+                        .await
+                        .map(|id| (idx, id))
+                        .map_err(io)
+                }
+            };
+            let mut next_idx = 0;
+            loop {
+                let next = bytes.next().await;
+                if let Some(c) = &next {
+                    let c = c
+                        .as_ref()
+                        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+                    buf.extend_from_slice(c);
+                }
+                while buf.len() >= PART_SIZE || (next.is_none() && !buf.is_empty()) {
+                    let n = buf.len().min(PART_SIZE);
+                    inflight.push(put(next_idx, buf.split_to(n).freeze()));
+                    next_idx += 1;
+                    if inflight.len() >= PARALLEL_PARTS
+                        && let Some(r) = inflight.next().await
+                    {
+                        sent.push(r?);
+                    }
+                }
+                if next.is_none() {
+                    break;
+                }
+            }
+            while let Some(r) = inflight.next().await {
+                sent.push(r?);
+            }
+            sent.sort_by_key(|(idx, _)| *idx);
+            let parts: Vec<_> = sent.into_iter().map(|(_, id)| id).collect();
+            self.s3
+                .complete_multipart(&target, &mp, parts)
+                .await
+                .map_err(io)?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.s3.abort_multipart(&target, &mp).await;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Part `number` (from 1) of multipart upload `upload` of `target`: the whole of
@@ -887,93 +1004,14 @@ impl UploadStore for S3Store {
             }
             parts if copyable(parts) => {
                 // Every staged part becomes a part of the object where it lies: the
-                // server copies, no byte passes through berth again.
-                let mp = self.s3.create_multipart(&target).await.map_err(io)?;
-                let result: Result<()> = async {
-                    let sources: Vec<(usize, Path)> = parts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (name, _))| (i + 1, self.path(&format!("{dir}/{name}"))))
-                        .collect();
-                    let (target, mp) = (&target, &mp);
-                    let ids: Vec<_> = futures::stream::iter(sources)
-                        .map(|(number, source)| async move {
-                            self.copy_part(&source, target, mp, number).await
-                        })
-                        .buffered(COPY_PARALLEL)
-                        .try_collect()
-                        .await?;
-                    self.s3
-                        .complete_multipart(target, mp, ids)
-                        .await
-                        .map_err(io)?;
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    let _ = self.s3.abort_multipart(&target, &mp).await;
-                    return Err(e);
+                // server copies, no byte passes through berth again. A server that
+                // cannot (no UploadPartCopy, a failing copy) gets the parts streamed.
+                if let Err(e) = self.commit_by_copy(&dir, parts, &target).await {
+                    tracing::warn!(error = %e, "server-side part copy failed; streaming the parts instead");
+                    self.commit_by_stream(id, &state, &target).await?;
                 }
             }
-            _ => {
-                // Small staged parts (a client's many little PATCHes): one multipart
-                // upload of PART_SIZE parts, streamed from the staged objects; the
-                // object appears whole when it completes.
-                let mp = self.s3.create_multipart(&target).await.map_err(io)?;
-                let result: Result<()> = async {
-                    let mut bytes = self.staged(id, &state, 0..state.size());
-                    let mut buf = BytesMut::new();
-                    let mut sent = Vec::new();
-                    let mut inflight = futures::stream::FuturesUnordered::new();
-                    let put = |idx: usize, part: Bytes| {
-                        let (s3, target, mp) = (&self.s3, &target, &mp);
-                        async move {
-                            s3.put_part(target, mp, idx, PutPayload::from(part))
-                                .await
-                                .map(|id| (idx, id))
-                                .map_err(io)
-                        }
-                    };
-                    let mut next_idx = 0;
-                    loop {
-                        let next = bytes.next().await;
-                        if let Some(c) = &next {
-                            let c = c.as_ref().map_err(|e| {
-                                StoreError::Io(std::io::Error::other(e.to_string()))
-                            })?;
-                            buf.extend_from_slice(c);
-                        }
-                        while buf.len() >= PART_SIZE || (next.is_none() && !buf.is_empty()) {
-                            let n = buf.len().min(PART_SIZE);
-                            inflight.push(put(next_idx, buf.split_to(n).freeze()));
-                            next_idx += 1;
-                            if inflight.len() >= PARALLEL_PARTS
-                                && let Some(r) = inflight.next().await
-                            {
-                                sent.push(r?);
-                            }
-                        }
-                        if next.is_none() {
-                            break;
-                        }
-                    }
-                    while let Some(r) = inflight.next().await {
-                        sent.push(r?);
-                    }
-                    sent.sort_by_key(|(idx, _)| *idx);
-                    let parts: Vec<_> = sent.into_iter().map(|(_, id)| id).collect();
-                    self.s3
-                        .complete_multipart(&target, &mp, parts)
-                        .await
-                        .map_err(io)?;
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    let _ = self.s3.abort_multipart(&target, &mp).await;
-                    return Err(e);
-                }
-            }
+            _ => self.commit_by_stream(id, &state, &target).await?,
         }
         // A new object replaces any touch marker an older one under the same key had.
         let _ = self.s3.delete(&self.marker(dest.as_str())).await;

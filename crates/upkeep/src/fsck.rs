@@ -279,9 +279,9 @@ struct RepoWalk<'r> {
     ahead: ReadAhead,
 }
 
-/// Repositories read ahead of the one being checked, so the walk, the reads and the
-/// checks overlap on two cores instead of taking turns; and objects per `get_many`
-/// (one blocking task on fs), few enough that a repository is never all in memory.
+/// Repositories read ahead at once (their reads overlap each other whenever the check
+/// waits for the next one), and objects per `get_many` (one blocking task on fs), few
+/// enough that a repository is never all in memory.
 const READ_AHEAD_REPOS: usize = 4;
 const READ_BATCH: usize = 256;
 
@@ -423,9 +423,11 @@ impl Checker<'_> {
             }
             return Ok(());
         }
+        // Read ahead only what was there; an absence is read again (a repair may have
+        // brought it back since).
         let read = match w.ahead.manifests.remove(d) {
-            Some(read) => read,
-            None => store.get(&layout::blob(d)?).await?,
+            Some(Some(bytes)) => Some(bytes),
+            _ => store.get(&layout::blob(d)?).await?,
         };
         let Some(bytes) = read else {
             let i = self.problem(
@@ -572,6 +574,18 @@ impl Checker<'_> {
         let Some(meta) = store.stat(&key).await? else {
             return Ok(());
         };
+        // Checked again just before acting: the verdict may be hours old, and bytes
+        // pushed again since then are sound and must stay.
+        if hashes_to_digest(store.as_ref(), d, meta.size, &self.throttle)
+            .await?
+            .0
+        {
+            self.repaired(
+                i,
+                "the stored bytes hash to their digest now (written again since)".into(),
+            );
+            return Ok(());
+        }
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|t| t.as_secs())

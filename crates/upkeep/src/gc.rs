@@ -118,9 +118,9 @@ fn is_cached(repo: &RepoName, cached: &[String]) -> bool {
 /// are in use; 4,096 entries are a few MiB whatever the store's size.
 const REF_CACHE_ENTRIES: usize = 4096;
 
-/// Repositories marked at once, ahead of the one being swept: the walk, the reads of
-/// tags and manifests, and the sweep then overlap on two cores instead of taking turns.
-/// Sweeps still run one repository at a time, in walk order.
+/// Repositories marked at once: their reads of tags and manifests overlap each other
+/// (on fs, on the blocking threads) whenever the run waits for the next mark. Sweeps
+/// run one repository at a time, in walk order.
 const MARK_AHEAD: usize = 4;
 
 /// Tags or manifests of one repository read per `get_many` while marking: on fs one
@@ -251,11 +251,13 @@ async fn sweep(
     doomed: Vec<Doomed>,
     cutoff: SystemTime,
     report: &mut GcReport,
+    renewer: &mut Renewer<'_>,
 ) -> Result<Vec<Doomed>> {
     let store = registry.store();
     let mut kept = Vec::new();
     let mut it = doomed.into_iter().peekable();
     while it.peek().is_some() {
+        renewer.renew().await?;
         let _permit = registry.deletion_permit().await;
         let batch: Vec<Doomed> = it.by_ref().take(DELETE_BATCH).collect();
         // Each item's fresh stat and delete, a few at once: the hold stays short, and
@@ -274,8 +276,10 @@ async fn sweep(
                 Ok((item, key, gone.then_some((meta, true))))
             })
             .buffered(DELETES_AT_ONCE);
-        let mut checked = std::pin::pin!(checked);
-        while let Some(result) = checked.next().await {
+        // Every check and delete of the batch ends before the permit is let go, even
+        // when one of them fails.
+        let results: Vec<_> = checked.collect().await;
+        for result in results {
             let (item, key, outcome) = result?;
             let meta = match outcome {
                 None => continue,
@@ -409,7 +413,12 @@ impl Renewer<'_> {
     }
 
     async fn now(&mut self) -> Result<()> {
-        crate::lease_for(self.store, "gc", self.ttl).await?;
+        match crate::lease_for(self.store, "gc", self.ttl).await {
+            // Taken over while this run went on (it outlived its lease): a failure, not
+            // a skipped run.
+            Err(UpkeepError::Busy(name)) => return Err(UpkeepError::LeaseLost(name)),
+            other => other?,
+        }
         self.last = Instant::now();
         Ok(())
     }
@@ -514,7 +523,7 @@ async fn collect(
             needed.insert(d, ());
         }
         // Links renewed since the walk stay, and so do their bytes.
-        for k in sweep(registry, doomed, cutoff, report).await? {
+        for k in sweep(registry, doomed, cutoff, report, &mut renewer).await? {
             if let Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) = k {
                 needed.insert(&d, ());
             }
@@ -530,16 +539,16 @@ async fn collect(
     while let Some(item) = blobs.next().await {
         let (d, meta) = item?;
         progress.advance(1);
+        renewer.renew().await?;
         if meta.modified < cutoff && !needed.contains(&d) {
             batch.push(Doomed::Blob(d));
             if batch.len() == DELETE_BATCH {
-                renewer.renew().await?;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(DELETE_BATCH));
-                sweep(registry, full, cutoff, report).await?;
+                sweep(registry, full, cutoff, report, &mut renewer).await?;
             }
         }
     }
-    sweep(registry, batch, cutoff, report).await?;
+    sweep(registry, batch, cutoff, report, &mut renewer).await?;
 
     renewer.now().await?;
     progress.phase("uploads", 0);

@@ -93,15 +93,15 @@ pub struct Repos {
     /// The first entry of the next repository, read while finishing the one before.
     next: Option<(layout::Entry, ObjectMeta)>,
     /// Hashes of the names already handed out: one seen again means the walk broke its
-    /// order, and the run stops before acting on half a repository.
+    /// order, and the run stops before acting on half a repository. Keyed per run
+    /// (`RandomState`), so nobody can pick two names that collide.
     done: HashSet<u64>,
+    keys: std::collections::hash_map::RandomState,
 }
 
-fn name_hash(name: &RepoName) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
+fn name_hash(keys: &std::collections::hash_map::RandomState, name: &RepoName) -> u64 {
+    use std::hash::BuildHasher;
+    keys.hash_one(name)
 }
 
 impl Repos {
@@ -111,6 +111,7 @@ impl Repos {
             walk: store.walk(&Key::new(layout::REPOS)?).await?.fuse().boxed(),
             next: None,
             done: HashSet::new(),
+            keys: std::collections::hash_map::RandomState::new(),
         })
     }
 
@@ -135,7 +136,7 @@ impl Repos {
                     return Ok(current);
                 }
                 None => {
-                    if !self.done.insert(name_hash(repo)) {
+                    if !self.done.insert(name_hash(&self.keys, repo)) {
                         return Err(UpkeepError::WalkOrder(repo.to_string()));
                     }
                     let mut c = RepoIndex::new(repo.clone());

@@ -119,6 +119,10 @@ pub enum UpkeepError {
     /// beside `berth serve`); the run was skipped.
     #[error("another berth process is running {0} on this store; skipped")]
     Busy(&'static str),
+    /// The run's lease ran out while it went on and another process took it: the run
+    /// stopped part way (the other one finishes the job).
+    #[error("lost the {0} lease to another berth process part way; stopped")]
+    LeaseLost(&'static str),
     /// The store's walk returned a repository's entries in two places (a backend that
     /// breaks the walk's order); the run stopped before acting on half a repository.
     #[error("the store's walk returned repository {0} in two places; stopped")]
