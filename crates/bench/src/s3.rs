@@ -19,6 +19,19 @@ pub const BUCKET: &str = "berth";
 pub const ACCESS_KEY: &str = "berthbench";
 pub const SECRET_KEY: &str = "berthbenchsecret";
 
+/// A plain S3 client of the harness's bucket (`object_store`'s).
+fn bucket_client() -> Result<object_store::aws::AmazonS3> {
+    Ok(object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_endpoint(ENDPOINT)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_virtual_hosted_style_request(false)
+        .build()?)
+}
+
 /// Live blobs of the store collected and checked on S3: with its links, manifests and
 /// tags about 100,000 objects.
 const UPKEEP_BLOBS: usize = 40_000;
@@ -52,17 +65,7 @@ async fn upkeep_on_s3(berth: &Path) -> Result<(usize, Vec<crate::upkeep::S3Job>)
         }
     }
     let prefix = format!("bench-{}-upkeep", std::process::id());
-    let s3 = std::sync::Arc::new(
-        object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_endpoint(ENDPOINT)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
-            .with_virtual_hosted_style_request(false)
-            .build()?,
-    );
+    let s3 = std::sync::Arc::new(bucket_client()?);
     progress("s3 upkeep", format!("uploading {} objects", files.len()));
     let uploads = futures::StreamExt::buffer_unordered(
         futures::stream::iter(files.iter().map(|f| {
@@ -187,15 +190,7 @@ struct Plain {
 /// medians in bytes per second.
 async fn plain_s3(blob: &Blob, rounds: usize) -> Result<Plain> {
     use object_store::ObjectStore;
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(BUCKET)
-        .with_endpoint(ENDPOINT)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id(ACCESS_KEY)
-        .with_secret_access_key(SECRET_KEY)
-        .with_virtual_hosted_style_request(false)
-        .build()?;
+    let s3 = bucket_client()?;
     let (mut puts, mut gets) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         let path = object_store::path::Path::from(format!("plain-{}/{i}", std::process::id()));

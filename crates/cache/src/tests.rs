@@ -84,10 +84,12 @@ impl Fake {
 }
 
 fn cache_of(fake: &Fake) -> (Cache, Registry) {
-    let registry = Registry::new(
-        Arc::new(store::memory::MemoryStore::new()),
-        RegistryOptions::default(),
-    );
+    cache_on(fake, Arc::new(store::memory::MemoryStore::new()))
+}
+
+/// A cache of `fake` on a registry over `store`.
+fn cache_on(fake: &Fake, store: Arc<dyn store::Store>) -> (Cache, Registry) {
+    let registry = Registry::new(store, RegistryOptions::default());
     let spec = UpstreamSpec {
         name: "up.test".into(),
         options: distribution::ClientOptions::new(fake.url.clone()),
@@ -245,16 +247,7 @@ async fn readers_finish_once_verified_without_waiting_for_the_commit() {
         0,
         store::faults::Fault::Slow(Duration::from_secs(2)),
     );
-    let registry = Registry::new(faulty, RegistryOptions::default());
-    let spec = UpstreamSpec {
-        name: "up.test".into(),
-        options: distribution::ClientOptions::new(fake.url.clone()),
-        tag_ttl: Duration::from_secs(60),
-        repositories: Vec::new(),
-        limits: crate::Limits::default(),
-        prefetch: Vec::new(),
-    };
-    let cache = Cache::new(registry.clone(), vec![spec]).unwrap();
+    let (cache, registry) = cache_on(&fake, faulty);
     let up = cache.upstream("up.test").unwrap();
     let repo: RepoName = "lib/app".parse().unwrap();
     let d = Digest::sha256_of(&bytes);

@@ -30,6 +30,18 @@ fn process_config(o: &store::s3::S3Options, port: u16, extra: &str) -> String {
     )
 }
 
+/// A replica run as its own `berth serve` process (to be SIGKILLed): its folder, base
+/// URL and process.
+async fn replica_process(o: &store::s3::S3Options) -> (tempfile::TempDir, String, KillOnDrop) {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(&config, process_config(o, port, "")).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let process = serve_process(&config, &base, None, &[]).await;
+    (tmp, base, process)
+}
+
 async fn two_replicas() -> (TestServer, TestServer) {
     let o = store::s3::test_options();
     let a = TestServer::start_with({
@@ -303,12 +315,7 @@ async fn blob_gets_redirect_to_presigned_urls_when_asked() {
 async fn a_replica_killed_mid_upload_loses_nothing_committed() {
     let o = store::s3::test_options();
     // Replica A: a real process, killed with SIGKILL during an append.
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = tmp.path().join("berth.toml");
-    std::fs::write(&config, process_config(&o, port, "")).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut a = serve_process(&config, &base, None, &[]).await;
+    let (_tmp, base, mut a) = replica_process(&o).await;
     let b = TestServer::start_with(move |c| on_s3(c, &o)).await;
 
     // Committed through A before the crash: an image, and the first chunk of an upload.
@@ -415,12 +422,7 @@ fn tokio_stream_from(
 async fn a_replica_killed_mid_pull_leaves_the_retry_on_another_succeeding() {
     use futures::StreamExt;
     let o = store::s3::test_options();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = tmp.path().join("berth.toml");
-    std::fs::write(&config, process_config(&o, port, "")).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut a = serve_process(&config, &base, None, &[]).await;
+    let (_tmp, base, mut a) = replica_process(&o).await;
     let b = TestServer::start_with({
         let o = o.clone();
         move |c| on_s3(c, &o)
