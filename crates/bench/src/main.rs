@@ -264,16 +264,26 @@ async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<()> {
     );
     let bench = Bench::prepare(cli, columns.len()).await?;
     let mut upstream = Upstream::start(&cli.distribution, &bench.client).await?;
-    let mut results = Vec::new();
-    for (column, (kind, binary)) in columns.iter().enumerate() {
-        let cold = bench.cold_blobs_of(column);
-        results.push((
-            *kind,
-            bench.measure(*kind, binary, &mut upstream, cold).await?,
-        ));
-    }
+    let hosted = bench.measure_hosted(columns).await?;
+    upstream.ensure_running()?;
+    let caches = bench.measure_caches(columns, &upstream).await?;
+    let results: Vec<(Kind, Results)> = columns
+        .iter()
+        .zip(hosted)
+        .zip(caches)
+        .map(|(((kind, _), mut results), cache)| {
+            results.cache = cache;
+            (*kind, results)
+        })
+        .collect();
     print!("{}", bench.summary(&results));
     Ok(())
+}
+
+/// The columns in the order round `i` visits them: each round starts one column later
+/// than the one before, so on this noisy machine no column always goes first or last.
+pub(crate) fn rotated(columns: usize, i: usize) -> impl Iterator<Item = usize> {
+    (0..columns).map(move |c| (c + i) % columns)
 }
 
 /// What a run measures with: sizes, durations and the content, made once.
@@ -363,95 +373,110 @@ impl Bench {
         &self.cold_blobs[column * per_column..(column + 1) * per_column]
     }
 
-    /// Start one server, run every round against it, stop it; then the same against the
-    /// same kind of server as a cache of `upstream`, pulling `cold` blobs through it.
-    async fn measure(
-        &self,
-        kind: Kind,
-        binary: &Path,
-        upstream: &mut Upstream,
-        cold: &[Blob],
-    ) -> Result<Results> {
-        let label = kind.label();
+    /// Start every column's server, run the rounds with the columns alternating
+    /// ([`rotated`]), and stop them; the cache figures are filled in later.
+    async fn measure_hosted(&self, columns: &[(Kind, PathBuf)]) -> Result<Vec<Results>> {
         server::sync_disks()?;
-        let mut server = Server::start(kind, Role::Hosted, binary, &self.client).await?;
-        progress(
-            label,
-            format!("listening on {} (pid {})", server.addr, server.pid()),
-        );
-        let api = Api::new(self.client.clone(), server.base.clone());
-        let anon = server.sample_anon_rss();
-        // The manifest load reads one image, pushed once.
-        api.push_image(REPO_MANIFEST, MANIFEST_TAG, &self.image)
-            .await
-            .with_context(|| format!("{label}: image push"))?;
-        let mut rounds = Vec::with_capacity(self.rounds.len());
-        for (i, blobs) in self.rounds.iter().enumerate() {
-            progress(label, format!("round {} of {}", i + 1, self.rounds.len()));
-            rounds.push(self.round(&server, &api, i, blobs).await?);
-            server.ensure_running()?;
-        }
-        let peak_rss_bytes = server.peak_rss_bytes()?;
-        let peak_anon_bytes = anon.peak_bytes();
-        progress(
-            label,
-            format!(
-                "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
-                peak_rss_bytes as f64 / MIB as f64,
-                peak_anon_bytes as f64 / MIB as f64
-            ),
-        );
-        drop(anon);
-        drop(server);
-        let cache = self.measure_cache(kind, binary, upstream, cold).await?;
-        Ok(Results {
-            rounds,
-            cache,
-            peak_rss_bytes,
-            peak_anon_bytes,
-        })
-    }
-
-    /// Start `kind` as a cache of `upstream` and run every cache round against it: a
-    /// cold pull by 1 client and a warm pull of the same blob, then both again with
-    /// `COLD_CLIENTS` clients.
-    async fn measure_cache(
-        &self,
-        kind: Kind,
-        binary: &Path,
-        upstream: &mut Upstream,
-        cold: &[Blob],
-    ) -> Result<Vec<CacheRound>> {
-        let mut cache =
-            CacheServer::start(kind, binary, upstream, &self.client, self.ticks_per_second).await?;
-        let anon = cache.server.sample_anon_rss();
-        let mut rounds = Vec::with_capacity(self.rounds.len());
-        for (i, blobs) in cold.chunks_exact(COLD_BLOBS_PER_ROUND).enumerate() {
+        let mut servers = Vec::new();
+        for (kind, binary) in columns {
+            let server = Server::start(*kind, Role::Hosted, binary, &self.client).await?;
             progress(
-                &cache.server.label,
-                format!("round {} of {}", i + 1, self.rounds.len()),
+                &server.label,
+                format!("listening on {} (pid {})", server.addr, server.pid()),
             );
-            let cold_one = cache.cold(&blobs[0], 1).await?;
-            let (warm_one, warm_one_gets, store_ops_per_hit) = cache.warm(&blobs[0], 1).await?;
-            let cold_many = cache.cold(&blobs[1], COLD_CLIENTS).await?;
-            let (warm_many, warm_many_gets, _) = cache.warm(&blobs[1], COLD_CLIENTS).await?;
-            rounds.push(CacheRound {
-                cold_one,
-                cold_many,
-                warm_one,
-                warm_many,
-                warm_upstream_gets: warm_one_gets + warm_many_gets,
-                store_ops_per_hit,
+            let api = Api::new(self.client.clone(), server.base.clone());
+            let anon = server.sample_anon_rss();
+            // The manifest load reads one image, pushed once.
+            api.push_image(REPO_MANIFEST, MANIFEST_TAG, &self.image)
+                .await
+                .with_context(|| format!("{}: image push", server.label))?;
+            servers.push((server, api, anon));
+        }
+        let mut rounds: Vec<Vec<Round>> = columns.iter().map(|_| Vec::new()).collect();
+        for (i, blobs) in self.rounds.iter().enumerate() {
+            for column in rotated(columns.len(), i) {
+                let (server, api, _) = &mut servers[column];
+                progress(
+                    &server.label,
+                    format!("round {} of {}", i + 1, self.rounds.len()),
+                );
+                rounds[column].push(self.round(server, api, i, blobs).await?);
+                server.ensure_running()?;
+            }
+        }
+        let mut out = Vec::new();
+        for ((server, _, anon), rounds) in servers.into_iter().zip(rounds) {
+            let peak_rss_bytes = server.peak_rss_bytes()?;
+            let peak_anon_bytes = anon.peak_bytes();
+            progress(
+                &server.label,
+                format!(
+                    "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
+                    peak_rss_bytes as f64 / MIB as f64,
+                    peak_anon_bytes as f64 / MIB as f64
+                ),
+            );
+            out.push(Results {
+                rounds,
+                cache: Vec::new(),
+                peak_rss_bytes,
+                peak_anon_bytes,
             });
         }
-        progress(
-            &cache.server.label,
-            format!(
-                "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
-                cache.server.peak_rss_bytes()? as f64 / MIB as f64,
-                anon.peak_bytes() as f64 / MIB as f64
-            ),
-        );
+        Ok(out)
+    }
+
+    /// Start every column as a cache of `upstream` and run the cache rounds with the
+    /// columns alternating: per round and column, a cold pull by 1 client and a warm
+    /// pull of the same blob, then both again with `COLD_CLIENTS` clients, each column
+    /// on blobs of its own.
+    async fn measure_caches(
+        &self,
+        columns: &[(Kind, PathBuf)],
+        upstream: &Upstream,
+    ) -> Result<Vec<Vec<CacheRound>>> {
+        let mut caches = Vec::new();
+        for (kind, binary) in columns {
+            let cache =
+                CacheServer::start(*kind, binary, upstream, &self.client, self.ticks_per_second)
+                    .await?;
+            let anon = cache.server.sample_anon_rss();
+            caches.push((cache, anon));
+        }
+        let mut rounds: Vec<Vec<CacheRound>> = columns.iter().map(|_| Vec::new()).collect();
+        for i in 0..self.rounds.len() {
+            for column in rotated(columns.len(), i) {
+                let blobs = &self.cold_blobs_of(column)
+                    [i * COLD_BLOBS_PER_ROUND..(i + 1) * COLD_BLOBS_PER_ROUND];
+                let (cache, _) = &mut caches[column];
+                progress(
+                    &cache.server.label,
+                    format!("round {} of {}", i + 1, self.rounds.len()),
+                );
+                let cold_one = cache.cold(&blobs[0], 1).await?;
+                let (warm_one, warm_one_gets, store_ops_per_hit) = cache.warm(&blobs[0], 1).await?;
+                let cold_many = cache.cold(&blobs[1], COLD_CLIENTS).await?;
+                let (warm_many, warm_many_gets, _) = cache.warm(&blobs[1], COLD_CLIENTS).await?;
+                rounds[column].push(CacheRound {
+                    cold_one,
+                    cold_many,
+                    warm_one,
+                    warm_many,
+                    warm_upstream_gets: warm_one_gets + warm_many_gets,
+                    store_ops_per_hit,
+                });
+            }
+        }
+        for (cache, anon) in &caches {
+            progress(
+                &cache.server.label,
+                format!(
+                    "peak RSS {:.1} MiB, of which anonymous {:.1} MiB",
+                    cache.server.peak_rss_bytes()? as f64 / MIB as f64,
+                    anon.peak_bytes() as f64 / MIB as f64
+                ),
+            );
+        }
         Ok(rounds)
     }
 

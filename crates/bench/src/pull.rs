@@ -59,6 +59,11 @@ impl Upstream {
         Ok(Upstream { server, proxy, api })
     }
 
+    /// Fail if the upstream has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        self.server.ensure_running()
+    }
+
     /// A client of the upstream itself (not through the counting proxy).
     pub fn api(&self) -> &Api {
         &self.api
@@ -95,7 +100,7 @@ impl Upstream {
 /// One cache server under test.
 pub struct CacheServer<'a> {
     pub server: Server,
-    upstream: &'a mut Upstream,
+    upstream: &'a Upstream,
     client: Client,
     ticks_per_second: f64,
 }
@@ -105,11 +110,10 @@ impl<'a> CacheServer<'a> {
     pub async fn start(
         kind: Kind,
         binary: &Path,
-        upstream: &'a mut Upstream,
+        upstream: &'a Upstream,
         client: &Client,
         ticks_per_second: f64,
     ) -> Result<CacheServer<'a>> {
-        upstream.server.ensure_running()?;
         server::sync_disks()?;
         let role = Role::Cache {
             upstream: upstream.cache_facing_addr(),
@@ -210,12 +214,24 @@ impl<'a> CacheServer<'a> {
             ),
         );
         self.server.ensure_running()?;
+        let fill = crate::report::FillTimes::from_log(&self.server.log_text(), &blob.digest);
+        if let Some(f) = fill {
+            progress(
+                &label,
+                format!(
+                    "fill {:.2} s: upstream read {:.2} s, hash {:.2} s, store write {:.2} s \
+                     (beside the read), commit {:.2} s",
+                    f.seconds, f.upstream_read, f.hash, f.store_write, f.commit
+                ),
+            );
+        }
         Ok(ColdPull {
             upstream_ttfb_seconds: upstream_ttfb.as_secs_f64(),
             proxy_ttfb_seconds: via_proxy.ttfb.as_secs_f64(),
             proxy_bytes_per_second: blob.len() as f64 / proxy_seconds,
             pull,
             upstream_gets: gets,
+            fill,
         })
     }
 

@@ -63,6 +63,43 @@ pub struct ColdPull {
     /// `GET /v2/.../blobs/<digest>` requests the upstream received for this blob during
     /// the pull (and any download the cache went on with after it).
     pub upstream_gets: u64,
+    /// Where berth's fill spent its time, from its "blob fetched from upstream" log line;
+    /// `None` for distribution.
+    pub fill: Option<FillTimes>,
+}
+
+/// A berth fill's log line: its whole time and its parts, in seconds. The download's
+/// parts overlap (the store writes while the upstream sends).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FillTimes {
+    pub seconds: f64,
+    pub upstream_read: f64,
+    pub hash: f64,
+    pub store_write: f64,
+    pub commit: f64,
+}
+
+impl FillTimes {
+    /// The fields of the last "blob fetched from upstream" line of `log` for `digest`.
+    pub fn from_log(log: &str, digest: &str) -> Option<FillTimes> {
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("blob fetched from upstream") && l.contains(digest))?;
+        let field = |name: &str| -> Option<f64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        Some(FillTimes {
+            seconds: field("seconds")?,
+            upstream_read: field("upstream_read_s")?,
+            hash: field("hash_s")?,
+            store_write: field("store_write_s")?,
+            commit: field("commit_s")?,
+        })
+    }
 }
 
 /// One round of cache measurements against one server.
@@ -287,6 +324,34 @@ const ROWS: &[Row] = &[
         ratio: true,
     },
     Row {
+        label: "  berth's fill of that pull: upstream read, waiting for bytes (s)",
+        value: Value::CacheWhereKnown(|c| c.cold_one.fill.map(|f| f.upstream_read)),
+        unit: 1.0,
+        decimals: 2,
+        ratio: false,
+    },
+    Row {
+        label: "  berth's fill of that pull: hashing as the bytes arrive (s)",
+        value: Value::CacheWhereKnown(|c| c.cold_one.fill.map(|f| f.hash)),
+        unit: 1.0,
+        decimals: 2,
+        ratio: false,
+    },
+    Row {
+        label: "  berth's fill of that pull: store appends, beside the read (s)",
+        value: Value::CacheWhereKnown(|c| c.cold_one.fill.map(|f| f.store_write)),
+        unit: 1.0,
+        decimals: 2,
+        ratio: false,
+    },
+    Row {
+        label: "  berth's fill of that pull: verify and commit after the last byte (s)",
+        value: Value::CacheWhereKnown(|c| c.cold_one.fill.map(|f| f.commit)),
+        unit: 1.0,
+        decimals: 2,
+        ratio: false,
+    },
+    Row {
         label: "cold pull through the cache, 16 clients (s, lower is better)",
         value: Value::Cache(|c| vec![wall(&c.cold_many.pull)]),
         unit: 1.0,
@@ -493,7 +558,27 @@ mod tests {
             proxy_bytes_per_second: 2e9,
             pull,
             upstream_gets,
+            fill: None,
         }
+    }
+
+    #[test]
+    fn a_fill_log_line_is_read_back() {
+        let log = "2026-12-01T10:00:00Z  INFO cache::fill: blob fetched from upstream \
+                   upstream=u digest=sha256:aa bytes=9 seconds=0.5 upstream_read_s=0.25 \
+                   hash_s=0.125 store_write_s=0.3 commit_s=0.01\n";
+        let t = FillTimes::from_log(log, "sha256:aa").unwrap();
+        assert_eq!(
+            t,
+            FillTimes {
+                seconds: 0.5,
+                upstream_read: 0.25,
+                hash: 0.125,
+                store_write: 0.3,
+                commit: 0.01
+            }
+        );
+        assert_eq!(FillTimes::from_log(log, "sha256:bb"), None);
     }
 
     fn cache_round(scale: f64) -> CacheRound {

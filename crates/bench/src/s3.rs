@@ -160,44 +160,87 @@ async fn start_weed(client: &reqwest::Client) -> Result<Weed> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `weed mini` answers before it has made the bucket.
+    let s3 = bucket_client()?;
+    while object_store::ObjectStore::list_with_delimiter(&s3, None)
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("SeaweedFS did not make bucket {BUCKET} within {WEED_START:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(weed)
 }
 
-/// One backend's medians.
+/// One column's figures, a value per round.
 struct Row {
     label: &'static str,
-    get_one: f64,
-    get_many: f64,
-    push_monolithic: f64,
-    push_chunked: f64,
-    manifests: f64,
+    get_one: Vec<f64>,
+    get_many: Vec<f64>,
+    push_monolithic: Vec<f64>,
+    push_chunked: Vec<f64>,
+    manifests: Vec<f64>,
     /// Store requests of one blob GET (berth only: from `berth_store_operations_total`).
     ops_per_get: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+impl Row {
+    fn of(label: &'static str, rounds: &[crate::report::Round]) -> Row {
+        let ops: Vec<f64> = rounds.iter().filter_map(|r| r.store_ops_per_get).collect();
+        let each = |f: fn(&crate::report::Round) -> f64| rounds.iter().map(f).collect();
+        Row {
+            label,
+            get_one: each(|r| r.get_one.bytes_per_second),
+            get_many: each(|r| r.get_many.bytes_per_second),
+            push_monolithic: each(|r| r.push_monolithic_bytes_per_second),
+            push_chunked: each(|r| r.push_chunked_bytes_per_second),
+            manifests: each(|r| r.manifest_per_second),
+            ops_per_get: (!ops.is_empty()).then(|| median(ops)),
+        }
+    }
 }
 
-/// A plain S3 client on the same bucket: one PUT of the whole blob, one GET of it.
+/// `v`'s median, with its range when the rounds differ (in MB/s for rates of bytes).
+fn cell(v: &[f64], unit: &str) -> String {
+    if v.is_empty() {
+        return "–".to_owned();
+    }
+    let scale = if unit == "MB/s" { 1e6 } else { 1.0 };
+    crate::report::Spread::of(v.iter().map(|x| x / scale).collect()).cell(0)
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    crate::report::Spread::of(v).median
+}
+
+/// The plain S3 client's figures, a value per round (bytes per second).
+#[derive(Default)]
 struct Plain {
-    put: f64,
-    get: f64,
+    put: Vec<f64>,
+    get: Vec<f64>,
+    /// One PUT, then a server-side copy (CopyObject) of the object: what staging the
+    /// bytes and copying them into place costs on this bucket, whoever does it.
+    put_then_copy: Vec<f64>,
 }
 
-/// `rounds` single PUTs and GETs of `blob` through `object_store`'s S3 client, the
-/// medians in bytes per second.
-async fn plain_s3(blob: &Blob, rounds: usize) -> Result<Plain> {
-    use object_store::ObjectStore;
-    let s3 = bucket_client()?;
-    let (mut puts, mut gets) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
+impl Plain {
+    /// One round through `object_store`'s S3 client: a single PUT of `blob`, a GET of
+    /// it, and a server-side copy.
+    async fn round(
+        &mut self,
+        s3: &object_store::aws::AmazonS3,
+        blob: &Blob,
+        i: usize,
+    ) -> Result<()> {
+        use object_store::ObjectStore;
         let path = object_store::path::Path::from(format!("plain-{}/{i}", std::process::id()));
+        let copy = object_store::path::Path::from(format!("plain-{}/{i}-copy", std::process::id()));
         let started = Instant::now();
         s3.put(&path, object_store::PutPayload::from(blob.bytes.clone()))
             .await?;
-        puts.push(blob.len() as f64 / started.elapsed().as_secs_f64());
+        let put = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let mut body = s3.get(&path).await?.into_stream();
         let mut n = 0usize;
@@ -205,13 +248,18 @@ async fn plain_s3(blob: &Blob, rounds: usize) -> Result<Plain> {
             n += c?.len();
         }
         anyhow::ensure!(n as u64 == blob.len(), "plain GET returned {n} bytes");
-        gets.push(n as f64 / started.elapsed().as_secs_f64());
+        let get = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        s3.copy(&path, &copy).await?;
+        let copied = started.elapsed().as_secs_f64();
         s3.delete(&path).await?;
+        s3.delete(&copy).await?;
+        let len = blob.len() as f64;
+        self.put.push(len / put);
+        self.get.push(len / get);
+        self.put_then_copy.push(len / (put + copied));
+        Ok(())
     }
-    Ok(Plain {
-        put: median(puts),
-        get: median(gets),
-    })
 }
 
 /// Store requests berth (s3) makes for each step of a pull and a push: the manifest
@@ -244,7 +292,13 @@ async fn requests_per_step(
     let closed = ops().await?;
     out.push(("upload commit (PUT ?digest=)", closed - patched));
     api.get_blob(repo, blob).await?;
-    out.push(("blob GET", ops().await? - closed));
+    let got = ops().await?;
+    out.push(("blob GET", got - closed));
+    api.push_monolithic("bench/requests-whole", blob).await?;
+    out.push((
+        "POST, then PUT ?digest= with the whole blob",
+        ops().await? - got,
+    ));
     Ok(out)
 }
 
@@ -252,57 +306,77 @@ async fn requests_per_step(
 pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()> {
     let weed = start_weed(&bench.client).await?;
     progress("s3", format!("SeaweedFS listening on {ENDPOINT}"));
-    let mut rows = Vec::new();
-    let mut requests = Vec::new();
     let kinds = [
         (Kind::Berth { fsync: true }, berth),
-        (Kind::BerthS3 { set: 0 }, berth),
+        (
+            Kind::BerthS3 {
+                set: 0,
+                redirect: false,
+            },
+            berth,
+        ),
+        (
+            Kind::BerthS3 {
+                set: 2,
+                redirect: true,
+            },
+            berth,
+        ),
         (Kind::DistributionS3, distribution),
     ];
+    let mut servers = Vec::new();
     for (kind, binary) in kinds {
         let server = Server::start(kind, Role::Hosted, binary, &bench.client).await?;
         let api = Api::new(bench.client.clone(), server.base.clone());
         api.push_image(REPO_MANIFEST, MANIFEST_TAG, &bench.image)
             .await?;
-        let mut rounds = Vec::new();
-        for (i, blobs) in bench.rounds.iter().enumerate() {
+        servers.push((kind, server, api));
+    }
+    // Every column, the plain client last, measured once per round; each round starts
+    // one column later, so no column always runs first or last on this noisy machine.
+    let plain_client = bucket_client()?;
+    let mut plain = Plain::default();
+    let mut rounds: Vec<Vec<crate::report::Round>> = servers.iter().map(|_| Vec::new()).collect();
+    let columns = servers.len() + 1;
+    for (i, blobs) in bench.rounds.iter().enumerate() {
+        for column in crate::rotated(columns, i) {
+            let Some((kind, server, api)) = servers.get(column) else {
+                progress(
+                    "plain S3 client",
+                    format!("round {} of {}", i + 1, bench.rounds.len()),
+                );
+                plain.round(&plain_client, &blobs.monolithic, i).await?;
+                continue;
+            };
             progress(
                 kind.label(),
                 format!("round {} of {}", i + 1, bench.rounds.len()),
             );
-            rounds.push(bench.round(&server, &api, i, blobs).await?);
+            rounds[column].push(bench.round(server, api, i, blobs).await?);
         }
-        if kind == (Kind::BerthS3 { set: 0 }) {
-            requests = requests_per_step(bench, &server, &api, &bench.rounds[0].monolithic).await?;
-        }
-        let ops: Vec<f64> = rounds.iter().filter_map(|r| r.store_ops_per_get).collect();
-        rows.push(Row {
-            label: kind.label(),
-            get_one: median(rounds.iter().map(|r| r.get_one.bytes_per_second).collect()),
-            get_many: median(rounds.iter().map(|r| r.get_many.bytes_per_second).collect()),
-            push_monolithic: median(
-                rounds
-                    .iter()
-                    .map(|r| r.push_monolithic_bytes_per_second)
-                    .collect(),
-            ),
-            push_chunked: median(
-                rounds
-                    .iter()
-                    .map(|r| r.push_chunked_bytes_per_second)
-                    .collect(),
-            ),
-            manifests: median(rounds.iter().map(|r| r.manifest_per_second).collect()),
-            ops_per_get: (!ops.is_empty()).then(|| median(ops)),
-        });
     }
-    progress("plain S3 client", "single PUTs and GETs of the same blob");
-    let plain = plain_s3(&bench.rounds[0].monolithic, bench.rounds.len()).await?;
+    let (_, relay, relay_api) = &servers[1];
+    let requests = requests_per_step(bench, relay, relay_api, &bench.rounds[0].monolithic).await?;
+    let rows: Vec<Row> = servers
+        .iter()
+        .zip(&rounds)
+        .map(|((kind, _, _), r)| Row::of(kind.label(), r))
+        .collect();
+    drop(servers);
     // Three replicas on one bucket and prefix.
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
         replicas.push(
-            Server::start(Kind::BerthS3 { set: 1 }, Role::Hosted, berth, &bench.client).await?,
+            Server::start(
+                Kind::BerthS3 {
+                    set: 1,
+                    redirect: false,
+                },
+                Role::Hosted,
+                berth,
+                &bench.client,
+            )
+            .await?,
         );
     }
     let apis: Vec<Api> = replicas
@@ -370,61 +444,75 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
     );
     println!(
         "S3 backend: berth on SeaweedFS (`weed mini`, same machine) next to berth on the \
-         filesystem, distribution 2.8 with its `s3` driver on the same bucket, and a plain \
-         S3 client (object_store: one PUT, one GET of the whole blob); median of {} \
-         round(s); blobs of {} MiB; {MANY_CLIENTS} GET clients.\n",
+         filesystem, berth on the bucket answering blob GETs with a redirect to a presigned \
+         URL (`redirect = true`, as distribution's `s3` driver does by default), \
+         distribution 2.8 with its `s3` driver on the same bucket, and a plain S3 client \
+         (object_store: one PUT, one GET of the whole blob). Columns alternate each round; \
+         median of {} round(s) (range in brackets); blobs of {} MiB; {MANY_CLIENTS} GET \
+         clients.\n",
         bench.rounds.len(),
         bench.blob_bytes / MIB
     );
     println!(
-        "| measurement | {} | {} | {} | plain S3 client | berth (s3) / plain | berth (s3) / distribution (s3) |",
-        rows[0].label, rows[1].label, rows[2].label
+        "| measurement | {} | {} | {} | {} | plain S3 client | berth (s3) / plain | berth (s3, redirect) / plain | berth (s3) / distribution (s3) |",
+        rows[0].label, rows[1].label, rows[2].label, rows[3].label
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let line = |name: &str, f: fn(&Row) -> f64, plain: Option<f64>, unit: &str| {
-        let show = |v: f64| {
-            if unit == "MB/s" {
-                format!("{:.0}", v / 1e6)
-            } else {
-                format!("{v:.0}")
-            }
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let line = |name: &str, f: fn(&Row) -> &Vec<f64>, plain: Option<&Vec<f64>>, unit: &str| {
+        let ratio = |a: &[f64], b: Option<&Vec<f64>>| {
+            b.filter(|b| !b.is_empty() && !a.is_empty())
+                .map_or("–".to_owned(), |b| {
+                    format!("{:.2}×", median(a.to_vec()) / median(b.clone()))
+                })
         };
-        let (fs, s3, dist) = (f(&rows[0]), f(&rows[1]), f(&rows[2]));
+        let (fs, s3, redirect, dist) = (f(&rows[0]), f(&rows[1]), f(&rows[2]), f(&rows[3]));
         println!(
-            "| {name} ({unit}) | {} | {} | {} | {} | {} | {:.2}× |",
-            show(fs),
-            show(s3),
-            show(dist),
-            plain.map_or("–".to_owned(), show),
-            plain.map_or("–".to_owned(), |p| format!("{:.2}×", s3 / p)),
-            s3 / dist
+            "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(fs, unit),
+            cell(s3, unit),
+            cell(redirect, unit),
+            cell(dist, unit),
+            plain.map_or("–".to_owned(), |p| cell(p, unit)),
+            ratio(s3, plain),
+            ratio(redirect, plain),
+            ratio(s3, Some(dist)),
         );
     };
-    line("blob GET, 1 client", |r| r.get_one, Some(plain.get), "MB/s");
-    line("blob GET, 8 clients", |r| r.get_many, None, "MB/s");
     line(
-        "monolithic push",
-        |r| r.push_monolithic,
-        Some(plain.put),
+        "blob GET, 1 client",
+        |r| &r.get_one,
+        Some(&plain.get),
         "MB/s",
     );
-    line("chunked push", |r| r.push_chunked, None, "MB/s");
+    line("blob GET, 8 clients", |r| &r.get_many, None, "MB/s");
+    line(
+        "monolithic push: POST, PUT with the blob",
+        |r| &r.push_monolithic,
+        Some(&plain.put),
+        "MB/s",
+    );
+    line(
+        "chunked push: 8 MiB PATCHes, PUT; plain: PUT then CopyObject",
+        |r| &r.push_chunked,
+        Some(&plain.put_then_copy),
+        "MB/s",
+    );
     line(
         "manifest GET, 64 connections",
-        |r| r.manifests,
+        |r| &r.manifests,
         None,
         "req/s",
     );
     println!(
-        "| {REPLICAS} replicas on one bucket: {REPLICAS} pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        "| {REPLICAS} replicas on one bucket: {REPLICAS} pushes at once, one per replica (MB/s, aggregate) | – | {:.0} | – | – | – | – | – | – |",
         three_push / 1e6
     );
     println!(
-        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients on one replica (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients on one replica (MB/s, aggregate) | – | {:.0} | – | – | – | – | – | – |",
         one_get / 1e6
     );
     println!(
-        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients spread over all (MB/s, aggregate) | – | {:.0} | – | – | – | – |",
+        "| {REPLICAS} replicas on one bucket: {MANY_CLIENTS} GET clients spread over all (MB/s, aggregate) | – | {:.0} | – | – | – | – | – | – |",
         three_get / 1e6
     );
     println!(

@@ -31,9 +31,12 @@ pub enum Kind {
         fsync: bool,
     },
     /// berth on the S3 bucket the harness started; servers with the same `set` share
-    /// one prefix (replicas of one registry).
+    /// one prefix (replicas of one registry). `redirect`: blob GETs answered with a
+    /// redirect to a presigned URL (`[storage] redirect = true`), as distribution's
+    /// `s3` driver does by default.
     BerthS3 {
         set: u8,
+        redirect: bool,
     },
     /// distribution with its `s3` storage driver on the same bucket (its own prefix).
     DistributionS3,
@@ -48,7 +51,10 @@ impl Kind {
             Kind::Distribution => "distribution",
             Kind::Berth { fsync: true } => "berth (fsync)",
             Kind::Berth { fsync: false } => "berth (no fsync)",
-            Kind::BerthS3 { .. } => "berth (s3)",
+            Kind::BerthS3 {
+                redirect: false, ..
+            } => "berth (s3)",
+            Kind::BerthS3 { redirect: true, .. } => "berth (s3, redirect)",
             Kind::DistributionS3 => "distribution (s3)",
             Kind::BerthBaseline => "baseline (fsync)",
         }
@@ -97,13 +103,13 @@ impl Kind {
                     std::process::id(),
                 ),
             ),
-            Kind::BerthS3 { set } => (
+            Kind::BerthS3 { set, redirect } => (
                 "config.toml",
                 format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
                      [storage]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\n\
                      prefix = \"bench-{}-{set}\"\naccess_key_id = \"{}\"\n\
-                     secret_access_key = \"{}\"\npath_style = true\n\n\
+                     secret_access_key = \"{}\"\npath_style = true\nredirect = {redirect}\n\n\
                      [[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\n\
                      allow = [\"pull\", \"push\", \"delete\"]\n",
                     crate::s3::BUCKET,
@@ -311,8 +317,13 @@ impl Server {
         errors[errors.len().saturating_sub(n)..].to_vec()
     }
 
+    /// Everything the server has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log_text();
         let start = text.len().saturating_sub(LOG_TAIL_BYTES);
         let start = (start..text.len())
             .find(|&i| text.is_char_boundary(i))

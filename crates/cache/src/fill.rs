@@ -257,24 +257,40 @@ async fn run(
         total,
         verified: false,
     });
+    let started = std::time::Instant::now();
     let result = download(job, &id, total, fetch.body, tx, segments).await;
     match result {
-        Ok(written) => match job
-            .registry
-            .finish_upload(&job.repo, &id, &job.digest, None)
-            .await
-        {
-            Ok(()) => {
-                up.gate.record_success(&job.pass);
-                up.stats.fetched_bytes.add(written);
-                Ok(written)
+        Ok((written, mut times)) => {
+            let commit = std::time::Instant::now();
+            let finished = job
+                .registry
+                .finish_upload(&job.repo, &id, &job.digest, None)
+                .await;
+            times.commit = commit.elapsed();
+            match finished {
+                Ok(()) => {
+                    up.gate.record_success(&job.pass);
+                    up.stats.fetched_bytes.add(written);
+                    tracing::info!(
+                        upstream = %up.name,
+                        digest = %job.digest,
+                        bytes = written,
+                        seconds = started.elapsed().as_secs_f64(),
+                        upstream_read_s = times.upstream_read.as_secs_f64(),
+                        hash_s = times.hash.as_secs_f64(),
+                        store_write_s = times.store_write.as_secs_f64(),
+                        commit_s = times.commit.as_secs_f64(),
+                        "blob fetched from upstream"
+                    );
+                    Ok(written)
+                }
+                // finish_upload discards the upload on a mismatch.
+                Err(e) => {
+                    up.gate.record_success(&job.pass);
+                    Err(FillError::Rejected(e))
+                }
             }
-            // finish_upload discards the upload on a mismatch.
-            Err(e) => {
-                up.gate.record_success(&job.pass);
-                Err(FillError::Rejected(e))
-            }
-        },
+        }
         Err(e) => {
             // The upstream answered, with the wrong bytes.
             if matches!(e, FillError::Mismatch) {
@@ -292,8 +308,23 @@ async fn run(
     }
 }
 
+/// Where a fill's time went, for its log line. The download's parts overlap (the store
+/// writes while the upstream sends), so they need not add up to the whole.
+#[derive(Clone, Copy, Debug, Default)]
+struct FillTimes {
+    /// Waiting for the upstream's next bytes.
+    upstream_read: std::time::Duration,
+    /// Hashing what arrived (on the receiving task, before readers see the last byte).
+    hash: std::time::Duration,
+    /// Appending to the store's upload (beside the download).
+    store_write: std::time::Duration,
+    /// Verifying and committing the upload once every byte is written.
+    commit: std::time::Duration,
+}
+
 /// Download the body into memory segments (for the readers) and, beside that, append
-/// them to the upload; the bytes stored, once the body has ended at its announced size.
+/// them to the upload; the bytes stored, once the body has ended at its announced size,
+/// and where the time went.
 async fn download(
     job: &FillJob,
     id: &UploadId,
@@ -301,7 +332,7 @@ async fn download(
     mut body: ByteStream,
     tx: &watch::Sender<Progress>,
     segments: &Mutex<Segments>,
-) -> Result<u64, FillError> {
+) -> Result<(u64, FillTimes), FillError> {
     let (unwritten_tx, mut unwritten) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_SEGMENTS);
     let want = job.digest.clone();
     let receive = async move {
@@ -309,8 +340,16 @@ async fn download(
         // Hashed as it arrives, so readers get the last byte as soon as the body has come
         // and verified, not after the store's commit (and its fsync of the whole blob).
         let mut hasher = oci::Hasher::new(want.algorithm());
-        while let Some(segment) = next_segment(&mut body).await? {
+        let mut times = FillTimes::default();
+        loop {
+            let waited = std::time::Instant::now();
+            let Some(segment) = next_segment(&mut body).await? else {
+                break;
+            };
+            times.upstream_read += waited.elapsed();
+            let hashing = std::time::Instant::now();
             hasher.update(&segment);
+            times.hash += hashing.elapsed();
             let len = segment.len() as u64;
             if total.is_some_and(|t| available + len > t) {
                 return Err(FillError::Overlong);
@@ -342,10 +381,11 @@ async fn download(
                 *verified = true;
             }
         });
-        Ok(available)
+        Ok((available, times))
     };
     let store = async {
         let mut written = 0u64;
+        let mut store_write = std::time::Duration::ZERO;
         while let Some(first) = unwritten.recv().await {
             let mut len = first.len();
             let mut batch = vec![first];
@@ -359,11 +399,13 @@ async fn download(
                 }
             }
             let body = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
+            let appending = std::time::Instant::now();
             let state = job
                 .registry
                 .append_upload(&job.repo, id, Some(written), Some(len as u64), body)
                 .await
                 .map_err(FillError::Store)?;
+            store_write += appending.elapsed();
             written = state.size;
             lock(segments).trim(written);
             tx.send_modify(|p| {
@@ -372,11 +414,12 @@ async fn download(
                 }
             });
         }
-        Ok(written)
+        Ok((written, store_write))
     };
-    let (received, written) = tokio::try_join!(receive, store)?;
+    let ((received, mut times), (written, store_write)) = tokio::try_join!(receive, store)?;
     debug_assert_eq!(received, written);
-    Ok(written)
+    times.store_write = store_write;
+    Ok((written, times))
 }
 
 /// The next segment of `body`: what arrives at once, gathered up to [`SEGMENT`] bytes.

@@ -304,6 +304,28 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<HashWorker> {
+        let limited = self.checked_body(offset, len, &worker, body)?;
+        match self.store.upload_append(id, offset, limited).await {
+            Ok(size) => {
+                worker.offset = size;
+                Ok(worker)
+            }
+            Err(StoreError::Io(e)) => Err(self.body_error(e)),
+            Err(e) => Err(upload_error(e)),
+        }
+    }
+
+    /// `body`, written at `offset` of a blob, with each chunk fed to `worker` as it
+    /// passes, and failing (so the store keeps none of it) when it runs longer or shorter
+    /// than the `len` announced or past the largest blob allowed; see
+    /// [`Registry::body_error`] for what each failure tells the client.
+    fn checked_body(
+        &self,
+        offset: u64,
+        len: Option<u64>,
+        worker: &HashWorker,
+        body: ByteStream,
+    ) -> Result<ByteStream> {
         let max = self.options.max_blob_bytes;
         if let (Some(max), Some(len)) = (max, len)
             && offset.saturating_add(len) > max
@@ -345,27 +367,68 @@ impl Registry {
             }
         })
         .filter_map(futures::future::ready);
-        let limited = limited.chain(end_check);
-        match self.store.upload_append(id, offset, limited.boxed()).await {
-            Ok(size) => {
-                worker.offset = size;
-                Ok(worker)
-            }
-            Err(StoreError::Io(e)) => Err(match e.kind() {
-                std::io::ErrorKind::InvalidData => RegistryError::SizeInvalid,
-                std::io::ErrorKind::FileTooLarge => RegistryError::BlobTooLarge {
-                    limit: max.unwrap_or(u64::MAX),
-                },
-                // The client stopped sending (hung up, or went silent past the
-                // server's timeout): its bytes are rolled back, nothing is wrong here.
-                std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::TimedOut
-                | std::io::ErrorKind::UnexpectedEof => RegistryError::BodyInterrupted(e),
-                _ => RegistryError::Storage(StoreError::Io(e)),
-            }),
-            Err(e) => Err(upload_error(e)),
+        Ok(limited.chain(end_check).boxed())
+    }
+
+    /// What a body's failure (from [`Registry::checked_body`] or the client's
+    /// connection) tells the client.
+    fn body_error(&self, e: std::io::Error) -> RegistryError {
+        match e.kind() {
+            std::io::ErrorKind::InvalidData => RegistryError::SizeInvalid,
+            std::io::ErrorKind::FileTooLarge => RegistryError::BlobTooLarge {
+                limit: self.options.max_blob_bytes.unwrap_or(u64::MAX),
+            },
+            // The client stopped sending (hung up, or went silent past the
+            // server's timeout): its bytes are rolled back, nothing is wrong here.
+            std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::UnexpectedEof => RegistryError::BodyInterrupted(e),
+            _ => RegistryError::Storage(StoreError::Io(e)),
         }
+    }
+
+    /// A whole blob whose digest is known before its bytes (POST `?digest=`, or the
+    /// closing PUT of an upload that received nothing before it, as containerd and
+    /// buildkit push): written where it will lie as it arrives, with no upload staged and
+    /// no commit copy (S3: one multipart upload to the blob's key). The body's last chunk
+    /// is held back until the whole has hashed to `digest`; bytes that do not, or a body
+    /// cut off, fail the store's write, so nothing is published. A blob already stored
+    /// is not written again: the body is hashed and dropped, and the blob is linked only
+    /// once the client has shown it holds those bytes.
+    async fn put_whole(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<()> {
+        let key = layout::blob(digest)?;
+        let worker = HashWorker::start(Hasher::new(digest.algorithm()), 0);
+        let checked = self.checked_body(0, len, &worker, body)?;
+        let mismatch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let verified = verified(checked, worker, digest.clone(), mismatch.clone());
+        let written = if self.store.stat(&key).await?.is_some() {
+            drain(verified).await.map_err(StoreError::Io)
+        } else {
+            self.store.put_stream(&key, verified).await.map(drop)
+        };
+        match written {
+            Ok(()) => {}
+            Err(_) if mismatch.load(Ordering::Relaxed) => return Err(RegistryError::DigestInvalid),
+            Err(StoreError::Io(e)) => return Err(self.body_error(e)),
+            Err(e) => return Err(e.into()),
+        }
+        let _permit = self.use_permit().await;
+        // Fresh bytes are young enough that no collection takes them; a blob that was
+        // already there gets its time renewed, and if a collection took it in between,
+        // the client is told to push again rather than handed a link to nothing.
+        if !self.store.touch(&key).await? {
+            return Err(RegistryError::BlobUploadInvalid(
+                "the blob was collected while it was being pushed; push it again".into(),
+            ));
+        }
+        self.link_blob(repo, digest).await
     }
 
     /// Finish an upload: append the optional last chunk, verify the digest, make the blob
@@ -380,6 +443,17 @@ impl Registry {
     ) -> Result<()> {
         let _turn = self.upload_locks.lock(id).await;
         let state = self.upload_status(repo, id).await?;
+        if state.size == 0
+            && let Some((None | Some(0), len, body)) = last_chunk
+        {
+            // The whole blob in this request: written in place, and the empty session
+            // dropped once it is in (kept, still empty, for a retry if it fails).
+            let r = self.put_whole(repo, digest, len, body).await;
+            if matches!(r, Ok(()) | Err(RegistryError::DigestInvalid)) {
+                self.discard_upload(repo, id).await?;
+            }
+            return r;
+        }
         let algorithm = digest.algorithm();
         let mut worker = self.worker_at(id, state.size, algorithm).await?;
         if let Some((start, len, body)) = last_chunk {
@@ -462,15 +536,67 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<()> {
-        let id = self.start_upload(repo).await?;
-        let r = self
-            .finish_upload(repo, &id, digest, Some((None, len, body)))
-            .await;
-        if r.is_err() {
-            let _ = self.discard_upload(repo, &id).await;
-        }
-        r
+        self.put_whole(repo, digest, len, body).await
     }
+}
+
+/// `body` with its last chunk held back until `worker`, which every chunk was fed to,
+/// has hashed the whole to `digest`: a store writing it sees the stream fail instead of
+/// end when the bytes are wrong (and `mismatch` is set), so it publishes nothing.
+fn verified(
+    body: ByteStream,
+    worker: HashWorker,
+    digest: Digest,
+    mismatch: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> ByteStream {
+    struct Verifying {
+        body: ByteStream,
+        held: Option<bytes::Bytes>,
+        worker: Option<HashWorker>,
+        digest: Digest,
+        mismatch: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+    let start = Verifying {
+        body,
+        held: None,
+        worker: Some(worker),
+        digest,
+        mismatch,
+    };
+    futures::stream::unfold(Some(start), |st| async move {
+        let mut st = st?;
+        loop {
+            match st.body.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(ready) = st.held.replace(chunk) {
+                        return Some((Ok(ready), Some(st)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    let hashed = match st.worker.take() {
+                        Some(w) => w.finish().await.map(|h| h.finish()),
+                        None => None,
+                    };
+                    if hashed.as_ref() != Some(&st.digest) {
+                        st.mismatch.store(true, Ordering::Relaxed);
+                        let e = std::io::Error::other("the bytes do not match the digest");
+                        return Some((Err(e), None));
+                    }
+                    return st.held.take().map(|last| (Ok(last), None));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Read `body` to its end, keeping nothing.
+async fn drain(mut body: ByteStream) -> std::io::Result<()> {
+    while let Some(chunk) = body.next().await {
+        chunk?;
+    }
+    Ok(())
 }
 
 /// What a store error on an upload session means for its client: the upload moved on

@@ -204,6 +204,32 @@ async fn an_upload_with_the_wrong_digest_publishes_nothing() {
     ));
 }
 
+/// A whole blob pushed under the digest of a blob the store already holds (another
+/// repository's) is linked only when its own bytes hash to that digest: naming a digest
+/// is not a way into someone else's blob. A body shorter than announced is refused the
+/// same way, and the stored blob is left as it was.
+#[tokio::test]
+async fn a_known_digest_with_the_wrong_bytes_links_nothing() {
+    let r = Registry::new(Arc::new(MemoryStore::new()), RegistryOptions::default());
+    let theirs: RepoName = "them/secret".parse().unwrap();
+    let d = push_blob(&r, &theirs, b"their private layer").await;
+    let mine = repo();
+    let guess = futures::stream::iter([Ok(Bytes::from_static(b"anything at all"))]).boxed();
+    let e = r.put_blob(&mine, &d, None, guess).await.unwrap_err();
+    assert!(matches!(e, RegistryError::DigestInvalid), "{e}");
+    let short = futures::stream::iter([Ok(Bytes::from_static(b"their private"))]).boxed();
+    let e = r.put_blob(&mine, &d, Some(19), short).await.unwrap_err();
+    assert!(matches!(e, RegistryError::SizeInvalid), "{e}");
+    assert!(matches!(
+        r.open_blob(&mine, &d).await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    assert_eq!(r.stat_blob(&theirs, &d).await.unwrap(), 19);
+    // With the right bytes it is linked, and the stored blob is not written again.
+    push_blob(&r, &mine, b"their private layer").await;
+    assert_eq!(r.stat_blob(&mine, &d).await.unwrap(), 19);
+}
+
 /// The catalog comes in byte order however names nest (`a-b` and `a.c` sort between `a`
 /// and `a/b`), page by page from any `last`, each name once.
 #[tokio::test]

@@ -39,6 +39,7 @@ pub async fn run_all(store: &dyn Store) {
     racing_appends(store).await;
     commit_while_appending(store).await;
     large_object(store).await;
+    put_stream_is_all_or_nothing(store).await;
     touch_and_walk(store).await;
     leases(store).await;
 }
@@ -521,4 +522,60 @@ async fn large_object(s: &dyn Store) {
             .unwrap(),
         &data[1_234_567..4_000_001]
     );
+}
+
+/// `put_stream` publishes the whole stream or nothing: a stream that fails, small or
+/// past several parts, leaves no object (and an older one under the key untouched), and
+/// no upload behind; one that ends is read back whole and by ranges across its parts.
+async fn put_stream_is_all_or_nothing(s: &dyn Store) {
+    let small = key("t/stream/small");
+    assert_eq!(
+        s.put_stream(&small, chunks(&[b"ab", b"c"])).await.unwrap(),
+        3
+    );
+    assert_eq!(s.get(&small).await.unwrap().unwrap(), &b"abc"[..]);
+
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let failing = |upto: usize| {
+        let mut parts: Vec<std::io::Result<Bytes>> = data[..upto]
+            .chunks(1_000_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        parts.push(Err(std::io::Error::other("cut off")));
+        futures::stream::iter(parts).boxed()
+    };
+    let uploads_before = s.upload_list().await.unwrap().len();
+    let large = key("t/stream/large");
+    for upto in [0, 3_000_000, 17_000_000] {
+        assert!(s.put_stream(&large, failing(upto)).await.is_err());
+        assert!(s.stat(&large).await.unwrap().is_none(), "cut at {upto}");
+        // Over an existing object, a failed stream changes nothing.
+        assert!(s.put_stream(&small, failing(upto)).await.is_err());
+        assert_eq!(s.get(&small).await.unwrap().unwrap(), &b"abc"[..]);
+    }
+    assert_eq!(s.upload_list().await.unwrap().len(), uploads_before);
+
+    let whole: Vec<std::io::Result<Bytes>> = data
+        .chunks(777_777)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let n = s
+        .put_stream(&large, futures::stream::iter(whole).boxed())
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(s.stat(&large).await.unwrap().unwrap().size, n);
+    assert_eq!(
+        collect(s.read(&large, 0..n).await.unwrap()).await.unwrap(),
+        data
+    );
+    for r in [1..19_999_999, 4_194_303..12_582_913, 8_388_608..20_000_000] {
+        assert_eq!(
+            collect(s.read(&large, r.start..r.end).await.unwrap())
+                .await
+                .unwrap(),
+            &data[r.start as usize..r.end as usize],
+            "range {r:?}"
+        );
+    }
 }

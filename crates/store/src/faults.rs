@@ -268,6 +268,9 @@ impl UploadStore for FaultyStore {
     async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>> {
         self.inner.upload_list().await
     }
+
+    // `put_stream` is not forwarded: the trait's default runs it through this wrapper's
+    // own upload calls, so faults armed on appends and commits reach it too.
 }
 
 #[async_trait]

@@ -211,6 +211,28 @@ pub trait UploadStore: Send + Sync {
     async fn upload_abort(&self, id: &UploadId) -> Result<bool>;
     /// Every upload in progress, for garbage collection of abandoned ones.
     async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>>;
+    /// Store the bytes of `data` as the object at `dest`, all or nothing: the object
+    /// appears (replacing any older one) only when the stream ends without an error, and
+    /// a stream that fails, or a crash part way, leaves nothing new visible under any
+    /// key. Returns the size written. For whole objects whose name is known before their
+    /// bytes arrive (a blob pushed with its digest): the caller's stream fails instead of
+    /// ending when the bytes turn out wrong.
+    ///
+    /// The default stages the bytes as an upload and commits it; a backend that can
+    /// write the object where it will lie as the bytes arrive (S3: a multipart upload to
+    /// `dest`, completed at the end) does that and skips the commit's copy.
+    async fn put_stream(&self, dest: &Key, data: ByteStream) -> Result<u64> {
+        let id = UploadId::random();
+        self.upload_create(&id).await?;
+        let written = match self.upload_append(&id, 0, data).await {
+            Ok(size) => self.upload_commit(&id, dest, size).await.map(|()| size),
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            let _ = self.upload_abort(&id).await;
+        }
+        written
+    }
 }
 
 /// Time-limited exclusive leases, so that among several processes on one store (replicas,

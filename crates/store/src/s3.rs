@@ -12,8 +12,10 @@
 //! objects copied in place (UploadPartCopy, which `object_store` cannot send, so it is
 //! signed with its signer and sent here) when every part but the last has S3's minimum
 //! part size; else, for many small appends, a multipart upload of [`PART_SIZE`] parts
-//! streamed from the staged objects. Memory per
-//! upload is bounded by [`PARALLEL_PARTS`] parts in flight. `touch` rewrites small objects and, for large ones
+//! streamed from the staged objects. A whole object whose key is known before its bytes
+//! (`put_stream`: a blob pushed with its digest) skips staging: it is sent as a multipart
+//! upload to its own key, completed only when the stream ends well, so every byte is
+//! written once. Memory per upload is bounded by [`PARALLEL_PARTS`] parts in flight. `touch` rewrites small objects and, for large ones
 //! (blobs), writes a marker under `.berth/touch/` whose time `stat` and `walk` take into
 //! account. It never learns what the objects mean.
 
@@ -348,25 +350,38 @@ impl S3Store {
     }
 
     /// Commit by streaming the staged objects into a multipart upload of
-    /// [`PART_SIZE`] parts.
+    /// [`PART_SIZE`] parts: for small staged parts (a client's many little PATCHes).
     async fn commit_by_stream(
         &self,
         id: &UploadId,
         state: &UploadState,
         target: &Path,
     ) -> Result<()> {
-        let target = target.clone();
-        // Small staged parts (a client's many little PATCHes): one multipart
-        // upload of PART_SIZE parts, streamed from the staged objects; the
-        // object appears whole when it completes.
-        let mp = self.s3.create_multipart(&target).await.map_err(io)?;
-        let result: Result<()> = async {
-            let mut bytes = self.staged(id, state, 0..state.size());
-            let mut buf = BytesMut::new();
+        let staged = self.staged(id, state, 0..state.size());
+        self.write_parts(BytesMut::new(), staged, target)
+            .await
+            .map(drop)
+    }
+
+    /// `first` then the bytes of `rest` as the object at `target`, by one multipart
+    /// upload of [`PART_SIZE`] parts, [`PARALLEL_PARTS`] in flight: the object appears
+    /// whole when the upload completes, and not at all if `rest` fails (the upload is
+    /// aborted; one cut off by a crash stays invisible, its parts left for the bucket's
+    /// lifecycle rule to reclaim). Returns the size written.
+    async fn write_parts(
+        &self,
+        first: BytesMut,
+        mut rest: ByteStream,
+        target: &Path,
+    ) -> Result<u64> {
+        let mp = self.s3.create_multipart(target).await.map_err(io)?;
+        let result: Result<u64> = async {
+            let mut size = first.len() as u64;
+            let mut buf = first;
             let mut sent = Vec::new();
             let mut inflight = futures::stream::FuturesUnordered::new();
             let put = |idx: usize, part: Bytes| {
-                let (s3, target, mp) = (&self.s3, &target, &mp);
+                let (s3, mp) = (&self.s3, &mp);
                 async move {
                     s3.put_part(target, mp, idx, PutPayload::from(part))
                         .await
@@ -376,11 +391,9 @@ impl S3Store {
             };
             let mut next_idx = 0;
             loop {
-                let next = bytes.next().await;
+                let next = rest.next().await.transpose().map_err(StoreError::Io)?;
                 if let Some(c) = &next {
-                    let c = c
-                        .as_ref()
-                        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+                    size += c.len() as u64;
                     buf.extend_from_slice(c);
                 }
                 while buf.len() >= PART_SIZE || (next.is_none() && !buf.is_empty()) {
@@ -403,17 +416,16 @@ impl S3Store {
             sent.sort_by_key(|(idx, _)| *idx);
             let parts: Vec<_> = sent.into_iter().map(|(_, id)| id).collect();
             self.s3
-                .complete_multipart(&target, &mp, parts)
+                .complete_multipart(target, &mp, parts)
                 .await
                 .map_err(io)?;
-            Ok(())
+            Ok(size)
         }
         .await;
-        if let Err(e) = result {
-            let _ = self.s3.abort_multipart(&target, &mp).await;
-            return Err(e);
+        if result.is_err() {
+            let _ = self.s3.abort_multipart(target, &mp).await;
         }
-        Ok(())
+        result
     }
 
     /// Part `number` (from 1) of multipart upload `upload` of `target`: the whole of
@@ -1022,6 +1034,35 @@ impl UploadStore for S3Store {
         let existed = self.state(id).await?.is_some();
         self.clear_upload(id).await?;
         Ok(existed)
+    }
+
+    async fn put_stream(&self, dest: &Key, mut data: ByteStream) -> Result<u64> {
+        // Written where it will lie as the bytes arrive; nothing is staged or copied.
+        // Up to one part: a single PUT once the stream has ended. More: a multipart
+        // upload to `dest`, completed only after the stream's end.
+        let target = self.path(dest.as_str());
+        let mut first = BytesMut::new();
+        let written = loop {
+            match data.next().await.transpose().map_err(StoreError::Io)? {
+                Some(c) => {
+                    first.extend_from_slice(&c);
+                    if first.len() >= PART_SIZE {
+                        break self.write_parts(first, data, &target).await?;
+                    }
+                }
+                None => {
+                    let size = first.len() as u64;
+                    self.s3
+                        .put(&target, PutPayload::from(first.freeze()))
+                        .await
+                        .map_err(io)?;
+                    break size;
+                }
+            }
+        };
+        // A new object replaces any touch marker an older one under the same key had.
+        let _ = self.s3.delete(&self.marker(dest.as_str())).await;
+        Ok(written)
     }
 
     async fn upload_list(&self) -> Result<Vec<(UploadId, ObjectMeta)>> {
