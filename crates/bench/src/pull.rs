@@ -34,6 +34,10 @@ const CACHED_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between HEADs asking whether the cache holds the blob yet.
 const CACHED_POLL: Duration = Duration::from_millis(20);
 
+/// How many times, 100 ms apart, a cold pull looks for berth's fill log line: its commit
+/// (an fsync of the whole blob) may end a while after the client has the last byte.
+const FILL_LOG_WAIT_STEPS: usize = 100;
+
 /// The registry the caches pull from, and the counting proxy in front of it.
 pub struct Upstream {
     server: Server,
@@ -214,7 +218,19 @@ impl<'a> CacheServer<'a> {
             ),
         );
         self.server.ensure_running()?;
-        let fill = crate::report::FillTimes::from_log(&self.server.log_text(), &blob.digest);
+        // berth logs the fill once it has committed, which may be after the client is
+        // done (the client gets the last byte once it verifies; an fsync follows).
+        let mut fill = None;
+        for _ in 0..FILL_LOG_WAIT_STEPS {
+            if !self.server.kind.is_berth() {
+                break;
+            }
+            fill = crate::report::FillTimes::from_log(&self.server.log_text(), &blob.digest);
+            if fill.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if let Some(f) = fill {
             progress(
                 &label,

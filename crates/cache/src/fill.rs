@@ -75,7 +75,8 @@ pub enum FillError {
     Upstream(#[source] distribution::ClientError),
     #[error("{0}")]
     Store(#[source] registry::RegistryError),
-    /// The bytes did not verify at commit (digest or size): nothing was stored.
+    /// The bytes verified as they came, but could not be published (the upload moved
+    /// under another writer, or the store failed the commit): nothing was stored.
     #[error("upstream blob rejected: {0}")]
     Rejected(#[source] registry::RegistryError),
     #[error("upstream body: {0}")]
@@ -264,7 +265,7 @@ async fn run(
             let commit = std::time::Instant::now();
             let finished = job
                 .registry
-                .finish_upload(&job.repo, &id, &job.digest, None)
+                .finish_prehashed_upload(&job.repo, &id, &job.digest, written)
                 .await;
             times.commit = commit.elapsed();
             match finished {
@@ -284,9 +285,10 @@ async fn run(
                     );
                     Ok(written)
                 }
-                // finish_upload discards the upload on a mismatch.
+                // The bytes verified as they came; the store failed to publish them.
                 Err(e) => {
                     up.gate.record_success(&job.pass);
+                    let _ = job.registry.cancel_upload(&job.repo, &id).await;
                     Err(FillError::Rejected(e))
                 }
             }
@@ -402,7 +404,7 @@ async fn download(
             let appending = std::time::Instant::now();
             let state = job
                 .registry
-                .append_upload(&job.repo, id, Some(written), Some(len as u64), body)
+                .append_unhashed(&job.repo, id, written, Some(len as u64), body)
                 .await
                 .map_err(FillError::Store)?;
             store_write += appending.elapsed();

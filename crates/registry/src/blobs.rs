@@ -304,7 +304,7 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<HashWorker> {
-        let limited = self.checked_body(offset, len, &worker, body)?;
+        let limited = self.checked_body(offset, len, Some(worker.feeder()), body)?;
         match self.store.upload_append(id, offset, limited).await {
             Ok(size) => {
                 worker.offset = size;
@@ -315,15 +315,15 @@ impl Registry {
         }
     }
 
-    /// `body`, written at `offset` of a blob, with each chunk fed to `worker` as it
-    /// passes, and failing (so the store keeps none of it) when it runs longer or shorter
+    /// `body`, written at `offset` of a blob, with each chunk fed to a hashing worker
+    /// through `hash` (if any) as it passes, and failing (so the store keeps none of it) when it runs longer or shorter
     /// than the `len` announced or past the largest blob allowed; see
     /// [`Registry::body_error`] for what each failure tells the client.
     fn checked_body(
         &self,
         offset: u64,
         len: Option<u64>,
-        worker: &HashWorker,
+        hash: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
         body: ByteStream,
     ) -> Result<ByteStream> {
         let max = self.options.max_blob_bytes;
@@ -332,11 +332,10 @@ impl Registry {
         {
             return Err(RegistryError::BlobTooLarge { limit: max });
         }
-        let tx = worker.feeder();
         let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = seen.clone();
         let limited = body.then(move |chunk| {
-            let tx = tx.clone();
+            let tx = hash.clone();
             let counter = counter.clone();
             async move {
                 let chunk = chunk?;
@@ -351,9 +350,11 @@ impl Registry {
                         "blob too large",
                     ));
                 }
-                tx.send(chunk.clone())
-                    .await
-                    .map_err(|_| std::io::Error::other("hashing stopped"))?;
+                if let Some(tx) = tx {
+                    tx.send(chunk.clone())
+                        .await
+                        .map_err(|_| std::io::Error::other("hashing stopped"))?;
+                }
                 Ok(chunk)
             }
         });
@@ -405,7 +406,7 @@ impl Registry {
     ) -> Result<()> {
         let key = layout::blob(digest)?;
         let worker = HashWorker::start(Hasher::new(digest.algorithm()), 0);
-        let checked = self.checked_body(0, len, &worker, body)?;
+        let checked = self.checked_body(0, len, Some(worker.feeder()), body)?;
         let mismatch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let verified = verified(checked, worker, digest.clone(), mismatch.clone());
         let written = if self.store.stat(&key).await?.is_some() {
@@ -482,6 +483,18 @@ impl Registry {
             self.discard_upload(repo, id).await?;
             return Err(RegistryError::DigestInvalid);
         }
+        self.publish_upload(repo, id, digest, size).await
+    }
+
+    /// Make a verified upload of `size` bytes the blob `digest`, link it, and end the
+    /// session.
+    async fn publish_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         {
             let _permit = self.use_permit().await;
             let blob_key = layout::blob(digest)?;
@@ -497,6 +510,58 @@ impl Registry {
         }
         self.store.delete(&layout::upload(repo, id)?).await?;
         Ok(())
+    }
+
+    /// Append `body` at `start` without hashing it: for a caller that hashes the very
+    /// bytes it hands over as they pass, and publishes with
+    /// [`Registry::finish_prehashed_upload`] — the cache's fill, which hashes each byte
+    /// once as it arrives from the upstream instead of twice. Checked like
+    /// [`Registry::append_upload`] otherwise.
+    pub async fn append_unhashed(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: u64,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadState> {
+        let _turn = self.upload_locks.lock(id).await;
+        let state = self.upload_status(repo, id).await?;
+        if start != state.size {
+            return Err(RegistryError::RangeInvalid {
+                current: state.size,
+            });
+        }
+        // A running hash of earlier appends no longer covers the upload.
+        self.hashers.lock().remove(id);
+        let limited = self.checked_body(start, len, None, body)?;
+        match self.store.upload_append(id, start, limited).await {
+            Ok(size) => Ok(UploadState { size }),
+            Err(StoreError::Io(e)) => Err(self.body_error(e)),
+            Err(e) => Err(upload_error(e)),
+        }
+    }
+
+    /// Publish an upload whose `size` bytes the caller appended with
+    /// [`Registry::append_unhashed`], hashing each as it passed, and found to be
+    /// `digest`. The registry takes that hash on trust, so only code that saw every byte
+    /// it appended may call this; it checks the size, so an upload that moved meanwhile
+    /// (another writer) is refused and nothing is published.
+    pub async fn finish_prehashed_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let _turn = self.upload_locks.lock(id).await;
+        let state = self.upload_status(repo, id).await?;
+        if state.size != size {
+            return Err(RegistryError::RangeInvalid {
+                current: state.size,
+            });
+        }
+        self.publish_upload(repo, id, digest, size).await
     }
 
     async fn discard_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {

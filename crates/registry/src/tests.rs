@@ -230,6 +230,49 @@ async fn a_known_digest_with_the_wrong_bytes_links_nothing() {
     assert_eq!(r.stat_blob(&mine, &d).await.unwrap(), 19);
 }
 
+/// The cache's fill appends without the registry hashing (it hashes the bytes itself as
+/// they arrive) and publishes with the digest it found: the registry still checks that
+/// the upload holds exactly the bytes the caller says, so an upload another writer moved
+/// meanwhile publishes nothing.
+#[tokio::test]
+async fn a_prehashed_upload_publishes_only_the_size_its_caller_saw() {
+    let r = Registry::new(Arc::new(MemoryStore::new()), RegistryOptions::default());
+    let repo = repo();
+    let body = |b: &'static [u8]| futures::stream::iter([Ok(Bytes::from_static(b))]).boxed();
+    let id = r.start_upload(&repo).await.unwrap();
+    r.append_unhashed(&repo, &id, 0, Some(5), body(b"first"))
+        .await
+        .unwrap();
+    let e = r
+        .append_unhashed(&repo, &id, 0, Some(5), body(b"again"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::RangeInvalid { current: 5 }),
+        "{e}"
+    );
+    // Another writer adds bytes the caller never saw.
+    r.append_upload(&repo, &id, Some(5), Some(4), body(b"more"))
+        .await
+        .unwrap();
+    let d = Digest::sha256_of(b"first");
+    let e = r
+        .finish_prehashed_upload(&repo, &id, &d, 5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::RangeInvalid { current: 9 }),
+        "{e}"
+    );
+    assert!(matches!(
+        r.open_blob(&repo, &d).await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    let d = Digest::sha256_of(b"firstmore");
+    r.finish_prehashed_upload(&repo, &id, &d, 9).await.unwrap();
+    assert_eq!(r.stat_blob(&repo, &d).await.unwrap(), 9);
+}
+
 /// The catalog comes in byte order however names nest (`a-b` and `a.c` sort between `a`
 /// and `a/b`), page by page from any `last`, each name once.
 #[tokio::test]
