@@ -1,12 +1,14 @@
 //! berth's benchmark harness: it owns starting berth and CNCF distribution side by side on
 //! loopback, timing the same blob and manifest traffic against each (hosted, and as a
 //! pull-through cache of one upstream), then timing each one's garbage collection (and
-//! berth's fsck) of one generated store, and printing a markdown table for each part (see
-//! docs/bench.md). It builds nothing: it runs the binaries it is given.
+//! berth's fsck) of one generated store, and printing a markdown table for each part, then
+//! the run's headline figures in one table (see docs/bench.md). It builds nothing: it
+//! runs the binaries it is given.
 
 mod blob;
 mod client;
 mod corpus;
+mod headline;
 mod load;
 mod proxy;
 mod pull;
@@ -111,6 +113,10 @@ struct Cli {
     /// one bucket.
     #[arg(long)]
     only_s3: bool,
+    /// Run every part (serving and caches, upkeep at each `--scale`, then the S3 part),
+    /// so the headline table at the end sets every figure beside its peer from one run.
+    #[arg(long, conflicts_with_all = ["only_s3", "only_upkeep"])]
+    all: bool,
     /// Run only the soak: one berth under mixed concurrent pushes, pulls (hosted and
     /// cached), deletes, GC, retention and scrub for DURATION (default 10m); then every
     /// acknowledged push must pull byte-exact and `berth fsck --deep` be clean. RSS is
@@ -229,33 +235,43 @@ async fn run(cli: Cli) -> Result<()> {
         return soak::run(&berth, &cli.distribution, &client, duration).await;
     }
     if cli.only_s3 {
-        // 256 MiB blobs whatever the run: SeaweedFS on the same disk keeps staged and
-        // deleted bytes until it vacuums, and full-size rounds fill a small disk.
-        let mut cli = cli;
-        cli.rounds = Some(cli.rounds() as u16);
-        cli.quick = true;
-        let berth = cli.berth.clone().unwrap_or_else(default_berth);
-        let bench = Bench::prepare(&cli, 1).await?;
-        return s3::run(&bench, &berth, &cli.distribution).await;
+        let headlines = s3_part(&cli).await?;
+        print!("\n{}", headline::table(&headlines));
+        return Ok(());
     }
     let plan = cli.upkeep_plan(&columns);
     if let Some(dir) = &cli.write_store {
         let (dir, blobs) = (dir.clone(), plan.scales[0]);
         return tokio::task::spawn_blocking(move || upkeep::write_only(&dir, blobs)).await?;
     }
+    let mut headlines = Vec::new();
     if !cli.only_upkeep {
-        serving(&cli, &columns).await?;
+        headlines.extend(serving(&cli, &columns).await?);
         // A blank line between the two tables.
         println!();
     }
-    let upkeep = tokio::task::spawn_blocking(move || upkeep::run(&plan)).await??;
+    let (upkeep, rows) = tokio::task::spawn_blocking(move || upkeep::run(&plan)).await??;
     print!("{upkeep}");
+    headlines.extend(rows);
+    if cli.all {
+        println!();
+        headlines.extend(s3_part(&cli).await?);
+    }
+    print!("\n{}", headline::table(&headlines));
     Ok(())
+}
+
+/// The S3 part, on 256 MiB blobs whatever the run: SeaweedFS on the same disk keeps
+/// staged and deleted bytes until it vacuums, and full-size rounds fill a small disk.
+async fn s3_part(cli: &Cli) -> Result<Vec<headline::Headline>> {
+    let berth = cli.berth.clone().unwrap_or_else(default_berth);
+    let bench = Bench::prepare_sized(cli, 1, true).await?;
+    s3::run(&bench, &berth, &cli.distribution).await
 }
 
 /// The serving part: every column hosted and as a cache; prints its table as soon as it
 /// is done, so a failure of the upkeep part does not lose it.
-async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<()> {
+async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<Vec<headline::Headline>> {
     // The upstream of the caches is distribution whichever columns run.
     anyhow::ensure!(
         cli.distribution.is_file(),
@@ -277,7 +293,7 @@ async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<()> {
         })
         .collect();
     print!("{}", bench.summary(&results));
-    Ok(())
+    Ok(report::headlines(&results, bench.cache_blob_bytes / MIB))
 }
 
 /// The columns in the order round `i` visits them: each round starts one column later
@@ -312,7 +328,13 @@ struct RoundBlobs {
 
 impl Bench {
     async fn prepare(cli: &Cli, columns: usize) -> Result<Bench> {
-        let (blob_bytes, cache_blob_bytes, load_duration) = if cli.quick {
+        Bench::prepare_sized(cli, columns, cli.quick).await
+    }
+
+    /// As [`Bench::prepare`], with the quick run's sizes when `quick` (the rounds stay
+    /// the run's).
+    async fn prepare_sized(cli: &Cli, columns: usize, quick: bool) -> Result<Bench> {
+        let (blob_bytes, cache_blob_bytes, load_duration) = if quick {
             (QUICK_BLOB_BYTES, QUICK_CACHE_BLOB_BYTES, QUICK_LOAD)
         } else {
             (FULL_BLOB_BYTES, FULL_CACHE_BLOB_BYTES, FULL_LOAD)

@@ -4,6 +4,8 @@
 //! cells then say how. The upkeep table (see `upkeep`) formats its cells and ratios with
 //! the same helpers.
 
+use crate::headline::Headline;
+use crate::pull::COLD_CLIENTS;
 use crate::server::Kind;
 use std::fmt::Write as _;
 
@@ -467,6 +469,74 @@ const ROWS: &[Row] = &[
         ratio: true,
     },
 ];
+
+/// The serving part's headline rows: berth (fsync) as a cache beside distribution's
+/// proxy, and where berth's fill spent its time.
+pub fn headlines(columns: &[(Kind, Results)], cache_mib: usize) -> Vec<Headline> {
+    let column = |k: Kind| columns.iter().find(|(kind, _)| *kind == k).map(|(_, r)| r);
+    let (Some(berth), dist) = (
+        column(Kind::Berth { fsync: true }),
+        column(Kind::Distribution),
+    ) else {
+        return Vec::new();
+    };
+    let each = |r: Option<&Results>, f: fn(&CacheRound) -> Outcome<f64>| -> Vec<f64> {
+        r.map_or(Vec::new(), |r| {
+            r.cache.iter().filter_map(|c| f(c).ok()).collect()
+        })
+    };
+    let versus = |measurement: String,
+                  f: fn(&CacheRound) -> Outcome<f64>,
+                  decimals,
+                  target: &str| Headline {
+        measurement,
+        berth: each(Some(berth), f),
+        beside: ("distribution (proxy)", each(dist, f)),
+        unit: 1.0,
+        decimals,
+        target: target.to_owned(),
+    };
+    let mut rows = vec![
+        versus(
+            format!("cold pull through the cache, 1 client, {cache_mib} MiB (s)"),
+            |c| wall(&c.cold_one.pull),
+            2,
+            "≤ 1.0× distribution",
+        ),
+        versus(
+            format!("cold pull through the cache, {COLD_CLIENTS} clients (s)"),
+            |c| wall(&c.cold_many.pull),
+            2,
+            "",
+        ),
+        versus(
+            format!("upstream blob GETs, cold pull, {COLD_CLIENTS} clients"),
+            |c| Ok(c.cold_many.upstream_gets as f64),
+            0,
+            "1",
+        ),
+    ];
+    type Part = fn(&FillTimes) -> f64;
+    let fill: [(&str, Part); 4] = [
+        ("upstream read", |f| f.upstream_read),
+        ("hashing", |f| f.hash),
+        ("store appends, beside the read", |f| f.store_write),
+        ("verify and commit", |f| f.commit),
+    ];
+    for (part, f) in fill {
+        rows.push(Headline::alone(
+            format!("  berth's fill of the 1-client cold pull: {part} (s)"),
+            berth
+                .cache
+                .iter()
+                .filter_map(|c| c.cold_one.fill.as_ref().map(f))
+                .collect(),
+            2,
+            "",
+        ));
+    }
+    rows
+}
 
 /// The markdown table: one column per server (the median over rounds, with the range
 /// in brackets when rounds differ), then `berth / distribution` of the medians for each

@@ -6,6 +6,7 @@
 
 use crate::blob::Blob;
 use crate::client::Api;
+use crate::headline::Headline;
 use crate::server::{Kind, Role, Server};
 use crate::{Bench, MANIFEST_TAG, MANY_CLIENTS, MIB, REPO_MANIFEST, mb_per_s, progress};
 use anyhow::{Context, Result, bail};
@@ -302,8 +303,129 @@ async fn requests_per_step(
     Ok(out)
 }
 
-/// Run the S3 part and print its table.
-pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()> {
+/// The S3 part's headline rows: berth (s3) beside the plain client and distribution's
+/// `s3` driver, the replicas, and upkeep on the bucket.
+fn headlines(
+    rows: &[Row],
+    plain: &Plain,
+    [pushes, one, spread]: [&Vec<f64>; 3],
+    jobs: &[crate::upkeep::S3Job],
+    objects: usize,
+) -> Vec<Headline> {
+    let (relay, redirect, dist) = (&rows[1], &rows[2], &rows[3]);
+    let mb = |measurement: &str,
+              berth: &Vec<f64>,
+              who: &'static str,
+              theirs: &Vec<f64>,
+              target: &str| Headline {
+        measurement: format!("S3: {measurement} (MB/s)"),
+        berth: berth.clone(),
+        beside: (who, theirs.clone()),
+        unit: 1e6,
+        decimals: 0,
+        target: target.to_owned(),
+    };
+    let mut out = vec![
+        mb(
+            "monolithic push (POST, PUT with the blob)",
+            &relay.push_monolithic,
+            "plain S3 PUT",
+            &plain.put,
+            "≥ 0.8× plain",
+        ),
+        mb(
+            "monolithic push",
+            &relay.push_monolithic,
+            "distribution (s3)",
+            &dist.push_monolithic,
+            "≥ 1.0× distribution",
+        ),
+        mb(
+            "chunked push (8 MiB PATCHes)",
+            &relay.push_chunked,
+            "plain S3 PUT",
+            &plain.put,
+            "≥ 0.8× plain",
+        ),
+        mb(
+            "chunked push",
+            &relay.push_chunked,
+            "plain PUT + CopyObject",
+            &plain.put_then_copy,
+            "(the bucket's cost of staging)",
+        ),
+        mb(
+            "chunked push",
+            &relay.push_chunked,
+            "distribution (s3)",
+            &dist.push_chunked,
+            "≥ 1.0× distribution",
+        ),
+        mb(
+            "blob GET, 1 client, relayed",
+            &relay.get_one,
+            "plain S3 GET",
+            &plain.get,
+            "≥ 0.9× plain",
+        ),
+        mb(
+            "blob GET, 1 client, redirect = true",
+            &redirect.get_one,
+            "plain S3 GET",
+            &plain.get,
+            "≥ 0.9× plain",
+        ),
+        mb(
+            "blob GET, 1 client, relayed",
+            &relay.get_one,
+            "distribution (s3, redirects)",
+            &dist.get_one,
+            "≥ 1.0× distribution",
+        ),
+        mb(
+            "blob GET, 1 client, redirect = true",
+            &redirect.get_one,
+            "distribution (s3, redirects)",
+            &dist.get_one,
+            "≥ 1.0× distribution",
+        ),
+        mb(
+            &format!("{REPLICAS} replicas, {REPLICAS} pushes at once, aggregate"),
+            pushes,
+            "",
+            &Vec::new(),
+            "",
+        ),
+        mb(
+            &format!("{REPLICAS} replicas, {MANY_CLIENTS} GET clients spread over all, aggregate"),
+            spread,
+            "all on one replica",
+            one,
+            "reported",
+        ),
+    ];
+    for j in jobs {
+        out.push(Headline::alone(
+            format!("S3: `berth {}` on {objects} objects, wall time (s)", j.name),
+            vec![j.measured.wall_seconds],
+            2,
+            "reported",
+        ));
+        out.push(Headline::alone(
+            format!(
+                "S3: `berth {}` on {objects} objects, store operations",
+                j.name
+            ),
+            j.store_operations.map_or(Vec::new(), |n| vec![n as f64]),
+            0,
+            "reported",
+        ));
+    }
+    out
+}
+
+/// Run the S3 part and print its table; its headline rows.
+pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<Vec<Headline>> {
     let weed = start_weed(&bench.client).await?;
     progress("s3", format!("SeaweedFS listening on {ENDPOINT}"));
     let kinds = [
@@ -431,6 +553,13 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
     drop(replicas);
     let (objects, upkeep_jobs) = upkeep_on_s3(berth).await?;
     drop(weed);
+    let headlines = headlines(
+        &rows,
+        &plain,
+        [&push_rates, &one_rates, &spread_rates],
+        &upkeep_jobs,
+        objects,
+    );
     let (three_push, one_get, three_get) =
         (median(push_rates), median(one_rates), median(spread_rates));
     progress(
@@ -543,5 +672,5 @@ pub async fn run(bench: &Bench, berth: &Path, distribution: &Path) -> Result<()>
             j.store_operations.map_or("–".to_owned(), |n| n.to_string())
         );
     }
-    Ok(())
+    Ok(headlines)
 }

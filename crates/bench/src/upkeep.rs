@@ -6,6 +6,7 @@
 //! markdown table (see docs/bench.md).
 
 use crate::corpus::{Corpus, Expected, Fate, Layout, Shape};
+use crate::headline::Headline;
 use crate::report::{Spread, push_line, ratio};
 use crate::{progress, server};
 use anyhow::{Context, Result, bail, ensure};
@@ -75,6 +76,11 @@ pub struct BerthRound {
     pub gc: Measured,
     pub fsck: Measured,
     pub fsck_deep: Measured,
+    /// `berth serve` on the collected store: from spawn until `GET /v2/` answers.
+    pub serve_ready_seconds: f64,
+    /// Then one catalog page (`?n=100`) and one tag page of a repository.
+    pub catalog_page_seconds: f64,
+    pub tags_page_seconds: f64,
 }
 
 /// Every round of both columns; an empty column was not measured.
@@ -87,7 +93,7 @@ pub struct Results {
 
 /// Generate the store, run every round of the planned columns, and return the line that
 /// says what was measured followed by the table.
-pub fn run(plan: &Plan) -> Result<String> {
+pub fn run(plan: &Plan) -> Result<(String, Vec<Headline>)> {
     let mut out = String::new();
     let mut all = Vec::new();
     for &blobs in &plan.scales {
@@ -103,7 +109,69 @@ pub fn run(plan: &Plan) -> Result<String> {
             across(&all)
         ));
     }
-    Ok(out)
+    Ok((out, headlines(&all)))
+}
+
+/// The upkeep part's headline rows at each store size: every job's wall time and peak
+/// memory against its target (garbage collection beside distribution's where it ran),
+/// and how soon `berth serve` answers on the collected store and what a page costs.
+pub fn headlines(all: &[(Shape, Results)]) -> Vec<Headline> {
+    let mut rows = Vec::new();
+    for (shape, r) in all {
+        let at = format!("{} blobs", shape.blobs());
+        for (j, job) in JOBS.iter().enumerate() {
+            for metric in METRICS
+                .iter()
+                .filter(|m| !matches!(m.measure, Measure::Cpu))
+            {
+                let values = |m: &[Measured]| -> Vec<f64> {
+                    m.iter().map(|m| (metric.value)(m) / metric.unit).collect()
+                };
+                let ours: Vec<Measured> = r.berth.iter().map(job.berth).collect();
+                let theirs = if job.distribution {
+                    values(&r.distribution)
+                } else {
+                    Vec::new()
+                };
+                rows.push(Headline {
+                    measurement: format!("{}, {} at {at}", job.name, metric.label),
+                    berth: values(&ours),
+                    beside: (
+                        if theirs.is_empty() {
+                            ""
+                        } else {
+                            "distribution"
+                        },
+                        theirs,
+                    ),
+                    unit: 1.0,
+                    decimals: metric.decimals,
+                    target: target(j, metric.measure, shape.blobs())
+                        .map_or(String::new(), |(_, t)| t),
+                });
+            }
+        }
+        let each = |f: fn(&BerthRound) -> f64| r.berth.iter().map(|b| f(b) * 1e3).collect();
+        rows.push(Headline::alone(
+            format!("`berth serve` answering after start at {at} (ms)"),
+            each(|b| b.serve_ready_seconds),
+            0,
+            "≤ 1000 ms",
+        ));
+        rows.push(Headline::alone(
+            format!("catalog page of 100 at {at} (ms)"),
+            each(|b| b.catalog_page_seconds),
+            1,
+            "per page, not per store",
+        ));
+        rows.push(Headline::alone(
+            format!("tag page of 100 at {at} (ms)"),
+            each(|b| b.tags_page_seconds),
+            1,
+            "per page, not per store",
+        ));
+    }
+    rows
 }
 
 /// Every round at one store size: the summary with its table, and the results.
@@ -299,11 +367,105 @@ fn berth_round(binary: &Path, corpus: &Corpus, expected: &Expected) -> Result<Be
         }
         checks.push(fsck.measured);
     }
+    let served = serve_timings(binary, &data)?;
+    progress(
+        BERTH,
+        format!(
+            "serve: answering after {:.3} s; catalog page {:.1} ms, tag page {:.1} ms",
+            served.0,
+            served.1 * 1e3,
+            served.2 * 1e3
+        ),
+    );
     Ok(BerthRound {
         gc: gc.measured,
         fsck: checks[0],
         fsck_deep: checks[1],
+        serve_ready_seconds: served.0,
+        catalog_page_seconds: served.1,
+        tags_page_seconds: served.2,
     })
+}
+
+/// How long `berth serve` on the store at `data` takes to answer `GET /v2/`, then the
+/// time of one catalog page of 100 and one tag page of the first repository listed.
+fn serve_timings(binary: &Path, data: &Path) -> Result<(f64, f64, f64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = round_dir()?;
+    let config = dir.path().join("serve.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\n\n[storage]\npath = \"{}\"\nfsync = false\n\n\
+             [[access]]\nrepositories = \"**\"\nusers = [\"anonymous\"]\nallow = [\"pull\"]\n",
+            data.display()
+        ),
+    )?;
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.path().join("serve.log"))?)
+        .spawn()
+        .context("cannot start berth serve")?;
+    let result = (|| {
+        let deadline = started + SERVE_READY_TIMEOUT;
+        let ready = loop {
+            if let Ok((200, _)) = http_get(addr, "/v2/") {
+                break started.elapsed().as_secs_f64();
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("berth serve exited ({status}) before answering");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "berth serve did not answer within {SERVE_READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let at = Instant::now();
+        let (status, body) = http_get(addr, "/v2/_catalog?n=100")?;
+        let catalog = at.elapsed().as_secs_f64();
+        ensure!(status == 200, "catalog page: HTTP {status}");
+        let listed: serde_json::Value = serde_json::from_str(&body)?;
+        let first = listed["repositories"][0]
+            .as_str()
+            .context("the catalog page lists no repository")?
+            .to_owned();
+        let at = Instant::now();
+        let (status, _) = http_get(addr, &format!("/v2/{first}/tags/list?n=100"))?;
+        let tags = at.elapsed().as_secs_f64();
+        ensure!(status == 200, "tag page of {first}: HTTP {status}");
+        Ok((ready, catalog, tags))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// How long `berth serve` may take to answer before the round fails.
+const SERVE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.0 GET (no keep-alive, no chunked body): its status and body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
 }
 
 /// distribution's `garbage-collect --delete-untagged` on a fresh store.
@@ -848,6 +1010,9 @@ mod tests {
             gc: measured(s, 50.0),
             fsck: measured(s / 2.0, 40.0),
             fsck_deep: measured(40.0, 250.0),
+            serve_ready_seconds: 0.05,
+            catalog_page_seconds: 0.02,
+            tags_page_seconds: 0.001,
         };
         let t = table(
             &Results {
