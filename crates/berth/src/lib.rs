@@ -163,6 +163,12 @@ pub fn build_app_on(config: &Config, store: Arc<dyn store::Store>) -> anyhow::Re
         probes: Arc::default(),
         access: server::SharedAccess::from_pointee(access),
         metrics: Arc::default(),
+        history: Arc::new(
+            server::history::HistoryBook::new(&server::history::writer_name(
+                config.server.listen.port(),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
         blob_redirect: (config.storage.kind == StorageKind::S3 && config.storage.redirect)
             .then_some(server::BLOB_REDIRECT_TTL),
         metrics_at: match config.metrics.listen {
@@ -354,6 +360,7 @@ pub fn start_background(config: &Config, app: &server::App) -> anyhow::Result<Ba
         tasks.push(cache::spawn_eviction(app.cache.clone(), limits));
     }
     tasks.extend(cache::spawn_prefetch(app.cache.clone()));
+    tasks.push(server::history::spawn(app.clone(), app.history.clone()));
     tasks.extend(probes::spawn_probes(probes, app.probes.clone()));
     let jobs = upkeep::JobContext {
         registry: app.registry.clone(),

@@ -397,7 +397,7 @@ impl Registry {
     /// cut off, fail the store's write, so nothing is published. A blob already stored
     /// is not written again: the body is hashed and dropped, and the blob is linked only
     /// once the client has shown it holds those bytes.
-    async fn put_whole(
+    pub async fn put_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -449,7 +449,7 @@ impl Registry {
         {
             // The whole blob in this request: written in place, and the empty session
             // dropped once it is in (kept, still empty, for a retry if it fails).
-            let r = self.put_whole(repo, digest, len, body).await;
+            let r = self.put_blob(repo, digest, len, body).await;
             if matches!(r, Ok(()) | Err(RegistryError::DigestInvalid)) {
                 self.discard_upload(repo, id).await?;
             }
@@ -591,17 +591,6 @@ impl Registry {
         let _turn = self.upload_locks.lock(id).await;
         self.check_owner(repo, id).await?;
         self.discard_upload(repo, id).await
-    }
-
-    /// A whole blob in one request (POST with `digest`, or a test helper).
-    pub async fn put_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        len: Option<u64>,
-        body: ByteStream,
-    ) -> Result<()> {
-        self.put_whole(repo, digest, len, body).await
     }
 }
 

@@ -7,6 +7,7 @@
 //! repos/<name>/_tags/<tag>                            tag; content: manifest digest
 //! repos/<name>/_referrers/<algo>/<hex>/<algo>-<hex>   subject -> referrer; content: descriptor JSON
 //! repos/<name>/_uploads/<id>                          upload session owned by this repo
+//! state/history/<writer>                              a replica's page history (JSON)
 //! ```
 //!
 //! Repository names never have a component starting with `_`, so the `_` folders can not
@@ -19,6 +20,18 @@ use oci::{Digest, RepoName, Tag};
 use store::{Key, UploadId};
 
 pub const REPOS: &str = "repos";
+
+/// Where each replica keeps the web page's history of its numbers: beside the
+/// registry's content, never inside `repos/` or `blobs/`, so collection and checks
+/// never see it.
+pub fn history_folder() -> Result<Key> {
+    Ok(Key::new("state/history")?)
+}
+
+/// The page history of writer `name` (a host name and port).
+pub fn history(name: &str) -> Result<Key> {
+    Ok(history_folder()?.join(name)?)
+}
 
 pub fn blob(d: &Digest) -> Result<Key> {
     Ok(Key::new(format!(

@@ -15,6 +15,7 @@ mod cached;
 mod dispatch;
 mod error;
 mod headers;
+pub mod history;
 mod hosted;
 mod listing;
 pub mod metrics;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub access: SharedAccess,
     /// The HTTP layer's meters (requests, bytes, reloads).
     pub metrics: Arc<metrics::Metrics>,
+    /// The web page's history of this replica's numbers (and its view of the others').
+    pub history: Arc<history::HistoryBook>,
     /// Where `/metrics` is served.
     pub metrics_at: MetricsAt,
     /// Answer blob GETs with a redirect to a presigned URL valid this long, where the
@@ -163,6 +166,7 @@ pub const LAYERS: &[&str] = &[
     "tls",
     "transport",
     "metrics",
+    "history",
     "access",
     "respond",
     "listing",

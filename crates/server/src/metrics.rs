@@ -96,6 +96,17 @@ impl Metrics {
         self.durations.get(&(route,)).observe(took);
     }
 
+    /// Requests answered since start, and how many of them with a 5xx status.
+    pub fn request_totals(&self) -> (u64, u64) {
+        self.requests
+            .snapshot()
+            .iter()
+            .fold((0, 0), |(all, errors), ((_, _, status), n)| {
+                let n = n.get();
+                (all + n, errors + if *status >= 500 { n } else { 0 })
+            })
+    }
+
     /// A manifest of `repo` (its name in the store) was pulled just now.
     pub(crate) fn pulled(&self, repo: String) {
         lock(&self.pulls).insert(repo, SystemTime::now());

@@ -11,6 +11,7 @@ use oci::{Digest, ParsedManifest, RepoName};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::SystemTime;
+use web::esc;
 
 /// Repositories shown on one page: the page stays quick on a large registry; the rest is
 /// counted and reachable through the catalog API.
@@ -18,21 +19,6 @@ const MAX_REPOSITORIES: usize = 300;
 
 /// Tags shown per repository, newest first.
 const MAX_TAGS: usize = 20;
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// `1.5 GiB`, `312 KiB`, `17 B`.
 pub fn human_bytes(n: u64) -> String {
@@ -82,7 +68,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}\
 th,td{border:1px solid #dde1e6;padding:4px 10px;text-align:left;vertical-align:top}\
 th{background:#eef1f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .ok{color:#11763a;font-weight:600}.bad{color:#b3261e;font-weight:600}\
-code{font-size:12px}ul{margin:4px 0;padding-left:18px}";
+code{font-size:12px}ul{margin:4px 0;padding-left:18px}\
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{background:#fff;border:1px solid #dde1e6}";
 
 /// `GET /ui`; `?login` asks a browser for credentials.
 pub(crate) async fn page(
@@ -125,6 +112,7 @@ pub(crate) async fn page(
     );
     upkeep_section(app, &mut h, now);
     upstream_section(app, &mut h);
+    charts_section(app, &mut h).await;
     probe_section(app, &mut h, now);
     repository_section(app, &caller, &access, &mut h, now).await;
     h.push_str("</body></html>");
@@ -282,6 +270,79 @@ fn upstream_section(app: &App, h: &mut String) {
         );
     }
     h.push_str("</table>");
+}
+
+/// Charts of the history every replica keeps (see `history`): requests and server
+/// errors, and each upstream's hit rate and bytes served from the cache, added up over
+/// the replicas.
+async fn charts_section(app: &App, h: &mut String) {
+    use crate::history::names;
+    use web::chart::{Chart, Series, Unit, svg};
+    use web::history::{Kind, series, share, sum};
+    let all = app.history.all(app).await;
+    // A counter's rise per step, summed over every replica's history.
+    let over = |name: &str, hourly: bool| {
+        let each: Vec<Vec<(u64, f64)>> = all
+            .iter()
+            .map(|h| {
+                if hourly {
+                    series(h.hours(), name, Kind::Counter)
+                } else {
+                    series(h.minutes(), name, Kind::Counter)
+                }
+            })
+            .collect();
+        sum(&each)
+    };
+    let line = |label: &str, points| Series {
+        label: label.to_owned(),
+        points,
+    };
+    h.push_str("<h2>Over time</h2><div class=\"charts\">");
+    let requests = [
+        line("requests", over(names::REQUESTS, false)),
+        line("server errors (5xx)", over(names::SERVER_ERRORS, false)),
+    ];
+    h.push_str(&svg(&Chart {
+        title: "Requests per minute, last 24 hours",
+        unit: Unit::Count,
+        series: &requests,
+    }));
+    let upstreams = app.cache.upstreams();
+    if !upstreams.is_empty() {
+        let of = |what: &str, name: &str| over(&names::of_upstream(what, name), false);
+        let rates: Vec<Series> = upstreams
+            .iter()
+            .map(|u| {
+                let hits = of(names::HITS, &u.name);
+                line(&u.name, share(&hits, &of(names::MISSES, &u.name)))
+            })
+            .collect();
+        h.push_str(&svg(&Chart {
+            title: "Cache hit rate per upstream, last 24 hours",
+            unit: Unit::Percent,
+            series: &rates,
+        }));
+        let served: Vec<Series> = upstreams
+            .iter()
+            .map(|u| line(&u.name, of(names::SERVED, &u.name)))
+            .collect();
+        h.push_str(&svg(&Chart {
+            title: "Bytes served from the cache per minute (not fetched again), last 24 hours",
+            unit: Unit::Bytes,
+            series: &served,
+        }));
+    }
+    let monthly = [
+        line("requests", over(names::REQUESTS, true)),
+        line("server errors (5xx)", over(names::SERVER_ERRORS, true)),
+    ];
+    h.push_str(&svg(&Chart {
+        title: "Requests per hour, last 30 days",
+        unit: Unit::Count,
+        series: &monthly,
+    }));
+    h.push_str("</div>");
 }
 
 fn probe_section(app: &App, h: &mut String, now: SystemTime) {

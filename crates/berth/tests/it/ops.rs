@@ -688,6 +688,24 @@ async fn web_page_renders_in_chromium_under_the_access_rules() {
     get_bytes(&s.url("/v2/team/app/manifests/v2")).await;
     wait_for(&s, "berth_scrub_runs_total{result=\"success\"}", 1.0).await;
     wait_for(&s, "berth_gc_runs_total{result=\"success\"}", 1.0).await;
+    // Two minutes of history, sampled as the background job does once a minute (ahead of
+    // the clock, so after the sample it took at start), with a cache hit in between.
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    s.app.history.run_once(&s.app, later).await.unwrap();
+    get_bytes(&s.url(&format!("/v2/mirror.test/library/redis/blobs/{layer}"))).await;
+    s.app
+        .history
+        .run_once(&s.app, later + Duration::from_secs(60))
+        .await
+        .unwrap();
+    let kept = s
+        .app
+        .registry
+        .store()
+        .list(&registry::layout::history_folder().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "one history object in the store: {kept:?}");
 
     // What a browser shows an anonymous visitor.
     let dom = chromium(&["--dump-dom"], &s.url("/ui")).await;
@@ -704,14 +722,32 @@ async fn web_page_renders_in_chromium_under_the_access_rules() {
         assert!(dom.contains(want), "the page lacks {want:?}:\n{dom}");
     }
     assert!(!dom.contains("secret/x"), "anonymous sees secret/x:\n{dom}");
-    // The cache row: 2 misses (manifest, layer) and 1 hit, bytes saved from the store.
-    assert!(dom.contains("<td class=\"n\">33%</td>"), "{dom}");
+    // Charts with data: the requests line and the cache's hit-rate line have points, and
+    // the newest hit rate (one hit, no miss, in the last minute) is written out.
+    for title in [
+        "Requests per minute, last 24 hours",
+        "Cache hit rate per upstream, last 24 hours",
+    ] {
+        assert!(dom.contains(title), "no chart {title:?}:\n{dom}");
+    }
+    for label in ["requests", "mirror.test"] {
+        let at = dom
+            .find(&format!("data-label=\"{label}\""))
+            .unwrap_or_else(|| panic!("no line {label:?}:\n{dom}"));
+        let points = &dom[at..];
+        let points = &points[points.find("points=\"").unwrap() + 8..];
+        let points = &points[..points.find('"').unwrap()];
+        assert!(!points.trim().is_empty(), "line {label:?} has no points");
+    }
+    assert!(dom.contains("mirror.test: 100%"), "{dom}");
+    // The cache row: 2 misses (manifest, layer) and 2 hits, bytes saved from the store.
+    assert!(dom.contains("<td class=\"n\">50%</td>"), "{dom}");
 
     // A screenshot renders (and, when asked, is kept for the README).
     let png = tmp.path().join("ui.png");
     chromium(
         &[
-            "--window-size=1200,1000",
+            "--window-size=1200,1700",
             &format!("--screenshot={}", png.display()),
         ],
         &s.url("/ui"),

@@ -1,0 +1,223 @@
+//! The web page's history: every [`HISTORY_INTERVAL`] this process samples its own
+//! numbers (requests and server errors answered, and each upstream's cache hits, misses,
+//! bytes served from the cache and bytes fetched for it) into a bounded
+//! [`web::history::History`], and writes that to the data store under its own name. A
+//! restart carries on where it stopped, and every replica's history is in the store for
+//! the page to add up. It samples and keeps; it never renders (`ui` draws the charts).
+
+use crate::App;
+use registry::layout;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use web::history::History;
+
+/// How often the numbers are sampled and the history written: the charts' finest step,
+/// and one small write a minute per replica.
+pub const HISTORY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a page view reuses the other replicas' histories it read: a view costs at
+/// most one listing and one read per replica a minute, however often it is loaded.
+const READ_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// A history whose newest sample is older than this belongs to a replica that is gone
+/// (a renamed host, a scaled-down deployment): it is deleted, after the month the
+/// charts show.
+const FORGET_AFTER: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// Why the history could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history name {0:?} is not a valid store key")]
+    Name(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("history object is not readable: {0}")]
+    Format(#[from] serde_json::Error),
+}
+
+/// This process's history, and what it last read of the others'.
+pub struct HistoryBook {
+    name: String,
+    own: parking_lot::Mutex<History>,
+    others: parking_lot::Mutex<Option<(Instant, Arc<Vec<History>>)>>,
+}
+
+/// This host's name and the port it listens on: the same after a restart, different for
+/// every replica (two on one host listen on different ports).
+pub fn writer_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{port}")
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl HistoryBook {
+    /// An empty book for writer `name` (see [`writer_name`]).
+    pub fn new(name: &str) -> Result<HistoryBook, HistoryError> {
+        layout::history(name).map_err(|_| HistoryError::Name(name.to_owned()))?;
+        Ok(HistoryBook {
+            name: name.to_owned(),
+            own: parking_lot::Mutex::default(),
+            others: parking_lot::Mutex::default(),
+        })
+    }
+
+    fn key(&self) -> store::Key {
+        // Checked in `new`.
+        layout::history(&self.name).unwrap()
+    }
+
+    /// Take up this writer's history where the store has it (after a restart).
+    pub async fn load(&self, app: &App) -> Result<(), HistoryError> {
+        if let Some(bytes) = app.registry.store().get(&self.key()).await? {
+            *self.own.lock() = serde_json::from_slice(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Sample this process's numbers at `now` and write the history to the store.
+    pub async fn run_once(&self, app: &App, now: SystemTime) -> Result<(), HistoryError> {
+        let values = sample(app);
+        let bytes = {
+            let mut own = self.own.lock();
+            own.record(unix(now), values);
+            serde_json::to_vec(&*own)?
+        };
+        app.registry
+            .store()
+            .put(&self.key(), bytes::Bytes::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Every writer's history: this one's as it stands, the others' as last read from
+    /// the store (read again once [`READ_AGAIN_AFTER`] has passed). Histories of writers
+    /// gone longer than [`FORGET_AFTER`] are deleted on the way.
+    pub async fn all(&self, app: &App) -> Vec<History> {
+        let cached = self
+            .others
+            .lock()
+            .clone()
+            .filter(|(at, _)| at.elapsed() < READ_AGAIN_AFTER);
+        let others = match cached {
+            Some((_, h)) => h,
+            None => {
+                let read = Arc::new(self.read_others(app).await);
+                *self.others.lock() = Some((Instant::now(), read.clone()));
+                read
+            }
+        };
+        let mut all = vec![self.own.lock().clone()];
+        all.extend(others.iter().cloned());
+        all
+    }
+
+    async fn read_others(&self, app: &App) -> Vec<History> {
+        let store = app.registry.store();
+        let Ok(folder) = layout::history_folder() else {
+            return Vec::new();
+        };
+        let Ok(entries) = store.list(&folder).await else {
+            return Vec::new();
+        };
+        let now = unix(SystemTime::now());
+        let mut out = Vec::new();
+        for e in entries {
+            let store::Entry::Object(name) = e else {
+                continue;
+            };
+            if name == self.name {
+                continue;
+            }
+            let Ok(key) = layout::history(&name) else {
+                continue;
+            };
+            let Ok(Some(bytes)) = store.get(&key).await else {
+                continue;
+            };
+            let Ok(h) = serde_json::from_slice::<History>(&bytes) else {
+                continue;
+            };
+            let newest = h.latest().map_or(0, |s| s.at);
+            if now.saturating_sub(newest) > FORGET_AFTER.as_secs() {
+                let _ = store.delete(&key).await;
+                continue;
+            }
+            out.push(h);
+        }
+        out
+    }
+}
+
+/// This process's numbers now, by the names the charts look for.
+fn sample(app: &App) -> BTreeMap<String, f64> {
+    let mut v = BTreeMap::new();
+    let (requests, errors) = app.metrics.request_totals();
+    v.insert(names::REQUESTS.to_owned(), requests as f64);
+    v.insert(names::SERVER_ERRORS.to_owned(), errors as f64);
+    for up in app.cache.upstreams() {
+        let s = &up.stats;
+        for (what, n) in [
+            (names::HITS, s.hits.get()),
+            (names::MISSES, s.misses.get()),
+            (names::SERVED, s.served_bytes.get()),
+            (names::FETCHED, s.fetched_bytes.get()),
+        ] {
+            v.insert(names::of_upstream(what, &up.name), n as f64);
+        }
+    }
+    v
+}
+
+/// The names of the sampled numbers, shared with the page that charts them.
+pub mod names {
+    /// Requests answered (a counter).
+    pub const REQUESTS: &str = "requests";
+    /// Requests answered with a 5xx status (a counter).
+    pub const SERVER_ERRORS: &str = "server_errors";
+    /// Per upstream: cache hits, misses, bytes served from the cache, bytes fetched.
+    pub const HITS: &str = "hits";
+    pub const MISSES: &str = "misses";
+    pub const SERVED: &str = "served_bytes";
+    pub const FETCHED: &str = "fetched_bytes";
+
+    /// The name of `what` for upstream `name`.
+    pub fn of_upstream(what: &str, name: &str) -> String {
+        format!("{what}.{name}")
+    }
+}
+
+/// Load this writer's history, then sample and write it every [`HISTORY_INTERVAL`]
+/// until the task is dropped. A failed write is logged and retried at the next tick.
+pub fn spawn(app: App, book: Arc<HistoryBook>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = book.load(&app).await {
+            tracing::warn!(error = %e, "cannot read this replica's page history; starting a new one");
+        }
+        let mut tick = tokio::time::interval(HISTORY_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = book.run_once(&app, SystemTime::now()).await {
+                tracing::warn!(error = %e, "cannot write the page history");
+            }
+        }
+    })
+}
