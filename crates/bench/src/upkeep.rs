@@ -81,6 +81,46 @@ pub struct BerthRound {
     /// Then one catalog page (`?n=100`) and one tag page of a repository.
     pub catalog_page_seconds: f64,
     pub tags_page_seconds: f64,
+    /// Then each of [`WEB_PAGES`] (the median of [`WEB_PAGE_FETCHES`] fetches).
+    pub web_page_seconds: [f64; WEB_PAGES.len()],
+}
+
+/// The web pages each round times on the collected store, by what they show.
+pub const WEB_PAGES: [&str; 6] = [
+    "overview",
+    "repositories, first page",
+    "first search after the start (lists every name once)",
+    "search by name (name index)",
+    "one repository's tags",
+    "one image",
+];
+
+/// Which of [`WEB_PAGES`] is timed on its first fetch alone: what it measures happens
+/// once (the name index is listed on the first search).
+const FIRST_FETCH_ONLY: usize = 2;
+
+/// Fetches of each web page per round: the median of three steps over a stray slow one.
+const WEB_PAGE_FETCHES: usize = 3;
+
+/// The paths of [`WEB_PAGES`] on the corpus of `repositories` repositories, with the
+/// name each search must find.
+fn web_paths(repositories: usize) -> [(String, Option<String>); WEB_PAGES.len()] {
+    let first = "upkeep/r00000";
+    let search = |i: usize| {
+        let name = format!("r{:05}", i.min(repositories.saturating_sub(1)));
+        (
+            format!("/ui/repositories?q={name}"),
+            Some(format!("{name}<")),
+        )
+    };
+    [
+        ("/ui".to_owned(), None),
+        ("/ui/repositories".to_owned(), None),
+        search(repositories / 2),
+        search(repositories / 2 + 1),
+        (format!("/ui/repository?name={first}"), None),
+        (format!("/ui/image?repo={first}&ref=v1"), None),
+    ]
 }
 
 /// Every round of both columns; an empty column was not measured.
@@ -170,6 +210,17 @@ pub fn headlines(all: &[(Shape, Results)]) -> Vec<Headline> {
             1,
             "per page, not per store",
         ));
+        for (i, page) in WEB_PAGES.iter().enumerate() {
+            rows.push(Headline::alone(
+                format!("web page: {page}, at {at} (ms)"),
+                r.berth
+                    .iter()
+                    .map(|b| b.web_page_seconds[i] * 1e3)
+                    .collect(),
+                1,
+                "≪ 100 ms at 10,000 tags",
+            ));
+        }
     }
     rows
 }
@@ -367,29 +418,45 @@ fn berth_round(binary: &Path, corpus: &Corpus, expected: &Expected) -> Result<Be
         }
         checks.push(fsck.measured);
     }
-    let served = serve_timings(binary, &data)?;
+    let served = serve_timings(binary, &data, e.repositories as usize)?;
     progress(
         BERTH,
         format!(
-            "serve: answering after {:.3} s; catalog page {:.1} ms, tag page {:.1} ms",
-            served.0,
-            served.1 * 1e3,
-            served.2 * 1e3
+            "serve: answering after {:.3} s; catalog page {:.1} ms, tag page {:.1} ms; web pages {}",
+            served.ready,
+            served.catalog * 1e3,
+            served.tags * 1e3,
+            WEB_PAGES
+                .iter()
+                .zip(served.web)
+                .map(|(p, s)| format!("{p} {:.1} ms", s * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     );
     Ok(BerthRound {
         gc: gc.measured,
         fsck: checks[0],
         fsck_deep: checks[1],
-        serve_ready_seconds: served.0,
-        catalog_page_seconds: served.1,
-        tags_page_seconds: served.2,
+        serve_ready_seconds: served.ready,
+        catalog_page_seconds: served.catalog,
+        tags_page_seconds: served.tags,
+        web_page_seconds: served.web,
     })
 }
 
+/// What [`serve_timings`] measured, in seconds.
+struct Served {
+    ready: f64,
+    catalog: f64,
+    tags: f64,
+    web: [f64; WEB_PAGES.len()],
+}
+
 /// How long `berth serve` on the store at `data` takes to answer `GET /v2/`, then the
-/// time of one catalog page of 100 and one tag page of the first repository listed.
-fn serve_timings(binary: &Path, data: &Path) -> Result<(f64, f64, f64)> {
+/// time of one catalog page of 100, one tag page of the first repository listed, and
+/// each of [`WEB_PAGES`].
+fn serve_timings(binary: &Path, data: &Path, repositories: usize) -> Result<Served> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -442,7 +509,35 @@ fn serve_timings(binary: &Path, data: &Path) -> Result<(f64, f64, f64)> {
         let (status, _) = http_get(addr, &format!("/v2/{first}/tags/list?n=100"))?;
         let tags = at.elapsed().as_secs_f64();
         ensure!(status == 200, "tag page of {first}: HTTP {status}");
-        Ok((ready, catalog, tags))
+        let mut web = [0.0; WEB_PAGES.len()];
+        for (i, (path, finds)) in web_paths(repositories).iter().enumerate() {
+            let fetches = if i == FIRST_FETCH_ONLY {
+                1
+            } else {
+                WEB_PAGE_FETCHES
+            };
+            let mut times = Vec::with_capacity(fetches);
+            for _ in 0..fetches {
+                let at = Instant::now();
+                let (status, body) = http_get(addr, path)?;
+                times.push(at.elapsed().as_secs_f64());
+                ensure!(status == 200, "web page {path}: HTTP {status}");
+                if let Some(name) = finds {
+                    ensure!(
+                        body.contains(name.as_str()),
+                        "the search {path} does not find its repository"
+                    );
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            web[i] = times[fetches / 2];
+        }
+        Ok(Served {
+            ready,
+            catalog,
+            tags,
+            web,
+        })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -1013,6 +1108,7 @@ mod tests {
             serve_ready_seconds: 0.05,
             catalog_page_seconds: 0.02,
             tags_page_seconds: 0.001,
+            web_page_seconds: [0.01; WEB_PAGES.len()],
         };
         let t = table(
             &Results {

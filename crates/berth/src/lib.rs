@@ -169,6 +169,7 @@ pub fn build_app_on(config: &Config, store: Arc<dyn store::Store>) -> anyhow::Re
             ))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
+        names: server::NameIndex::default(),
         blob_redirect: (config.storage.kind == StorageKind::S3 && config.storage.redirect)
             .then_some(server::BLOB_REDIRECT_TTL),
         metrics_at: match config.metrics.listen {

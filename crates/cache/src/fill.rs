@@ -302,7 +302,7 @@ async fn run(
                 e,
                 FillError::Body(_) | FillError::Truncated { .. } | FillError::Overlong
             ) {
-                up.gate.record_outage(&job.pass);
+                up.gate.record_outage(&job.pass, &e);
             }
             let _ = job.registry.cancel_upload(&job.repo, &id).await;
             Err(e)

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Requests that may wait for a slot or a rate token unless configured: a node pool
 /// rolling out asks for a few dozen blobs at once; beyond this, queueing only turns a
@@ -100,6 +100,18 @@ pub(crate) struct State {
     circuit: Circuit,
     /// No request is sent before this (a 429's `Retry-After`).
     limited_until: Option<Instant>,
+    /// The failures since the upstream last worked, for people to read.
+    trouble: Option<Trouble>,
+}
+
+/// Since when an upstream has been failing, and how it failed last: what the web page's
+/// health strip says about an upstream that is not up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trouble {
+    /// The first failure since the upstream last answered.
+    pub since: SystemTime,
+    /// The newest failure's message (or the 429 that is in force).
+    pub last_error: String,
 }
 
 /// Counters of what the gate did, kept across reconfigurations with the cache's stats.
@@ -166,6 +178,7 @@ impl Gate {
         let state = Arc::new(Mutex::new(State {
             circuit: Circuit::Up { failures: 0 },
             limited_until: None,
+            trouble: None,
         }));
         Gate::with_state(limits, stats, state)
     }
@@ -216,6 +229,12 @@ impl Gate {
             .lock()
             .limited_until
             .is_some_and(|t| t > Instant::now())
+    }
+
+    /// Since when the upstream has been failing and its last error; `None` while it
+    /// works (its last answer was a good one).
+    pub fn trouble(&self) -> Option<Trouble> {
+        self.state.lock().trouble.clone()
     }
 
     /// Requests waiting for a slot or a token now.
@@ -313,13 +332,13 @@ impl Gate {
 
     /// The upstream answered, and the whole of the answer arrived: it works.
     pub fn record_success(&self, pass: &Pass) {
-        self.note(pass, Outcome::Works);
+        self.note(pass, Outcome::Works, None);
     }
 
     /// The upstream failed after its first answer (a body cut off, too short or too
-    /// long): an outage, like no answer at all.
-    pub fn record_outage(&self, pass: &Pass) {
-        self.note(pass, Outcome::Outage);
+    /// long), as `why` says: an outage, like no answer at all.
+    pub fn record_outage(&self, pass: &Pass, why: &dyn std::fmt::Display) {
+        self.note(pass, Outcome::Outage, Some(why.to_string()));
     }
 
     /// What the upstream answered to a request let through with `pass`.
@@ -331,12 +350,26 @@ impl Gate {
             // an upstream that works.
             _ => Outcome::Works,
         };
-        self.note(pass, outcome);
+        let why = match (&outcome, answer) {
+            (Outcome::Works, _) | (_, Ok(_)) => None,
+            (_, Err(e)) => Some(e.to_string()),
+        };
+        self.note(pass, outcome, why);
     }
 
-    fn note(&self, pass: &Pass, outcome: Outcome) {
+    fn note(&self, pass: &Pass, outcome: Outcome, why: Option<String>) {
         pass.recorded.store(true, Ordering::SeqCst);
         let mut st = self.state.lock();
+        match why {
+            None => st.trouble = None,
+            Some(last_error) => {
+                let since = st
+                    .trouble
+                    .as_ref()
+                    .map_or_else(SystemTime::now, |t| t.since);
+                st.trouble = Some(Trouble { since, last_error });
+            }
+        }
         match outcome {
             Outcome::RateLimited(retry_after) => {
                 self.stats.rate_limited.inc();
@@ -384,6 +417,26 @@ mod tests {
             status: 503,
             message: "down".into(),
         })
+    }
+
+    #[tokio::test]
+    async fn trouble_keeps_when_failing_began_and_the_last_error_until_an_answer() {
+        let gate = Gate::new(Limits::default(), Arc::default());
+        assert_eq!(gate.trouble(), None);
+        let p = gate.admit().await.unwrap();
+        gate.record(&p, &outage());
+        let first = gate.trouble().expect("a failure is trouble");
+        assert!(first.last_error.contains("503"), "{first:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        let p = gate.admit().await.unwrap();
+        gate.record_outage(&p, &"body cut off at 12 bytes");
+        let second = gate.trouble().unwrap();
+        assert_eq!(second.since, first.since, "still the same streak");
+        assert_eq!(second.last_error, "body cut off at 12 bytes");
+        // An answer about the content is an upstream that works.
+        let p = gate.admit().await.unwrap();
+        gate.record(&p, &Err::<(), _>(ClientError::NotFound));
+        assert_eq!(gate.trouble(), None);
     }
 
     #[tokio::test]

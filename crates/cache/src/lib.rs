@@ -59,6 +59,8 @@ pub struct Stats {
     pub misses: meter::Counter,
     /// Tags served from the store because the upstream failed.
     pub stale_serves: meter::Counter,
+    /// When a tag was last served stale (see [`Stats::served_stale`]).
+    pub last_stale_serve: Mutex<Option<SystemTime>>,
     /// Clients that joined a blob fetch already under way.
     pub joins: meter::Counter,
     /// Blob GETs sent upstream.
@@ -89,6 +91,12 @@ impl Stats {
     /// Tags the upstream's prefetch rules keep, as their last runs matched them.
     pub fn prefetched_tags(&self) -> u64 {
         self.prefetch_tags.lock().values().sum()
+    }
+
+    /// A tag was served from the store because the upstream failed, just now.
+    pub fn served_stale(&self) {
+        self.stale_serves.inc();
+        *self.last_stale_serve.lock() = Some(SystemTime::now());
     }
 }
 
@@ -451,7 +459,7 @@ impl Cache {
                     (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
                     (Err(CacheError::Registry(e)), _) => Err(CacheError::Registry(e)),
                     (Err(e), Some(m)) => {
-                        up.stats.stale_serves.inc();
+                        up.stats.served_stale();
                         tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, error = %e, "serving the cached image of a moved tag while its new manifest cannot be fetched");
                         Ok(m)
                     }
@@ -466,7 +474,7 @@ impl Cache {
                         tracing::debug!(upstream = %up.name, reason = %r, "not asking the upstream")
                     }
                 }
-                up.stats.stale_serves.inc();
+                up.stats.served_stale();
                 tracing::info!(upstream = %up.name, repo = %repo, tag = %tag, "serving cached tag while the upstream fails");
                 Ok(m)
             }

@@ -27,15 +27,13 @@ pub struct DigestTableBuilder<V> {
     sorted: usize,
     /// Digests of other algorithms than SHA-256, whole.
     other: std::collections::HashMap<Digest, V>,
+    /// The value of a digest inserted twice, from the one held and the new one.
+    merge: fn(V, V) -> V,
 }
 
 impl<V: Copy> Default for DigestTableBuilder<V> {
     fn default() -> Self {
-        DigestTableBuilder {
-            entries: Vec::new(),
-            sorted: 0,
-            other: std::collections::HashMap::new(),
-        }
+        DigestTableBuilder::merging(|held, _| held)
     }
 }
 
@@ -48,11 +46,26 @@ impl<V: Copy> DigestTableBuilder<V> {
         Self::default()
     }
 
+    /// A builder whose digests inserted more than once get `merge` of their values (in
+    /// no particular order: `merge` should not care), e.g. the union of bit masks.
+    pub fn merging(merge: fn(V, V) -> V) -> Self {
+        DigestTableBuilder {
+            entries: Vec::new(),
+            sorted: 0,
+            other: std::collections::HashMap::new(),
+            merge,
+        }
+    }
+
     /// Add `d` with `value`; for a digest added twice with different values, one of
-    /// them is kept.
+    /// them is kept (or, built with [`Self::merging`], their merge).
     pub fn insert(&mut self, d: &Digest, value: V) {
         if d.algorithm() != crate::Algorithm::Sha256 {
-            self.other.entry(d.clone()).or_insert(value);
+            let merge = self.merge;
+            self.other
+                .entry(d.clone())
+                .and_modify(|held| *held = merge(*held, value))
+                .or_insert(value);
             return;
         }
         let tail = self.entries.len() - self.sorted;
@@ -70,7 +83,14 @@ impl<V: Copy> DigestTableBuilder<V> {
     fn compact(&mut self) {
         // In place: no second array while sorting.
         self.entries.sort_unstable_by_key(|e| e.0);
-        self.entries.dedup_by(|later, first| later.0 == first.0);
+        let merge = self.merge;
+        self.entries.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1 = merge(first.1, later.1);
+            }
+            same
+        });
         self.sorted = self.entries.len();
     }
 
@@ -157,6 +177,26 @@ mod tests {
             assert!(!t.contains(&d(i)));
         }
         assert_eq!(t.values().count(), 10_000);
+    }
+
+    #[test]
+    fn a_merging_builder_keeps_the_merge_of_every_value_a_digest_was_given() {
+        let mut b = DigestTableBuilder::merging(|a: u64, b| a | b);
+        // Across several compactions, digest i gets bit `round` in three rounds.
+        for round in 0..3u32 {
+            for i in 0..10_000 {
+                b.insert(&d(i), 1 << round);
+            }
+        }
+        let s512: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
+        b.insert(&s512, 1);
+        b.insert(&s512, 4);
+        let t = b.build();
+        assert_eq!(t.len(), 10_001);
+        for i in 0..10_000 {
+            assert_eq!(t.get(&d(i)), Some(0b111), "digest {i}");
+        }
+        assert_eq!(t.get(&s512), Some(0b101));
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub mod media {
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+    /// The configs of runnable images (OCI and Docker).
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
     /// Is this a manifest type (as opposed to a blob type)?
     pub fn is_manifest(media_type: &str) -> bool {
@@ -194,6 +197,14 @@ impl ParsedManifest {
         })
     }
 
+    /// What kind of artifact this is, when it is not a runnable image (a signature, an
+    /// SBOM, a Helm chart): its `artifactType`, or a config media type other than an
+    /// image config's. `None` for images and for indexes without an `artifactType`.
+    pub fn artifact_kind(&self) -> Option<String> {
+        self.effective_artifact_type()
+            .filter(|t| t != media::OCI_CONFIG && t != media::DOCKER_CONFIG)
+    }
+
     /// Every blob this manifest requires to be present (config and distributable layers).
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
         self.config
@@ -220,6 +231,16 @@ mod tests {
         assert_eq!(
             m.effective_artifact_type().as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
+        );
+        assert_eq!(m.artifact_kind(), None, "a runnable image is no artifact");
+        let helm = IMAGE.replace(
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.cncf.helm.config.v1+json",
+        );
+        let m = ParsedManifest::parse(helm.as_bytes(), None).unwrap();
+        assert_eq!(
+            m.artifact_kind().as_deref(),
+            Some("application/vnd.cncf.helm.config.v1+json")
         );
     }
 

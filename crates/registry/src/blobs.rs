@@ -102,6 +102,36 @@ impl Registry {
         })
     }
 
+    /// The bytes of a small blob the repository links (an image's config, for the web
+    /// page), without renewing it: a look changes nothing, not even a write time. `None`
+    /// when it is not linked, larger than `max` bytes, or its bytes do not hash to
+    /// `digest`.
+    pub async fn peek_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        if self
+            .store
+            .stat(&layout::blob_link(repo, digest)?)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let key = layout::blob(digest)?;
+        match self.store.stat(&key).await? {
+            Some(meta) if meta.size <= max => {}
+            _ => return Ok(None),
+        }
+        Ok(self
+            .store
+            .get(&key)
+            .await?
+            .filter(|b| digest.same_algorithm_of(b) == *digest))
+    }
+
     /// Remove the repository's link to a blob; the bytes go later, by GC.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         if self.store.delete(&layout::blob_link(repo, digest)?).await? {

@@ -3,7 +3,9 @@
 //! bytes served from the cache and bytes fetched for it) into a bounded
 //! [`web::history::History`], and writes that to the data store under its own name. A
 //! restart carries on where it stopped, and every replica's history is in the store for
-//! the page to add up. It samples and keeps; it never renders (`ui` draws the charts).
+//! the page to add up. Beside the samples it keeps when each repository was last pulled,
+//! so the page's "last pull" survives restarts and covers every replica. It samples and
+//! keeps; it never renders (`ui` draws the charts).
 
 use crate::App;
 use registry::layout;
@@ -25,6 +27,27 @@ const READ_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// charts show.
 const FORGET_AFTER: Duration = Duration::from_secs(31 * 24 * 3600);
 
+/// Last pulls each replica keeps, the most recent first: a few hundred KiB a write at
+/// most, and more repositories than a page of them shows many times over.
+const MAX_KEPT_PULLS: usize = 10_000;
+
+/// One writer's object in the store: its samples, and its repositories' last pulls
+/// (Unix seconds). Objects written before pulls were kept read with none.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    #[serde(flatten)]
+    history: History,
+    #[serde(default)]
+    pulls: BTreeMap<String, u64>,
+}
+
+/// What a page view last read of the other writers.
+#[derive(Default)]
+struct Others {
+    histories: Vec<History>,
+    pulls: std::collections::HashMap<String, u64>,
+}
+
 /// Why the history could not be kept.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -40,7 +63,7 @@ pub enum HistoryError {
 pub struct HistoryBook {
     name: String,
     own: parking_lot::Mutex<History>,
-    others: parking_lot::Mutex<Option<(Instant, Arc<Vec<History>>)>>,
+    others: parking_lot::Mutex<Option<(Instant, Arc<Others>)>>,
 }
 
 /// This host's name and the port it listens on: the same after a restart, different for
@@ -85,21 +108,32 @@ impl HistoryBook {
         layout::history(&self.name).unwrap()
     }
 
-    /// Take up this writer's history where the store has it (after a restart).
+    /// Take up this writer's history and last pulls where the store has them (after a
+    /// restart).
     pub async fn load(&self, app: &App) -> Result<(), HistoryError> {
         if let Some(bytes) = app.registry.store().get(&self.key()).await? {
-            *self.own.lock() = serde_json::from_slice(&bytes)?;
+            let kept: Kept = serde_json::from_slice(&bytes)?;
+            app.metrics.seed_pulls(&kept.pulls);
+            *self.own.lock() = kept.history;
         }
         Ok(())
     }
 
-    /// Sample this process's numbers at `now` and write the history to the store.
+    /// Sample this process's numbers at `now` and write the history, with the last
+    /// pulls, to the store.
     pub async fn run_once(&self, app: &App, now: SystemTime) -> Result<(), HistoryError> {
         let values = sample(app);
+        let pulls = app.metrics.newest_pulls(MAX_KEPT_PULLS);
         let bytes = {
             let mut own = self.own.lock();
             own.record(unix(now), values);
-            serde_json::to_vec(&*own)?
+            let kept = Kept {
+                history: std::mem::take(&mut *own),
+                pulls,
+            };
+            let bytes = serde_json::to_vec(&kept);
+            *own = kept.history;
+            bytes?
         };
         app.registry
             .store()
@@ -112,34 +146,46 @@ impl HistoryBook {
     /// the store (read again once [`READ_AGAIN_AFTER`] has passed). Histories of writers
     /// gone longer than [`FORGET_AFTER`] are deleted on the way.
     pub async fn all(&self, app: &App) -> Vec<History> {
+        let others = self.others(app).await;
+        let mut all = vec![self.own.lock().clone()];
+        all.extend(others.histories.iter().cloned());
+        all
+    }
+
+    /// When `repo` (its name in the store) was last pulled through any replica: this
+    /// process's own record, or the others' as last read (see [`Self::all`]).
+    pub async fn last_pulls(&self, app: &App) -> LastPulls {
+        LastPulls {
+            others: self.others(app).await,
+        }
+    }
+
+    async fn others(&self, app: &App) -> Arc<Others> {
         let cached = self
             .others
             .lock()
             .clone()
             .filter(|(at, _)| at.elapsed() < READ_AGAIN_AFTER);
-        let others = match cached {
+        match cached {
             Some((_, h)) => h,
             None => {
                 let read = Arc::new(self.read_others(app).await);
                 *self.others.lock() = Some((Instant::now(), read.clone()));
                 read
             }
-        };
-        let mut all = vec![self.own.lock().clone()];
-        all.extend(others.iter().cloned());
-        all
+        }
     }
 
-    async fn read_others(&self, app: &App) -> Vec<History> {
+    async fn read_others(&self, app: &App) -> Others {
         let store = app.registry.store();
+        let mut out = Others::default();
         let Ok(folder) = layout::history_folder() else {
-            return Vec::new();
+            return out;
         };
         let Ok(entries) = store.list(&folder).await else {
-            return Vec::new();
+            return out;
         };
         let now = unix(SystemTime::now());
-        let mut out = Vec::new();
         for e in entries {
             let store::Entry::Object(name) = e else {
                 continue;
@@ -153,17 +199,38 @@ impl HistoryBook {
             let Ok(Some(bytes)) = store.get(&key).await else {
                 continue;
             };
-            let Ok(h) = serde_json::from_slice::<History>(&bytes) else {
+            let Ok(kept) = serde_json::from_slice::<Kept>(&bytes) else {
                 continue;
             };
-            let newest = h.latest().map_or(0, |s| s.at);
+            let newest = kept.history.latest().map_or(0, |s| s.at);
             if now.saturating_sub(newest) > FORGET_AFTER.as_secs() {
                 let _ = store.delete(&key).await;
                 continue;
             }
-            out.push(h);
+            for (repo, at) in kept.pulls {
+                let e = out.pulls.entry(repo).or_insert(at);
+                *e = (*e).max(at);
+            }
+            out.histories.push(kept.history);
         }
         out
+    }
+}
+
+/// Last pulls over every replica, for one page view.
+pub struct LastPulls {
+    others: Arc<Others>,
+}
+
+impl LastPulls {
+    /// When `repo` (its name in the store) was last pulled, by this process or another.
+    pub fn of(&self, app: &App, repo: &str) -> Option<SystemTime> {
+        let other = self
+            .others
+            .pulls
+            .get(repo)
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(*s));
+        app.metrics.last_pull(repo).max(other)
     }
 }
 
@@ -184,6 +251,12 @@ fn sample(app: &App) -> BTreeMap<String, f64> {
             v.insert(names::of_upstream(what, &up.name), n as f64);
         }
     }
+    // What the newest collection found kept, by source; the same until the next one.
+    if let Some(gc) = app.upkeep.gc.lock().last.as_ref().filter(|r| !r.dry_run) {
+        for (source, bytes) in &gc.stored_bytes {
+            v.insert(names::of_upstream(names::STORED, source), *bytes as f64);
+        }
+    }
     v
 }
 
@@ -198,8 +271,11 @@ pub mod names {
     pub const MISSES: &str = "misses";
     pub const SERVED: &str = "served_bytes";
     pub const FETCHED: &str = "fetched_bytes";
+    /// Per source (`hosted` or an upstream's key): bytes the newest garbage collection
+    /// kept (a gauge).
+    pub const STORED: &str = "stored_bytes";
 
-    /// The name of `what` for upstream `name`.
+    /// The name of `what` for upstream (or source) `name`.
     pub fn of_upstream(what: &str, name: &str) -> String {
         format!("{what}.{name}")
     }

@@ -39,7 +39,7 @@ pub use axum::Router;
 pub use error::ApiError;
 pub use tls::{TlsCerts, TlsFiles};
 pub use transport::{CLIENT_TIMEOUT, ServeOptions};
-pub use ui::human_bytes;
+pub use ui::{NameIndex, human_bytes};
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -57,6 +57,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The web page's history of this replica's numbers (and its view of the others').
     pub history: Arc<history::HistoryBook>,
+    /// Every repository name, for the web page's filter (see `ui::names`).
+    pub names: ui::NameIndex,
     /// Where `/metrics` is served.
     pub metrics_at: MetricsAt,
     /// Answer blob GETs with a redirect to a presigned URL valid this long, where the
@@ -113,7 +115,8 @@ fn router_with(state: ListenerState) -> Router {
         .route("/v2/", any(dispatch::dispatch))
         .route("/v2/{*rest}", any(dispatch::dispatch))
         .route("/token", axum::routing::get(dispatch::token))
-        .route("/ui", axum::routing::get(dispatch::ui));
+        .route("/ui", axum::routing::get(dispatch::ui))
+        .route("/ui/{page}", axum::routing::get(dispatch::ui));
     if state.app.metrics_at == MetricsAt::Api {
         r = r.route("/metrics", axum::routing::get(dispatch::metrics));
     }
@@ -183,13 +186,31 @@ mod layering {
     #[test]
     fn imports_inside_the_crate_run_one_way() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
+        // A module is a file, or a folder with its `mod.rs` (read as all its files).
+        let mut modules: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|f| f.ends_with(".rs") && f != "lib.rs")
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.join("mod.rs").is_file() || p.extension().is_some_and(|x| x == "rs"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|m| m != "lib")
             .collect();
-        files.sort();
-        let modules: Vec<&str> = files.iter().map(|f| f.trim_end_matches(".rs")).collect();
+        modules.sort();
+        let text_of = |module: &str| -> String {
+            let folder = dir.join(module);
+            if folder.is_dir() {
+                let mut parts: Vec<_> = std::fs::read_dir(&folder)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                parts.sort();
+                parts
+                    .iter()
+                    .map(|p| std::fs::read_to_string(p).unwrap())
+                    .collect()
+            } else {
+                std::fs::read_to_string(dir.join(format!("{module}.rs"))).unwrap()
+            }
+        };
         assert_eq!(
             {
                 let mut m = super::LAYERS.to_vec();
@@ -201,7 +222,7 @@ mod layering {
         );
         let at = |m: &str| super::LAYERS.iter().position(|l| *l == m);
         for module in super::LAYERS {
-            let text = std::fs::read_to_string(dir.join(format!("{module}.rs"))).unwrap();
+            let text = text_of(module);
             for (i, _) in text.match_indices("crate::") {
                 let rest = &text[i + "crate::".len()..];
                 let used: String = rest

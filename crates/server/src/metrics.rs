@@ -112,9 +112,39 @@ impl Metrics {
         lock(&self.pulls).insert(repo, SystemTime::now());
     }
 
-    /// When a manifest of `repo` was last pulled since this process started.
+    /// When a manifest of `repo` was last pulled, as this process knows it (since it
+    /// started, and what `seed_pulls` gave it from before).
     pub fn last_pull(&self, repo: &str) -> Option<SystemTime> {
         lock(&self.pulls).get(repo).copied()
+    }
+
+    /// The `max` most recently pulled repositories with their last pull (Unix seconds):
+    /// what the history keeps across restarts.
+    pub(crate) fn newest_pulls(&self, max: usize) -> std::collections::BTreeMap<String, u64> {
+        let pulls = lock(&self.pulls);
+        let mut all: Vec<(&String, u64)> = pulls
+            .iter()
+            .map(|(r, t)| {
+                let unix = t.duration_since(SystemTime::UNIX_EPOCH);
+                (r, unix.map_or(0, |d| d.as_secs()))
+            })
+            .collect();
+        if all.len() > max {
+            all.select_nth_unstable_by_key(max, |(_, t)| std::cmp::Reverse(*t));
+            all.truncate(max);
+        }
+        all.into_iter().map(|(r, t)| (r.clone(), t)).collect()
+    }
+
+    /// Take up last pulls kept from before this process started (each kept only where
+    /// it is newer than what this process saw).
+    pub(crate) fn seed_pulls(&self, kept: &std::collections::BTreeMap<String, u64>) {
+        let mut pulls = lock(&self.pulls);
+        for (repo, at) in kept {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(*at);
+            let e = pulls.entry(repo.clone()).or_insert(at);
+            *e = (*e).max(at);
+        }
     }
 
     /// A request body that counts its bytes as they are read.

@@ -16,7 +16,7 @@
 use crate::index::{self, Refs, RepoIndex};
 use crate::{JobContext, Progress, Result, UpkeepError};
 use futures::StreamExt;
-use oci::{Digest, DigestSetBuilder, RepoName};
+use oci::{Digest, DigestTableBuilder, RepoName};
 use registry::{Registry, layout};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -100,6 +100,35 @@ pub struct GcReport {
     pub uploads_deleted: u64,
     /// Candidates kept because they were renewed after the mark (in use right now).
     pub kept_in_use: u64,
+    /// Bytes of content (blobs and manifests) kept, by where the repositories that hold
+    /// them come from: `hosted`, or an upstream's key. Content two sources share counts
+    /// in both; see `stored_bytes_total` for the distinct sum.
+    pub stored_bytes: std::collections::BTreeMap<String, u64>,
+    /// Bytes of content kept, each blob counted once.
+    pub stored_bytes_total: u64,
+}
+
+/// The sources a collection tells apart in `stored_bytes`: bit 0 for hosted
+/// repositories, bit `i + 1` for the `i`th cached upstream (the last bit holds the rest,
+/// beyond 62 upstreams).
+fn source_bit(repo: &RepoName, cached: &[String]) -> u64 {
+    let first = repo.as_str().split('/').next().unwrap_or_default();
+    match cached.iter().position(|c| c == first) {
+        None => 1,
+        Some(i) => 1 << (i + 1).min(63),
+    }
+}
+
+/// The name of source bit `bit` (see [`source_bit`]).
+fn source_name(bit: u32, cached: &[String]) -> String {
+    match bit {
+        0 => "hosted".to_owned(),
+        63 if cached.len() > 63 => "other upstreams".to_owned(),
+        b => cached
+            .get(b as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| "?".to_owned()),
+    }
 }
 
 /// What the mark found in one repository.
@@ -464,7 +493,8 @@ async fn collect(
     // Digests whose bytes stay: what marked manifests need, whether or not their links
     // survive (bytes a live image references are never deleted, even when a link is
     // missing: fsck reports that; --repair can re-link), and every surviving link.
-    let mut needed = DigestSetBuilder::new();
+    // Each digest with the sources whose repositories keep it (see `source_bit`).
+    let mut needed = DigestTableBuilder::<u64>::merging(|a, b| a | b);
     let repos = index::Repos::open(store.as_ref()).await?.into_stream();
     let (refs, cutoff_at) = (&refs, cutoff);
     let marks = repos
@@ -477,6 +507,7 @@ async fn collect(
     let mut marks = std::pin::pin!(marks);
     while let Some(item) = marks.next().await {
         let (repo, marked) = item?;
+        let bit = source_bit(&repo.name, &opts.cached);
         renewer.renew().await?;
         report.repositories += 1;
         report.manifests_marked += marked.manifests.len() as u64;
@@ -487,7 +518,7 @@ async fn collect(
             if !marked.manifests.contains(d) && meta.modified < cutoff {
                 doomed.push(Doomed::ManifestLink(repo.name.clone(), d.clone()));
             } else {
-                needed.insert(d, ());
+                needed.insert(d, bit);
             }
         }
         for (s, r, meta) in repo
@@ -509,7 +540,7 @@ async fn collect(
             if !marked.blobs.contains(d) && meta.modified < cutoff {
                 doomed.push(Doomed::BlobLink(repo.name.clone(), d.clone()));
             } else {
-                needed.insert(d, ());
+                needed.insert(d, bit);
             }
         }
         for (id, marker) in &repo.uploads {
@@ -520,12 +551,12 @@ async fn collect(
             }
         }
         for d in marked.manifests.iter().chain(marked.blobs.iter()) {
-            needed.insert(d, ());
+            needed.insert(d, bit);
         }
         // Links renewed since the walk stay, and so do their bytes.
         for k in sweep(registry, doomed, cutoff, report, &mut renewer).await? {
             if let Doomed::ManifestLink(_, d) | Doomed::BlobLink(_, d) = k {
-                needed.insert(&d, ());
+                needed.insert(&d, bit);
             }
         }
     }
@@ -536,11 +567,24 @@ async fn collect(
     progress.phase("sweeping blobs", 0);
     let mut blobs = std::pin::pin!(index::blobs(store.as_ref()).await?);
     let mut batch = Vec::with_capacity(DELETE_BATCH);
+    let mut by_source = [0u64; 64];
     while let Some(item) = blobs.next().await {
         let (d, meta) = item?;
         progress.advance(1);
         renewer.renew().await?;
-        if meta.modified < cutoff && !needed.contains(&d) {
+        let sources = needed.get(&d);
+        // Kept: needed, or too young to go.
+        if sources.is_some() || meta.modified >= cutoff {
+            report.stored_bytes_total += meta.size;
+        }
+        if let Some(mut bits) = sources {
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                by_source[b as usize] += meta.size;
+                bits &= bits - 1;
+            }
+        }
+        if meta.modified < cutoff && sources.is_none() {
             batch.push(Doomed::Blob(d));
             if batch.len() == DELETE_BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(DELETE_BATCH));
@@ -549,6 +593,13 @@ async fn collect(
         }
     }
     sweep(registry, batch, cutoff, report, &mut renewer).await?;
+    for (b, bytes) in by_source.iter().enumerate() {
+        if *bytes > 0 {
+            report
+                .stored_bytes
+                .insert(source_name(b as u32, &opts.cached), *bytes);
+        }
+    }
 
     renewer.now().await?;
     progress.phase("uploads", 0);
@@ -651,8 +702,45 @@ mod mark_tests {
         manifest(r, repo, tag, media::OCI_MANIFEST, body).await
     }
 
+    async fn stored_size(r: &Registry, d: &Digest) -> u64 {
+        let key = registry::layout::blob(d).unwrap();
+        r.store().stat(&key).await.unwrap().unwrap().size
+    }
+
     async fn present(r: &Registry, key: store::Key) -> bool {
         r.store().stat(&key).await.unwrap().is_some()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_collection_reports_the_bytes_each_source_keeps() {
+        let r = Registry::new(
+            Arc::new(store::memory::MemoryStore::new()),
+            registry::RegistryOptions::default(),
+        );
+        let hosted: RepoName = "team/app".parse().unwrap();
+        let cached: RepoName = "mirror.test/library/redis".parse().unwrap();
+        // The same config and layer in both; one more layer only in the cache.
+        let a = image(&r, &hosted, "v1", b"{\"shared\":1}", b"shared layer", None).await;
+        let b = image(&r, &cached, "7", b"{\"shared\":1}", b"shared layer", None).await;
+        let extra = image(&r, &cached, "8", b"{\"x\":1}", b"only cached", None).await;
+        let opts = GcOptions {
+            grace: Duration::ZERO,
+            renewal_slack: Duration::ZERO,
+            cached: vec!["upstream.other".to_owned(), "mirror.test".to_owned()],
+            ..GcOptions::default()
+        };
+        let report = run_once(&r, &opts, &crate::Quiet).await.unwrap();
+        let shared = (b"{\"shared\":1}".len() + b"shared layer".len()) as u64;
+        let only_cached = (b"{\"x\":1}".len() + b"only cached".len()) as u64;
+        let want_hosted = shared + stored_size(&r, &a).await;
+        // `a` and `b` are the same manifest: the same bytes, stored once.
+        assert_eq!(a, b);
+        let want_cached =
+            shared + stored_size(&r, &b).await + only_cached + stored_size(&r, &extra).await;
+        assert_eq!(report.stored_bytes.get("hosted"), Some(&want_hosted));
+        assert_eq!(report.stored_bytes.get("mirror.test"), Some(&want_cached));
+        assert_eq!(report.stored_bytes.len(), 2, "{:?}", report.stored_bytes);
+        assert_eq!(report.stored_bytes_total, want_cached, "shared bytes once");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -207,6 +207,15 @@ pub fn svg(chart: &Chart<'_>) -> String {
             esc(&s.label),
             pts.trim_end()
         );
+        // A line of one point draws nothing: mark the point itself.
+        if let [(t, v)] = s.points[..] {
+            let _ = write!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{colour}\"/>",
+                x(t),
+                y(v)
+            );
+        }
         let lx = LEFT + (i % 3) as f64 * (pw / 3.0);
         let ly = TOP + ph + 30.0 + (i / 3) as f64 * 14.0;
         let now = s

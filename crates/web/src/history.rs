@@ -135,6 +135,20 @@ pub fn sum(all: &[Vec<(u64, f64)>]) -> Vec<(u64, f64)> {
     by_time.into_iter().collect()
 }
 
+/// Several series combined point by point at equal times by their largest value: for a
+/// gauge every replica reports about the same thing (the store's size as each last
+/// measured it), where a sum would count it once per replica.
+pub fn max(all: &[Vec<(u64, f64)>]) -> Vec<(u64, f64)> {
+    let mut by_time: BTreeMap<u64, f64> = BTreeMap::new();
+    for s in all {
+        for (at, v) in s {
+            let e = by_time.entry(*at).or_insert(*v);
+            *e = e.max(*v);
+        }
+    }
+    by_time.into_iter().collect()
+}
+
 /// `a / (a + b)` point by point, as a percentage, at the times both have and their sum
 /// is not zero (a cache's hit rate from its hits and misses).
 pub fn share(a: &[(u64, f64)], b: &[(u64, f64)]) -> Vec<(u64, f64)> {
@@ -220,6 +234,7 @@ mod tests {
             sum(&[a.clone(), b.clone()]),
             vec![(60, 3.0), (120, 3.0), (180, 5.0)]
         );
+        assert_eq!(max(&[a, b]), vec![(60, 3.0), (120, 2.0), (180, 5.0)]);
         let misses = vec![(60, 1.0), (120, 0.0)];
         let hits = vec![(60, 3.0), (120, 0.0)];
         assert_eq!(share(&hits, &misses), vec![(60, 75.0)]);

@@ -25,3 +25,4 @@ mod skopeo;
 mod stress;
 mod transport;
 mod trust;
+mod ui;
