@@ -30,6 +30,10 @@ const UNWRITTEN_SEGMENTS: usize = 32;
 /// Most bytes appended to the store in one step. Segments already downloaded are
 /// appended together.
 const FILL_BATCH: usize = 8 * 1024 * 1024;
+/// Segments handed to the hashing thread and not yet hashed: enough that the download
+/// never waits for a hash that is briefly descheduled, few enough (they are shared with
+/// the segments kept for readers, not copies) to add little memory.
+const HASH_QUEUE: usize = 8;
 /// Bytes already stored that are still kept in memory for clients a little behind the
 /// download; one further behind reads from the upload. With the unwritten segments this
 /// bounds a fill's memory at about 48 MiB however many clients follow it.
@@ -90,6 +94,9 @@ pub enum FillError {
     Mismatch,
     #[error("the store stopped taking the blob")]
     StoreStopped,
+    /// The thread hashing the download went away (it panicked).
+    #[error("hashing the download stopped")]
+    HashStopped,
     /// Reading back what the fill stored failed.
     #[error("reading the stored bytes: {0}")]
     Read(#[source] std::io::Error),
@@ -302,7 +309,12 @@ async fn run(
                 e,
                 FillError::Body(_) | FillError::Truncated { .. } | FillError::Overlong
             ) {
-                up.gate.record_outage(&job.pass, &e);
+                let why = match &e {
+                    FillError::Overlong => "sent more bytes than it announced",
+                    FillError::Truncated { .. } => "the body ended early",
+                    _ => "the body broke off",
+                };
+                up.gate.record_outage(&job.pass, why);
             }
             let _ = job.registry.cancel_upload(&job.repo, &id).await;
             Err(e)
@@ -337,11 +349,23 @@ async fn download(
 ) -> Result<(u64, FillTimes), FillError> {
     let (unwritten_tx, mut unwritten) = tokio::sync::mpsc::channel::<Bytes>(UNWRITTEN_SEGMENTS);
     let want = job.digest.clone();
+    // Hashed as it arrives, on a thread of its own beside the download, so reading the
+    // upstream never waits for the hash (nor the hash for the network); readers get the
+    // last byte as soon as the body has come and verified, not after the store's commit.
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+    let algorithm = want.algorithm();
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = oci::Hasher::new(algorithm);
+        let mut busy = std::time::Duration::ZERO;
+        while let Some(segment) = hash_rx.blocking_recv() {
+            let at = std::time::Instant::now();
+            hasher.update(&segment);
+            busy += at.elapsed();
+        }
+        (hasher.finish(), busy)
+    });
     let receive = async move {
         let mut available = 0u64;
-        // Hashed as it arrives, so readers get the last byte as soon as the body has come
-        // and verified, not after the store's commit (and its fsync of the whole blob).
-        let mut hasher = oci::Hasher::new(want.algorithm());
         let mut times = FillTimes::default();
         loop {
             let waited = std::time::Instant::now();
@@ -349,12 +373,12 @@ async fn download(
                 break;
             };
             times.upstream_read += waited.elapsed();
-            let hashing = std::time::Instant::now();
-            hasher.update(&segment);
-            times.hash += hashing.elapsed();
             let len = segment.len() as u64;
             if total.is_some_and(|t| available + len > t) {
                 return Err(FillError::Overlong);
+            }
+            if hash_tx.send(segment.clone()).await.is_err() {
+                return Err(FillError::HashStopped);
             }
             lock(segments).push(available, segment.clone());
             available += len;
@@ -375,7 +399,10 @@ async fn download(
                 announced: t,
             });
         }
-        if hasher.finish() != want {
+        drop(hash_tx);
+        let (digest, busy) = hashing.await.map_err(|_| FillError::HashStopped)?;
+        times.hash = busy;
+        if digest != want {
             return Err(FillError::Mismatch);
         }
         tx.send_modify(|p| {

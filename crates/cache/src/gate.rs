@@ -110,7 +110,8 @@ pub(crate) struct State {
 pub struct Trouble {
     /// The first failure since the upstream last answered.
     pub since: SystemTime,
-    /// The newest failure's message (or the 429 that is in force).
+    /// The newest failure, as [`ClientError::summary`] says it (no URL, no repository
+    /// name: the web page shows it to anyone).
     pub last_error: String,
 }
 
@@ -336,9 +337,10 @@ impl Gate {
     }
 
     /// The upstream failed after its first answer (a body cut off, too short or too
-    /// long), as `why` says: an outage, like no answer at all.
-    pub fn record_outage(&self, pass: &Pass, why: &dyn std::fmt::Display) {
-        self.note(pass, Outcome::Outage, Some(why.to_string()));
+    /// long), as `why` says in a few words that name no repository: an outage, like no
+    /// answer at all.
+    pub fn record_outage(&self, pass: &Pass, why: &str) {
+        self.note(pass, Outcome::Outage, Some(why.to_owned()));
     }
 
     /// What the upstream answered to a request let through with `pass`.
@@ -352,7 +354,7 @@ impl Gate {
         };
         let why = match (&outcome, answer) {
             (Outcome::Works, _) | (_, Ok(_)) => None,
-            (_, Err(e)) => Some(e.to_string()),
+            (_, Err(e)) => Some(e.summary()),
         };
         self.note(pass, outcome, why);
     }
@@ -426,10 +428,10 @@ mod tests {
         let p = gate.admit().await.unwrap();
         gate.record(&p, &outage());
         let first = gate.trouble().expect("a failure is trouble");
-        assert!(first.last_error.contains("503"), "{first:?}");
+        assert_eq!(first.last_error, "answered HTTP 503", "no upstream text");
         std::thread::sleep(Duration::from_millis(5));
         let p = gate.admit().await.unwrap();
-        gate.record_outage(&p, &"body cut off at 12 bytes");
+        gate.record_outage(&p, "body cut off at 12 bytes");
         let second = gate.trouble().unwrap();
         assert_eq!(second.since, first.since, "still the same streak");
         assert_eq!(second.last_error, "body cut off at 12 bytes");

@@ -107,6 +107,32 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// What went wrong, for a page anyone may read: no URL, no repository name and no
+    /// text the upstream wrote (`answered HTTP 503`, `no answer: Connection refused (os
+    /// error 111)`). The log has the whole message.
+    pub fn summary(&self) -> String {
+        match self {
+            ClientError::NotFound => "not found".to_owned(),
+            ClientError::Unauthorized(_) => "refused the credentials".to_owned(),
+            ClientError::Status { status, .. } => format!("answered HTTP {status}"),
+            ClientError::RateLimited { .. } => "rate limit: 429 Too Many Requests".to_owned(),
+            ClientError::Transport(e) if e.is_timeout() => "no answer: timed out".to_owned(),
+            ClientError::Transport(e) => {
+                // The innermost cause (an OS or TLS error) names no URL.
+                let mut inner: &dyn std::error::Error = e;
+                while let Some(c) = inner.source() {
+                    inner = c;
+                }
+                if std::ptr::addr_eq(inner, e as &dyn std::error::Error) {
+                    "no answer".to_owned()
+                } else {
+                    format!("no answer: {inner}")
+                }
+            }
+            ClientError::Invalid(_) => "sent invalid content".to_owned(),
+        }
+    }
+
     /// Is this a failure of the upstream (down, erroring, unreachable), as opposed to
     /// an answer about the content? Such failures let a cache serve what it has.
     pub fn is_outage(&self) -> bool {

@@ -103,10 +103,41 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
+        Ok(self
+            .first_referrers(repo, subject, artifact_type, usize::MAX)
+            .await?
+            .0)
+    }
+
+    /// Like [`Registry::referrers`], but reads only until `max` are found (the first by
+    /// digest): a page that shows a few costs a few reads however many there are. Also
+    /// returns how many referrer links the subject has (an upper bound on the count).
+    pub async fn first_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<Descriptor>, usize)> {
         let dir = layout::referrers(repo, subject)?;
+        let mut names: Vec<String> = self
+            .store
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Object(name) => Some(name),
+                Entry::Prefix(_) => None,
+            })
+            .collect();
+        // Named `<algo>-<hex>` after the referrer: in digest order once sorted.
+        names.sort();
+        let links = names.len();
         let mut out = Vec::new();
-        for e in self.store.list(&dir).await? {
-            let Entry::Object(name) = e else { continue };
+        for name in names {
+            if out.len() == max {
+                break;
+            }
             let Some(bytes) = self.store.get(&dir.join(&name)?).await? else {
                 continue;
             };
@@ -128,7 +159,7 @@ impl Registry {
             }
         }
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
-        Ok(out)
+        Ok((out, links))
     }
 }
 

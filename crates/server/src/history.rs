@@ -64,7 +64,15 @@ pub struct HistoryBook {
     name: String,
     own: parking_lot::Mutex<History>,
     others: parking_lot::Mutex<Option<(Instant, Arc<Others>)>>,
+    /// Held while the others are read again, so concurrent views read them once.
+    reading: tokio::sync::Mutex<()>,
+    /// When this writer last deleted the histories of writers long gone.
+    forgot_at: parking_lot::Mutex<Option<Instant>>,
 }
+
+/// How often a writer looks for the histories of writers gone longer than
+/// [`FORGET_AFTER`]: one listing an hour; nothing is urgent about it.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
 /// This host's name and the port it listens on: the same after a restart, different for
 /// every replica (two on one host listen on different ports).
@@ -100,6 +108,8 @@ impl HistoryBook {
             name: name.to_owned(),
             own: parking_lot::Mutex::default(),
             others: parking_lot::Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
+            forgot_at: parking_lot::Mutex::default(),
         })
     }
 
@@ -139,12 +149,49 @@ impl HistoryBook {
             .store()
             .put(&self.key(), bytes::Bytes::from(bytes))
             .await?;
+        let due = self
+            .forgot_at
+            .lock()
+            .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
+        if due {
+            *self.forgot_at.lock() = Some(Instant::now());
+            self.forget_gone(app, now).await;
+        }
         Ok(())
     }
 
+    /// Delete the histories whose newest sample is older than [`FORGET_AFTER`] at `now`:
+    /// the background job's work, never a page view's.
+    async fn forget_gone(&self, app: &App, now: SystemTime) {
+        let store = app.registry.store();
+        let Ok(folder) = layout::history_folder() else {
+            return;
+        };
+        let Ok(entries) = store.list(&folder).await else {
+            return;
+        };
+        for e in entries {
+            let store::Entry::Object(name) = e else {
+                continue;
+            };
+            let Ok(key) = layout::history(&name) else {
+                continue;
+            };
+            let Ok(Some(bytes)) = store.get(&key).await else {
+                continue;
+            };
+            if let Ok(kept) = serde_json::from_slice::<Kept>(&bytes)
+                && gone(&kept, unix(now))
+            {
+                tracing::info!(writer = %name, "deleting the page history of a replica gone for a month");
+                let _ = store.delete(&key).await;
+            }
+        }
+    }
+
     /// Every writer's history: this one's as it stands, the others' as last read from
-    /// the store (read again once [`READ_AGAIN_AFTER`] has passed). Histories of writers
-    /// gone longer than [`FORGET_AFTER`] are deleted on the way.
+    /// the store (read again once [`READ_AGAIN_AFTER`] has passed), leaving out writers
+    /// gone longer than [`FORGET_AFTER`]. Reads only.
     pub async fn all(&self, app: &App) -> Vec<History> {
         let others = self.others(app).await;
         let mut all = vec![self.own.lock().clone()];
@@ -161,19 +208,24 @@ impl HistoryBook {
     }
 
     async fn others(&self, app: &App) -> Arc<Others> {
-        let cached = self
-            .others
-            .lock()
-            .clone()
-            .filter(|(at, _)| at.elapsed() < READ_AGAIN_AFTER);
-        match cached {
-            Some((_, h)) => h,
-            None => {
-                let read = Arc::new(self.read_others(app).await);
-                *self.others.lock() = Some((Instant::now(), read.clone()));
-                read
-            }
+        let cached = || {
+            self.others
+                .lock()
+                .clone()
+                .filter(|(at, _)| at.elapsed() < READ_AGAIN_AFTER)
+                .map(|(_, h)| h)
+        };
+        if let Some(h) = cached() {
+            return h;
         }
+        let _reading = self.reading.lock().await;
+        // Another view may have read them while this one waited.
+        if let Some(h) = cached() {
+            return h;
+        }
+        let read = Arc::new(self.read_others(app).await);
+        *self.others.lock() = Some((Instant::now(), read.clone()));
+        read
     }
 
     async fn read_others(&self, app: &App) -> Others {
@@ -202,9 +254,8 @@ impl HistoryBook {
             let Ok(kept) = serde_json::from_slice::<Kept>(&bytes) else {
                 continue;
             };
-            let newest = kept.history.latest().map_or(0, |s| s.at);
-            if now.saturating_sub(newest) > FORGET_AFTER.as_secs() {
-                let _ = store.delete(&key).await;
+            // A writer gone this long is left out (and deleted by the background job).
+            if gone(&kept, now) {
                 continue;
             }
             for (repo, at) in kept.pulls {
@@ -215,6 +266,12 @@ impl HistoryBook {
         }
         out
     }
+}
+
+/// Whether `kept`'s writer has written nothing for [`FORGET_AFTER`] before `now`.
+fn gone(kept: &Kept, now: u64) -> bool {
+    let newest = kept.history.latest().map_or(0, |s| s.at);
+    now.saturating_sub(newest) > FORGET_AFTER.as_secs()
 }
 
 /// Last pulls over every replica, for one page view.

@@ -2,7 +2,8 @@
 //! health strip and charts, the repositories with their filter and pages, a
 //! repository's tags, and an image (an index's platforms, layers, config, referrers and
 //! pull commands), all under the API's access rules; the health strip of a failing
-//! upstream; and 1,000 repositories with 10,000 tags, whose page times are printed.
+//! upstream; and a server holding those beside 1,000 repositories with 10,000 tags, paged
+//! through and searched, whose page times are printed.
 
 use crate::common::*;
 use std::time::{Duration, Instant};
@@ -181,6 +182,16 @@ async fn push_signed_index(s: &TestServer, repo: &str, tag: &str) -> (oci::Diges
     (d, amd.0)
 }
 
+/// The repositories a list page links to, in order.
+fn listed(html: &str) -> Vec<&str> {
+    html.match_indices("href=\"/ui/repository?name=")
+        .map(|(at, m)| {
+            let rest = &html[at + m.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
 /// A page's body and status, as fetched by `creds` (anonymous when `None`).
 async fn page(s: &TestServer, path: &str, creds: Option<(&str, &str)>) -> (u16, String) {
     let r = as_user(client().get(s.url(path)), creds)
@@ -217,6 +228,8 @@ async fn web_pages_render_in_chromium_under_the_access_rules() {
     push_image(&s, "team/app", "v2", "two").await;
     let (index, amd64) = push_signed_index(&s, "team/multi", "1.0").await;
     push_image_as(&s, "secret/x", "v1", "secret", Some(("alice", "alice-pw"))).await;
+    // A hosted name sorting between the upstream's key and its repositories.
+    push_image(&s, "mirror.test-fork/app", "v1", "fork").await;
     // A cached image pulled twice (a miss, then hits), and a hosted pull.
     let manifest: serde_json::Value = get_json(&s.url(&format!(
         "/v2/mirror.test/library/redis/manifests/{cached_image}"
@@ -319,6 +332,30 @@ async fn web_pages_render_in_chromium_under_the_access_rules() {
     assert!(
         hosted_only.contains("team/app") && !hosted_only.contains(">mirror.test/library/redis<")
     );
+    assert!(
+        !cached_only.contains("mirror.test-fork/app"),
+        "{cached_only}"
+    );
+    // A start at a name one may not pull is not taken (no probing for hidden names).
+    for source in ["", "&source=mirror.test", "&source=hosted"] {
+        let hidden = page(
+            &s,
+            &format!("/ui/repositories?after=secret/x{source}"),
+            None,
+        )
+        .await;
+        let missing = page(
+            &s,
+            &format!("/ui/repositories?after=secret/y{source}"),
+            None,
+        )
+        .await;
+        let top = page(&s, &format!("/ui/repositories?{source}"), None).await;
+        assert_eq!(hidden.0, 200);
+        assert_eq!(listed(&hidden.1), listed(&missing.1), "{source}");
+        assert_eq!(listed(&hidden.1), listed(&top.1), "from the top {source}");
+        assert!(!listed(&top.1).is_empty(), "{source}");
+    }
     let found = dom(&s.url("/ui/repositories?q=MULTI")).await;
     assert!(
         found.contains(">team/multi<") && !found.contains(">team/app<"),
@@ -484,6 +521,12 @@ async fn the_health_strip_shows_a_down_upstream_first_and_one_serving_stale() {
     let down_tile = tile(down);
     assert!(down_tile.contains("✖ problem: down"), "{down_tile}");
     assert!(down_tile.contains("failing since"), "{down_tile}");
+    // Why, in words that name no URL and no repository (the log has the rest).
+    assert!(down_tile.contains("no answer"), "{down_tile}");
+    assert!(
+        !down_tile.contains("library/nginx") && !down_tile.contains("http://"),
+        "{down_tile}"
+    );
     let stale_tile = tile(stale);
     assert!(
         stale_tile.contains("▲ attention: down, serving stale"),
@@ -522,6 +565,34 @@ async fn the_last_pull_shown_survives_a_restart() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_page_reads_only_its_first_hundred_referrers() {
+    let s = TestServer::start().await;
+    let (index, _) = push_signed_index(&s, "team/multi", "1.0").await;
+    // 2 from the index's push, and 99 more signatures.
+    for i in 0..99 {
+        push_referrer(
+            &s,
+            "team/multi",
+            &index,
+            &format!("application/example.sig.{i:02}"),
+        )
+        .await;
+    }
+    let (status, html) = page(&s, "/ui/image?repo=team/multi&ref=1.0", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Referrers (the first 100 of up to 101)"),
+        "{html}"
+    );
+    assert_eq!(
+        html.matches("/ui/image?repo=team%2Fmulti&amp;ref=sha256")
+            .count()
+            - 2,
+        100
+    );
+}
+
 /// The server's own time for a page (its `Server-Timing`), in milliseconds.
 async fn server_time(s: &TestServer, path: &str) -> f64 {
     let r = client().get(s.url(path)).send().await.unwrap();
@@ -541,9 +612,21 @@ fn next_link(html: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_repositories_page_through_and_search_in_chromium() {
     use futures::StreamExt;
-    let s = TestServer::start().await;
-    // 1,000 repositories of 10 tags each (10,000 tags), stored through the registry, and
-    // one repository with 120 tags.
+    let upstream = TestServer::start().await;
+    push_image(&upstream, "library/redis", "7", "redis").await;
+    let s = TestServer::start_with(|c| {
+        c.upstreams = vec![upstream_config(
+            "mirror.test",
+            &upstream.base,
+            Duration::from_secs(60),
+        )];
+    })
+    .await;
+    // Hosted and cached images, an index with a signature and an SBOM...
+    push_signed_index(&s, "team/multi", "1.0").await;
+    get_bytes(&s.url("/v2/mirror.test/library/redis/manifests/7")).await;
+    // ...beside 1,000 repositories of 10 tags each (10,000 tags), stored through the
+    // registry, and one repository with 120 tags.
     let registry = s.app.registry.clone();
     let fill = |name: String, tags: usize| {
         let (s, registry) = (&s, registry.clone());
@@ -594,7 +677,7 @@ async fn a_thousand_repositories_page_through_and_search_in_chromium() {
             None => break,
         }
     }
-    assert_eq!(seen, 1001, "every repository, over {pages} pages");
+    assert_eq!(seen, 1001, "every bulk repository, over {pages} pages");
     // A repository's tags, a page at a time: 50, 50, 20.
     let mut path = "/ui/repository?name=bulk/many".to_owned();
     let mut per_page = Vec::new();
@@ -631,6 +714,9 @@ async fn a_thousand_repositories_page_through_and_search_in_chromium() {
         "/ui/repository?name=bulk/r0500",
         "/ui/repository?name=bulk/many",
         "/ui/image?repo=bulk/r0500&ref=t003",
+        "/ui/image?repo=team/multi&ref=1.0",
+        "/ui/repositories?source=mirror.test",
+        "/ui/image?repo=mirror.test/library/redis&ref=7",
     ] {
         let mut times = Vec::new();
         for _ in 0..5 {
@@ -642,5 +728,5 @@ async fn a_thousand_repositories_page_through_and_search_in_chromium() {
             times[2], times[0], times[4]
         ));
     }
-    eprintln!("web pages on 1,001 repositories and 10,120 tags:\n{table}");
+    eprintln!("web pages on 1,003 repositories and 10,122 tags:\n{table}");
 }

@@ -95,10 +95,25 @@ pub(super) async fn repositories(view: &View<'_>) -> String {
     let prefix = source
         .filter(|s| *s != "hosted" && upstream_keys.iter().any(|k| k == s))
         .map(|s| format!("{s}/"));
-    let after = view
-        .param("after")
-        .map(str::to_owned)
-        .or_else(|| prefix.as_ref().map(|p| p.trim_end_matches('/').to_owned()));
+    // Where this page starts: after a name the visitor may pull (the last one the page
+    // before showed), or at an opaque cursor (where a page stopped reading at a name the
+    // visitor may not see). Any other start is not taken, so no start can be used to
+    // probe for hidden names. An expired cursor starts again from the top.
+    let mut after: Option<String> = match (view.param("from"), view.param("after")) {
+        (Some(id), _) => app.names.resolve(id),
+        (None, Some(a)) => a
+            .parse::<RepoName>()
+            .ok()
+            .filter(|r| view.may_pull(r))
+            .map(|r| r.to_string()),
+        (None, None) => None,
+    };
+    // Every name of the cache sorts after `<key>/` and before the first name past it.
+    if let Some(p) = &prefix
+        && after.as_deref().is_none_or(|a| a < p.as_str())
+    {
+        after = Some(p.clone());
+    }
     // A filter searches the name index; the plain list reads the store, so a new
     // repository shows at once.
     let index = if q.is_some() || source.is_some() {
@@ -134,7 +149,9 @@ pub(super) async fn repositories(view: &View<'_>) -> String {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
-                error = Some(e.to_string());
+                // The message may name paths and repositories: it goes to the log.
+                tracing::warn!(error = %e, "the web page cannot list repositories");
+                error = Some(());
                 break;
             }
         };
@@ -168,12 +185,8 @@ pub(super) async fn repositories(view: &View<'_>) -> String {
     h.push_str("<h2>Repositories</h2>");
     search_form(view, &mut h);
     h.push_str("<div id=\"results\">");
-    if let Some(e) = error {
-        let _ = write!(
-            h,
-            "<p class=\"bad\">cannot list repositories: {}</p>",
-            esc(&e)
-        );
+    if error.is_some() {
+        h.push_str("<p class=\"bad\">✖ cannot list repositories: the store failed (berth's log has the error).</p>");
     }
     if shown.is_empty() {
         h.push_str("<p class=\"muted\">No repositories you may pull match.</p>");
@@ -202,31 +215,26 @@ pub(super) async fn repositories(view: &View<'_>) -> String {
         .filter_map(|(k, v)| Some((k, v?)))
         .collect();
     let mut pager = Vec::new();
-    if view.param("after").is_some() {
+    if view.param("after").is_some() || view.param("from").is_some() {
         pager.push(format!(
             "<a href=\"{}\">← first page</a>",
             href("/ui/repositories", &filters)
         ));
     }
     if more {
-        // On from the last name shown, or read when the read limit stopped the scan.
-        let from = if shown.len() == REPOSITORIES_PER_PAGE {
-            shown.last().map(|r| r.to_string())
+        // On from the last name shown; or, when the read limit stopped the scan first,
+        // from an opaque cursor for the last name read (which may be hidden).
+        let next = if shown.len() == REPOSITORIES_PER_PAGE {
+            shown.last().map(|r| ("after", r.to_string()))
         } else {
-            last_read
+            last_read.map(|n| ("from", app.names.cursor(&n)))
         };
-        if let Some(from) = from {
-            let mut pairs = vec![("after", from.as_str())];
+        if let Some((key, value)) = next {
+            let mut pairs = vec![(key, value.as_str())];
             pairs.extend(&filters);
-            // No count of the names read: it would count names the visitor may not see.
             pager.push(format!(
-                "<a href=\"{}\" rel=\"next\">next page →</a>{}",
+                "<a href=\"{}\" rel=\"next\">next page →</a>",
                 href("/ui/repositories", &pairs),
-                if shown.len() < REPOSITORIES_PER_PAGE {
-                    " <span class=\"muted\">(the search goes on from here)</span>"
-                } else {
-                    ""
-                }
             ));
         }
     }
@@ -271,7 +279,7 @@ pub(super) async fn repository(view: &View<'_>) -> Rendered {
     for tag in page {
         let digest = app.registry.resolve_tag(&repo, tag).await.ok();
         let summary = match &digest {
-            Some(d) => super::image::summary(app, &repo, d).await,
+            Some(d) => super::image::summary(app, &repo, d, true).await,
             None => None,
         };
         let kind = match &summary {

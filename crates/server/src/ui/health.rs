@@ -159,10 +159,11 @@ fn upkeep_tiles(view: &View<'_>, tiles: &mut Vec<Tile>) {
         .as_ref()
         .map(|r| r.problems.iter().filter(|p| p.repaired.is_none()).count());
     let (level, state, detail) = match (&scrub.last_error, open, scrub.last_success_at) {
-        (Some(e), _, at) => (
+        // Its message may name repositories: the log has it.
+        (Some(_), _, at) => (
             Level::Bad,
             "last run failed".to_owned(),
-            format!("{}; last success {}", esc(e), ago(at, now)),
+            format!("berth's log has the error; last success {}", ago(at, now)),
         ),
         (None, Some(n), at) if n > 0 => (
             Level::Bad,
@@ -192,10 +193,13 @@ fn upkeep_tiles(view: &View<'_>, tiles: &mut Vec<Tile>) {
     });
     let gc = view.app.upkeep.gc.lock().clone();
     let (level, state, detail) = match (&gc.last_error, &gc.last) {
-        (Some(e), _) => (
+        (Some(_), _) => (
             Level::Bad,
             "last run failed".to_owned(),
-            format!("{}; last success {}", esc(e), ago(gc.last_success_at, now)),
+            format!(
+                "berth's log has the error; last success {}",
+                ago(gc.last_success_at, now)
+            ),
         ),
         (None, Some(r)) => (
             Level::Ok,

@@ -19,42 +19,57 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// platforms (and attestations); an index of thousands is summed only this far.
 const MAX_CHILDREN_READ: usize = 64;
 
+/// Referrers an image page lists (the first by digest); beyond them it says how many
+/// more there are. Anyone who may push can attach referrers, so the page reads only
+/// this many, however many there are.
+const MAX_REFERRERS_SHOWN: usize = 100;
+
 /// What the repository page shows of one tag's manifest.
 pub(super) struct Summary {
     pub kind: ManifestKind,
     pub artifact_type: Option<String>,
     /// Platforms an index names (0 for an image).
     pub platforms: usize,
-    /// Bytes the repository holds for it: manifest, config and layers, and for an index
-    /// every child the repository holds (shared blobs counted once). `None` when a part
-    /// could not be read.
+    /// Bytes of it the repository holds: the manifest, its config and layers as the
+    /// manifest declares them, and for an index each child the repository holds (a
+    /// cache holds only those clients asked for) with its config and layers, every blob
+    /// counted once. `None` when the manifest itself could not be read.
     pub size: Option<u64>,
 }
 
-/// The summary of manifest `digest` in `repo`: the manifest and, for an index, its
-/// children (up to [`MAX_CHILDREN_READ`]) are read, through the registry's cache.
-pub(super) async fn summary(app: &App, repo: &RepoName, digest: &Digest) -> Option<Summary> {
+/// The summary of manifest `digest` in `repo`: the manifest and, for an index with
+/// `children` set, its children (up to [`MAX_CHILDREN_READ`], one level: an index's
+/// child index counts as its own bytes) are read, through the registry's cache.
+pub(super) async fn summary(
+    app: &App,
+    repo: &RepoName,
+    digest: &Digest,
+    children: bool,
+) -> Option<Summary> {
     let stored = app.registry.manifest_by_digest(repo, digest).await.ok()?;
     let parsed = ParsedManifest::parse(&stored.bytes, Some(&stored.media_type)).ok()?;
     let mut seen: HashSet<Digest> = HashSet::new();
-    let mut total = stored.bytes.len() as u64;
+    // Declared sizes are the client's word (up to i64::MAX each): added without wrapping.
     let add = |seen: &mut HashSet<Digest>, p: &ParsedManifest| {
-        let mut t = 0;
-        for b in p.config.iter().chain(p.layers.iter()) {
-            if seen.insert(b.digest.clone()) {
-                t += b.size;
-            }
-        }
-        t
+        p.config
+            .iter()
+            .chain(p.layers.iter())
+            .filter(|b| seen.insert(b.digest.clone()))
+            .fold(0u64, |t, b| t.saturating_add(b.size))
     };
-    total += add(&mut seen, &parsed);
-    for child in parsed.manifests.iter().take(MAX_CHILDREN_READ) {
-        // A cache holds only the children clients asked for.
+    let mut total = (stored.bytes.len() as u64).saturating_add(add(&mut seen, &parsed));
+    let wanted = if children { MAX_CHILDREN_READ } else { 0 };
+    for child in parsed.manifests.iter().take(wanted) {
+        if !seen.insert(child.digest.clone()) {
+            continue;
+        }
         let Ok(c) = app.registry.manifest_by_digest(repo, &child.digest).await else {
             continue;
         };
         if let Ok(p) = ParsedManifest::parse(&c.bytes, Some(&c.media_type)) {
-            total += c.bytes.len() as u64 + add(&mut seen, &p);
+            total = total
+                .saturating_add(c.bytes.len() as u64)
+                .saturating_add(add(&mut seen, &p));
         }
     }
     Some(Summary {
@@ -98,7 +113,10 @@ pub(super) async fn render(view: &View<'_>) -> Rendered {
     if let Some(a) = parsed.artifact_kind() {
         let _ = write!(h, "<dt>artifact type</dt><dd><code>{}</code></dd>", esc(&a));
     }
-    if let Some(s) = summary(app, &repo, &m.digest).await.and_then(|s| s.size) {
+    if let Some(s) = summary(app, &repo, &m.digest, true)
+        .await
+        .and_then(|s| s.size)
+    {
         let _ = write!(h, "<dt>size</dt><dd>{}</dd>", human_bytes(s));
     }
     if let Reference::Tag(t) = &reference
@@ -215,7 +233,7 @@ async fn platforms(view: &View<'_>, repo: &RepoName, parsed: &ParsedManifest, h:
             })
             .unwrap_or_else(|| "—".to_owned());
         let size = if i < MAX_CHILDREN_READ {
-            summary(view.app, repo, &child.digest).await
+            summary(view.app, repo, &child.digest, false).await
         } else {
             None
         };
@@ -242,7 +260,12 @@ async fn platforms(view: &View<'_>, repo: &RepoName, parsed: &ParsedManifest, h:
 }
 
 fn layers(layers: &[Descriptor], h: &mut String) {
-    let total: u64 = layers.iter().map(|l| l.size).sum();
+    // Each distinct layer once, as the sizes elsewhere count them.
+    let mut seen = HashSet::new();
+    let total = layers
+        .iter()
+        .filter(|l| seen.insert(&l.digest))
+        .fold(0u64, |t, l| t.saturating_add(l.size));
     let _ = write!(
         h,
         "<h2>Layers ({}, {})</h2><table><tr><th>#</th><th>digest</th><th>size</th><th>media type</th></tr>",
@@ -378,13 +401,21 @@ fn annotations(a: Option<&serde_json::Map<String, serde_json::Value>>, h: &mut S
 }
 
 async fn referrers(view: &View<'_>, repo: &RepoName, digest: &Digest, h: &mut String) {
-    let found = view
+    let (found, links) = view
         .app
         .registry
-        .referrers(repo, digest, None)
+        .first_referrers(repo, digest, None, MAX_REFERRERS_SHOWN)
         .await
         .unwrap_or_default();
-    let _ = write!(h, "<h2>Referrers ({})</h2>", found.len());
+    if found.len() < MAX_REFERRERS_SHOWN {
+        let _ = write!(h, "<h2>Referrers ({})</h2>", found.len());
+    } else {
+        let _ = write!(
+            h,
+            "<h2>Referrers (the first {} of up to {links})</h2>",
+            found.len()
+        );
+    }
     if found.is_empty() {
         h.push_str(
             "<p class=\"muted\">No signatures, SBOMs or attestations refer to this manifest.</p>",
