@@ -1,5 +1,6 @@
 //! berth tried as an attacker would, over raw HTTP on loopback: racing requests on one
-//! upload, requests still in flight when an upload is committed, bytes pushed under an
+//! upload, whole-blob pushes of one new digest racing (some with lying bytes), requests
+//! still in flight when an upload is committed, bytes pushed under an
 //! upstream's digest, private blobs asked for through cache names, and lying headers
 //! (overflowing ranges, unknown range units, oversized descriptor sizes, forged proxy
 //! headers, bodies dripped a byte at a time, a full disk). Every test checks what a
@@ -209,6 +210,101 @@ async fn requests_in_flight_at_commit_never_change_the_published_blob() {
         d,
         "bytes served under a digest hash to it"
     );
+}
+
+/// Whole-blob pushes of one new digest racing each other: monolithic POSTs and closing
+/// PUTs into one repository and into several, beside pushes that claim the digest with
+/// other bytes. Every honest push lands (201), every lying one gets DIGEST_INVALID and
+/// links nothing, and every repository an honest push named serves bytes that hash to
+/// the digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_whole_blob_pushes_of_one_new_digest_all_land_intact() {
+    let s = TestServer::start().await;
+    for round in 0..5u64 {
+        let bytes = pseudo_random(100 + round, 2 * 1024 * 1024 + 17);
+        let lie = pseudo_random(200 + round, bytes.len());
+        let d = digest_of(&bytes);
+        let post = |repo: String, body: Vec<u8>| {
+            let url = s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}"));
+            async move {
+                let r = client()
+                    .post(url)
+                    .header("content-type", "application/octet-stream")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (repo, r.status().as_u16())
+            }
+        };
+        let put = |repo: String, body: Vec<u8>| {
+            let (s, d) = (&s, &d);
+            async move {
+                let loc = start_upload(s, &repo).await;
+                let r = client()
+                    .put(s.url(&with_query(&loc, &format!("digest={d}"))))
+                    .header("content-type", "application/octet-stream")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (repo, r.status().as_u16())
+            }
+        };
+        // (repository, honest, by a closing PUT rather than a POST)
+        let mut pushes = Vec::new();
+        for i in 0..3 {
+            pushes.push((format!("race{round}/one"), true, false));
+            pushes.push((format!("race{round}/post{i}"), true, false));
+            pushes.push((format!("race{round}/put{i}"), true, true));
+        }
+        for i in 0..2 {
+            pushes.push((format!("race{round}/liar{i}"), false, false));
+            pushes.push((format!("race{round}/liar-put{i}"), false, true));
+        }
+        let results =
+            futures::future::join_all(pushes.into_iter().map(|(repo, honest, by_put)| {
+                let body = if honest { bytes.clone() } else { lie.clone() };
+                let push = if by_put {
+                    futures::future::Either::Right(put(repo, body))
+                } else {
+                    futures::future::Either::Left(post(repo, body))
+                };
+                async move {
+                    let (repo, status) = push.await;
+                    (repo, honest, status)
+                }
+            }))
+            .await;
+        for (repo, honest, status) in &results {
+            if *honest {
+                assert_eq!(*status, 201, "round {round}: an honest push to {repo}");
+                let (status, served) = blob_status(&s, repo, &d).await;
+                assert_eq!(status, 200, "{repo}");
+                assert_eq!(
+                    digest_of(&served),
+                    d,
+                    "bytes served under a digest hash to it"
+                );
+            } else {
+                assert_eq!(*status, 400, "round {round}: a lying push to {repo}");
+                assert_eq!(
+                    blob_status(&s, repo, &d).await.0,
+                    404,
+                    "{repo} links nothing"
+                );
+            }
+        }
+        let stored = s
+            .app
+            .registry
+            .store()
+            .get(&registry::layout::blob(&d).unwrap())
+            .await
+            .unwrap()
+            .expect("the blob is stored");
+        assert_eq!(stored, bytes, "the stored blob is the honest bytes");
+    }
 }
 
 /// Push a blob to distribution (POST, then PUT with the bytes) and return its digest.

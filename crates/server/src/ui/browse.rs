@@ -264,9 +264,10 @@ pub(super) async fn repository(view: &View<'_>) -> Rendered {
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
         h,
-        "<h2>{}</h2><p>{} · {total} tags · last pull {}</p>",
+        "<h2>{}</h2><p>{} · {total} {} · last pull {}</p>",
         esc(repo.as_str()),
         source_label(view, &repo),
+        if total == 1 { "tag" } else { "tags" },
         ago(pulls.of(app, repo.as_str()), view.now),
     );
     if page.is_empty() {
