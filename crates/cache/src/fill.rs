@@ -328,7 +328,8 @@ async fn run(
 struct FillTimes {
     /// Waiting for the upstream's next bytes.
     upstream_read: std::time::Duration,
-    /// Hashing what arrived (on the receiving task, before readers see the last byte).
+    /// Hashing what arrived (on the hashing thread, beside the read; readers get the last
+    /// byte once it is done).
     hash: std::time::Duration,
     /// Appending to the store's upload (beside the download).
     store_write: std::time::Duration,
