@@ -33,12 +33,20 @@ const MAX_KEPT_PULLS: usize = 10_000;
 
 /// One writer's object in the store: its samples, and its repositories' last pulls
 /// (Unix seconds). Objects written before pulls were kept read with none.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct Kept {
     #[serde(flatten)]
     history: History,
     #[serde(default)]
     pulls: BTreeMap<String, u64>,
+}
+
+/// [`Kept`] as written, borrowing what it writes.
+#[derive(serde::Serialize)]
+struct KeptRef<'a> {
+    #[serde(flatten)]
+    history: &'a History,
+    pulls: &'a BTreeMap<String, u64>,
 }
 
 /// What a page view last read of the other writers.
@@ -137,13 +145,10 @@ impl HistoryBook {
         let bytes = {
             let mut own = self.own.lock();
             own.record(unix(now), values);
-            let kept = Kept {
-                history: std::mem::take(&mut *own),
-                pulls,
-            };
-            let bytes = serde_json::to_vec(&kept);
-            *own = kept.history;
-            bytes?
+            serde_json::to_vec(&KeptRef {
+                history: &own,
+                pulls: &pulls,
+            })?
         };
         app.registry
             .store()
@@ -163,28 +168,10 @@ impl HistoryBook {
     /// Delete the histories whose newest sample is older than [`FORGET_AFTER`] at `now`:
     /// the background job's work, never a page view's.
     async fn forget_gone(&self, app: &App, now: SystemTime) {
-        let store = app.registry.store();
-        let Ok(folder) = layout::history_folder() else {
-            return;
-        };
-        let Ok(entries) = store.list(&folder).await else {
-            return;
-        };
-        for e in entries {
-            let store::Entry::Object(name) = e else {
-                continue;
-            };
-            let Ok(key) = layout::history(&name) else {
-                continue;
-            };
-            let Ok(Some(bytes)) = store.get(&key).await else {
-                continue;
-            };
-            if let Ok(kept) = serde_json::from_slice::<Kept>(&bytes)
-                && gone(&kept, unix(now))
-            {
+        for (name, key, kept) in read_all(app).await {
+            if gone(&kept, unix(now)) {
                 tracing::info!(writer = %name, "deleting the page history of a replica gone for a month");
-                let _ = store.delete(&key).await;
+                let _ = app.registry.store().delete(&key).await;
             }
         }
     }
@@ -229,33 +216,12 @@ impl HistoryBook {
     }
 
     async fn read_others(&self, app: &App) -> Others {
-        let store = app.registry.store();
         let mut out = Others::default();
-        let Ok(folder) = layout::history_folder() else {
-            return out;
-        };
-        let Ok(entries) = store.list(&folder).await else {
-            return out;
-        };
         let now = unix(SystemTime::now());
-        for e in entries {
-            let store::Entry::Object(name) = e else {
-                continue;
-            };
-            if name == self.name {
-                continue;
-            }
-            let Ok(key) = layout::history(&name) else {
-                continue;
-            };
-            let Ok(Some(bytes)) = store.get(&key).await else {
-                continue;
-            };
-            let Ok(kept) = serde_json::from_slice::<Kept>(&bytes) else {
-                continue;
-            };
-            // A writer gone this long is left out (and deleted by the background job).
-            if gone(&kept, now) {
+        for (name, _, kept) in read_all(app).await {
+            // Left out: this writer, and a writer gone this long (the background job
+            // deletes it).
+            if name == self.name || gone(&kept, now) {
                 continue;
             }
             for (repo, at) in kept.pulls {
@@ -266,6 +232,34 @@ impl HistoryBook {
         }
         out
     }
+}
+
+/// Every writer's object that reads, with its name and key; an unreadable one is
+/// skipped (a page or a job carries on without it).
+async fn read_all(app: &App) -> Vec<(String, store::Key, Kept)> {
+    let store = app.registry.store();
+    let mut out = Vec::new();
+    let Ok(folder) = layout::history_folder() else {
+        return out;
+    };
+    let Ok(entries) = store.list(&folder).await else {
+        return out;
+    };
+    for e in entries {
+        let store::Entry::Object(name) = e else {
+            continue;
+        };
+        let Ok(key) = layout::history(&name) else {
+            continue;
+        };
+        let Ok(Some(bytes)) = store.get(&key).await else {
+            continue;
+        };
+        if let Ok(kept) = serde_json::from_slice::<Kept>(&bytes) {
+            out.push((name, key, kept));
+        }
+    }
+    out
 }
 
 /// Whether `kept`'s writer has written nothing for [`FORGET_AFTER`] before `now`.
