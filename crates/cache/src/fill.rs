@@ -30,6 +30,15 @@ const UNWRITTEN_SEGMENTS: usize = 32;
 /// Most bytes appended to the store in one step. Segments already downloaded are
 /// appended together.
 const FILL_BATCH: usize = 8 * 1024 * 1024;
+/// Bytes gathered before one append while the download keeps coming. An append costs
+/// several thread hops (the session check, opening and locking the upload, its writer
+/// thread) whatever its size, so appending each segment as it comes from a fast
+/// upstream spent more in those hops than in the write. Clients never wait for it: they
+/// are sent the segments from memory.
+const FILL_BATCH_MIN: usize = 4 * 1024 * 1024;
+/// How long the store waits for more segments before appending fewer than
+/// [`FILL_BATCH_MIN`] bytes: a slow upstream's bytes still reach the disk promptly.
+const FILL_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// Segments handed to the hashing thread and not yet hashed: enough that the download
 /// never waits for a hash that is briefly descheduled, few enough (they are shared with
 /// the segments kept for readers, not copies) to add little memory.
@@ -359,6 +368,8 @@ async fn run(
                         hash_s = times.hash.as_secs_f64(),
                         store_write_s = times.store_write.as_secs_f64(),
                         commit_s = times.commit.as_secs_f64(),
+                        segments = times.segments,
+                        appends = times.appends,
                         "blob fetched from upstream"
                     );
                     Ok(written)
@@ -406,6 +417,10 @@ struct FillTimes {
     store_write: std::time::Duration,
     /// Verifying and committing the upload once every byte is written.
     commit: std::time::Duration,
+    /// Segments the download was gathered into.
+    segments: u64,
+    /// Appends to the store's upload they took.
+    appends: u64,
 }
 
 /// Download the body into memory segments (for the readers) and, beside that, append
@@ -445,6 +460,7 @@ async fn download(
                 break;
             };
             times.upstream_read += waited.elapsed();
+            times.segments += 1;
             let len = segment.len() as u64;
             if total.is_some_and(|t| available + len > t) {
                 return Err(FillError::Overlong);
@@ -487,17 +503,24 @@ async fn download(
     let store = async {
         let mut written = 0u64;
         let mut store_write = std::time::Duration::ZERO;
+        let mut appends = 0u64;
         while let Some(first) = unwritten.recv().await {
             let mut len = first.len();
             let mut batch = vec![first];
             while len < FILL_BATCH {
-                match unwritten.try_recv() {
-                    Ok(c) => {
-                        len += c.len();
-                        batch.push(c);
+                let next = match unwritten.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) if len < FILL_BATCH_MIN => {
+                        tokio::time::timeout(FILL_BATCH_WAIT, unwritten.recv())
+                            .await
+                            .ok()
+                            .flatten()
                     }
-                    Err(_) => break,
-                }
+                    Err(_) => None,
+                };
+                let Some(c) = next else { break };
+                len += c.len();
+                batch.push(c);
             }
             let body = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
             let appending = std::time::Instant::now();
@@ -507,6 +530,7 @@ async fn download(
                 .await
                 .map_err(FillError::Store)?;
             store_write += appending.elapsed();
+            appends += 1;
             written = state.size;
             lock(segments).trim(written);
             tx.send_modify(|p| {
@@ -515,11 +539,13 @@ async fn download(
                 }
             });
         }
-        Ok((written, store_write))
+        Ok((written, store_write, appends))
     };
-    let ((received, mut times), (written, store_write)) = tokio::try_join!(receive, store)?;
+    let ((received, mut times), (written, store_write, appends)) =
+        tokio::try_join!(receive, store)?;
     debug_assert_eq!(received, written);
     times.store_write = store_write;
+    times.appends = appends;
     Ok((written, times))
 }
 

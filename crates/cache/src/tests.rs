@@ -265,3 +265,42 @@ async fn readers_finish_once_verified_without_waiting_for_the_commit() {
     }
     assert_eq!(fake.gets.load(Ordering::SeqCst), 1);
 }
+
+/// Appends wait for more segments only while the download keeps coming: a paused
+/// upstream's bytes reach the store while the pause lasts. (How few appends a fast
+/// download takes is a figure of the release build, in the bench's fill line; this
+/// debug build hashes too slowly for the bytes to arrive "at once".)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fill_does_not_sit_on_the_bytes_of_a_paused_download() {
+    let bytes = blob(32 << 20);
+    let fake = Fake::start(bytes.clone(), Body::HoldLast).await;
+    let (cache, registry) = cache_of(&fake);
+    let up = cache.upstream("up.test").unwrap();
+    let repo: RepoName = "lib/app".parse().unwrap();
+    let d = Digest::sha256_of(&bytes);
+    let reader = tokio::spawn(drain(cache.blob(&up, &repo, &d).await.unwrap()));
+    // The upstream holds its last byte: everything before it is appended meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let uploads = registry.store().upload_list().await.unwrap_or_default();
+        let size = uploads.iter().map(|(_, m)| m.size).max().unwrap_or(0);
+        if size == bytes.len() as u64 - 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bytes before a pause never reached the store ({size} of {})",
+            bytes.len() - 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.release.add_permits(1);
+    let (got, failed) = reader.await.unwrap();
+    assert!(!failed && got == bytes);
+    let local = up.local(&repo).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while registry.stat_blob(&local, &d).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
