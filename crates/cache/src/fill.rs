@@ -161,8 +161,6 @@ pub(crate) struct Fill {
 #[derive(Default)]
 pub(crate) struct Segments {
     list: std::collections::VecDeque<(u64, Bytes)>,
-    /// The end of the last segment pushed: how far the download has come.
-    end: u64,
     /// Where each client following the fill stands, by [`Follower`] id.
     readers: HashMap<u64, u64>,
     next_reader: u64,
@@ -170,8 +168,15 @@ pub(crate) struct Segments {
 
 impl Segments {
     fn push(&mut self, start: u64, bytes: Bytes) {
-        self.end = start + bytes.len() as u64;
         self.list.push_back((start, bytes));
+    }
+
+    /// The end of the last segment held: how far the download has come (trimming
+    /// always keeps the last one).
+    fn end(&self) -> u64 {
+        self.list
+            .back()
+            .map_or(0, |(start, b)| start + b.len() as u64)
     }
 
     /// A new client follows the fill from its start.
@@ -199,7 +204,7 @@ impl Segments {
     fn trim(&mut self, written: u64) {
         let mut keep_from = written.saturating_sub(KEEP_WRITTEN);
         if let Some(&slowest) = self.readers.values().min() {
-            keep_from = keep_from.min(slowest.max(self.end.saturating_sub(KEEP_FOR_READERS)));
+            keep_from = keep_from.min(slowest.max(self.end().saturating_sub(KEEP_FOR_READERS)));
         }
         while let Some((start, b)) = self.list.front() {
             if start + b.len() as u64 > keep_from {
