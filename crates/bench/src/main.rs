@@ -162,7 +162,8 @@ impl Cli {
         }
         if self.only != Some(Only::Distribution) {
             out.push((Kind::Berth { fsync: true }, berth.clone()));
-            out.push((Kind::Berth { fsync: false }, berth));
+            out.push((Kind::Berth { fsync: false }, berth.clone()));
+            out.push((Kind::BerthDirectIo, berth));
             if let Some(b) = &self.baseline {
                 out.push((Kind::BerthBaseline, b.clone()));
             }

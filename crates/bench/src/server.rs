@@ -40,6 +40,9 @@ pub enum Kind {
     },
     /// distribution with its `s3` storage driver on the same bucket (its own prefix).
     DistributionS3,
+    /// berth as `Berth { fsync: true }` plus `[storage] direct_io = true`: upload data
+    /// written with `O_DIRECT` instead of through the page cache.
+    BerthDirectIo,
     /// An earlier berth binary (`--baseline`), configured as `Berth { fsync: true }`, to
     /// show a change against the build before it in the same run.
     BerthBaseline,
@@ -56,6 +59,7 @@ impl Kind {
             } => "berth (s3)",
             Kind::BerthS3 { redirect: true, .. } => "berth (s3, redirect)",
             Kind::DistributionS3 => "distribution (s3)",
+            Kind::BerthDirectIo => "berth (direct_io)",
             Kind::BerthBaseline => "baseline (fsync)",
         }
     }
@@ -70,6 +74,13 @@ impl Kind {
     fn config(self, role: Role, addr: SocketAddr, data: &Path) -> (&'static str, String) {
         if self == Kind::BerthBaseline {
             return Kind::Berth { fsync: true }.config(role, addr, data);
+        }
+        if self == Kind::BerthDirectIo {
+            let (name, text) = Kind::Berth { fsync: true }.config(role, addr, data);
+            return (
+                name,
+                text.replace("fsync = true\n", "fsync = true\ndirect_io = true\n"),
+            );
         }
         let data = data.display();
         match self {
@@ -119,7 +130,9 @@ impl Kind {
                     crate::s3::SECRET_KEY,
                 ),
             ),
-            Kind::BerthBaseline => unreachable!("configured as Berth above"),
+            Kind::BerthBaseline | Kind::BerthDirectIo => {
+                unreachable!("configured as Berth above")
+            }
             Kind::Berth { fsync } => {
                 let mut toml = format!(
                     "[server]\nlisten = \"{addr}\"\n\n\
@@ -236,9 +249,10 @@ impl Server {
             Kind::Distribution => cmd.arg("serve").arg(&config),
             // Its AWS SDK fails on the machine's AWS_CA_BUNDLE over plain HTTP.
             Kind::DistributionS3 => cmd.env_remove("AWS_CA_BUNDLE").arg("serve").arg(&config),
-            Kind::Berth { .. } | Kind::BerthS3 { .. } | Kind::BerthBaseline => {
-                cmd.arg("serve").arg("--config").arg(&config)
-            }
+            Kind::Berth { .. }
+            | Kind::BerthS3 { .. }
+            | Kind::BerthBaseline
+            | Kind::BerthDirectIo => cmd.arg("serve").arg("--config").arg(&config),
         };
         let child = cmd
             .stdin(Stdio::null())

@@ -50,6 +50,7 @@ async fn open_fs(config: &Config) -> anyhow::Result<store::fs::FsStore> {
     store::fs::FsStore::open(store::fs::FsOptions {
         root: config.storage.path.clone(),
         fsync: config.storage.fsync,
+        direct_io: config.storage.direct_io,
     })
     .await
     .with_context(|| format!("cannot open storage at {}", config.storage.path.display()))

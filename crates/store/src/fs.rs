@@ -44,6 +44,10 @@ pub struct FsOptions {
     /// crash safety against a killed process (renames still publish only complete
     /// files) but not against power loss.
     pub fsync: bool,
+    /// Write upload data with `O_DIRECT` from reused buffers instead of through the
+    /// page cache (see [`crate::direct`]); filesystems that refuse it are written the
+    /// ordinary way.
+    pub direct_io: bool,
 }
 
 /// A store in a local directory.
@@ -54,6 +58,9 @@ pub struct FsStore {
 struct Inner {
     root: PathBuf,
     fsync: bool,
+    direct_io: bool,
+    /// Aligned buffers for direct appends, reused across uploads.
+    buffers: crate::direct::BufferPool,
     /// Folder creation and the write into the new folder hold it shared; pruning empty
     /// folders holds it exclusively. In one process a prune therefore never lands
     /// between a writer's mkdir and its rename (under heavy load the retries alone were
@@ -195,6 +202,8 @@ impl FsStore {
         let inner = Arc::new(Inner {
             root: options.root,
             fsync: options.fsync,
+            direct_io: options.direct_io,
+            buffers: Default::default(),
             folders: parking_lot::RwLock::new(()),
         });
         let i = inner.clone();
@@ -656,22 +665,22 @@ impl UploadStore for FsStore {
 
     async fn upload_append(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64> {
         let path = self.inner.upload_path(id);
-        let fsync = self.inner.fsync;
+        let inner = self.inner.clone();
         // Open and lock before reading a byte of the body: a second append finds the
         // lock held and is refused at once, with where the upload stands.
         let opened = blocking(move || {
-            let file = OpenOptions::new().write(true).open(&path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
             Ok(match file.try_lock() {
                 Ok(()) => {
                     let current = open_upload_size(&file, &path)?;
-                    Ok((file, current))
+                    Ok((file, path, current))
                 }
                 Err(fs::TryLockError::WouldBlock) => Err(file.metadata()?.len()),
                 Err(fs::TryLockError::Error(e)) => return Err(e),
             })
         })
         .await;
-        let (file, current) = match opened {
+        let (file, path, current) = match opened {
             Ok(Ok(x)) => x,
             Ok(Err(busy_at)) => return Err(StoreError::OffsetMismatch { current: busy_at }),
             Err(e) if not_found(&e) => return Err(StoreError::NotFound),
@@ -684,22 +693,29 @@ impl UploadStore for FsStore {
         // The writer owns the locked file until the append has ended either way; a
         // rollback happens under the same lock, so no other append sees the cut.
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut file = file;
+            let file = file;
             let written = (|| -> io::Result<Option<u64>> {
-                file.seek(SeekFrom::Start(offset))?;
-                let mut pos = offset;
+                let mut out = crate::direct::Appender::new(
+                    &file,
+                    &path,
+                    offset,
+                    &inner.buffers,
+                    inner.direct_io,
+                )?;
                 let mut flushed = offset;
                 // A request dropped mid-body closes the channel without `Done`: that
                 // is a failure too, so a cancelled append leaves nothing behind.
                 while let Some(feed) = rx.blocking_recv() {
                     let chunk = match feed {
                         Feed::Chunk(chunk) => chunk,
-                        Feed::Done => return Ok(Some(pos)),
+                        Feed::Done => return out.finish().map(Some),
                         Feed::Fail => return Ok(None),
                     };
-                    file.write_all(&chunk)?;
-                    pos += chunk.len() as u64;
-                    if fsync && pos - flushed >= WRITEBACK_EVERY {
+                    out.write(&chunk)?;
+                    let pos = out.position();
+                    // Only bytes written through the page cache start writeback here
+                    // (a direct write is on the device already; this is then a no-op).
+                    if inner.fsync && pos - flushed >= WRITEBACK_EVERY {
                         start_writeback(&file, flushed, pos - flushed);
                         flushed = pos;
                     }
@@ -913,16 +929,37 @@ impl Store for FsStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn conformance_fs() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn conformance_in(dir: &Path, direct_io: bool) {
         let store = FsStore::open(FsOptions {
-            root: dir.path().to_owned(),
+            root: dir.to_owned(),
             fsync: true,
+            direct_io,
         })
         .await
         .unwrap();
         crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_fs() {
+        conformance_in(tempfile::tempdir().unwrap().path(), false).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_fs_direct_io() {
+        conformance_in(tempfile::tempdir().unwrap().path(), true).await;
+    }
+
+    /// tmpfs refuses `O_DIRECT` (or, on newer kernels, accepts it without alignment
+    /// rules): either way the store works there with `direct_io` on.
+    #[tokio::test]
+    async fn conformance_fs_direct_io_on_tmpfs() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("skipped: no /dev/shm (tmpfs) on this machine");
+            return;
+        }
+        conformance_in(tempfile::tempdir_in(shm).unwrap().path(), true).await;
     }
 
     #[tokio::test]
@@ -933,6 +970,7 @@ mod tests {
         let store = FsStore::open(FsOptions {
             root: dir.path().to_owned(),
             fsync: false,
+            direct_io: false,
         })
         .await
         .unwrap();
@@ -959,6 +997,7 @@ mod prune_race {
             FsStore::open(FsOptions {
                 root: dir.path().to_owned(),
                 fsync: true,
+                direct_io: false,
             })
             .await
             .unwrap(),

@@ -10,6 +10,7 @@
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+mod direct;
 #[cfg(any(test, feature = "test-support"))]
 pub mod faults;
 pub mod fs;

@@ -300,6 +300,7 @@ mod tests {
         let store = store::fs::FsStore::open(store::fs::FsOptions {
             root: dir.path().to_owned(),
             fsync: false,
+            direct_io: false,
         })
         .await
         .unwrap();

@@ -27,6 +27,10 @@ pub struct StorageConfig {
     /// fsync data and directories before acknowledging a write.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Write upload data with `O_DIRECT` (bypassing the page cache) where the
+    /// filesystem allows it.
+    #[serde(default)]
+    pub direct_io: bool,
     /// S3: the bucket.
     pub bucket: Option<String>,
     /// S3: the endpoint URL (`http://127.0.0.1:8333`); AWS when absent.
@@ -56,6 +60,7 @@ impl Default for StorageConfig {
             kind: default_kind(),
             path: default_path(),
             fsync: true,
+            direct_io: false,
             bucket: None,
             endpoint: None,
             region: None,
