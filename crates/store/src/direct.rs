@@ -6,7 +6,8 @@
 //! Why: on a VM whose memory was never touched, a buffered write into new page-cache
 //! pages ran ~10× slower than into reused ones (dd of 512 MiB: 416 MB/s against
 //! 3.0–4.1 GB/s), and the cache fill's appends paced a cold pull. A direct write skips
-//! the page cache; the buffer it copies into is the same few MiB every time.
+//! the page cache; the buffer it copies into is the same few MiB every time. It is
+//! opt-in (`direct_io`): the cost of touching fresh pages moves to the blob's first read.
 
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
@@ -16,7 +17,7 @@ use std::path::Path;
 
 /// Offsets, lengths and buffer addresses of direct writes are multiples of this: a
 /// multiple of every logical block size Linux disks have (512 or 4096 bytes).
-pub(crate) const ALIGN: usize = 4096;
+const ALIGN: usize = 4096;
 /// Bytes gathered before one direct write. Large enough that a write's fixed cost (a
 /// syscall, one device request) is small next to its copy, small enough that a buffer
 /// per concurrent upload is cheap.
@@ -27,7 +28,7 @@ const POOL: usize = 8;
 
 /// A heap buffer of `BUFFER` bytes starting at an `ALIGN`-aligned address, found inside
 /// an over-allocated `Vec` (so no unsafe code is needed for the alignment).
-pub(crate) struct AlignedBuf {
+struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
 }

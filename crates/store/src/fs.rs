@@ -693,7 +693,6 @@ impl UploadStore for FsStore {
         // The writer owns the locked file until the append has ended either way; a
         // rollback happens under the same lock, so no other append sees the cut.
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let file = file;
             let written = (|| -> io::Result<Option<u64>> {
                 let mut out = crate::direct::Appender::new(
                     &file,
